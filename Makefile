@@ -1,0 +1,53 @@
+# Quick start (README): `make demo` then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock 2>/dev/null | sha256sum | cut -c1-16)
+export MEDLLM_HOME ?= $(CURDIR)/.medllm
+PYTEST_ARGS ?=
+
+.PHONY: install demo test services-up services-down postgres run bench dbt-docs clean lock
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	# torch first, pinned: the CPU build on this disk (an unpinned torch pulls a multi-GB CUDA build)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+# PostgreSQL is installed on these machines; start it when it is down.
+postgres:
+	@if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then echo "PostgreSQL is running"; \
+	else echo "starting PostgreSQL"; \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | sort -V | tail -1) main start \
+	  || pg_ctlcluster $$(ls /etc/postgresql | sort -V | tail -1) main start; \
+	  for i in $$(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done; fi
+
+services-up: install
+	$(VENV)/bin/medllm services up
+
+services-down:
+	$(VENV)/bin/medllm services down
+
+demo: install services-up
+	$(VENV)/bin/medllm demo
+
+run: install services-up
+	$(VENV)/bin/medllm run
+
+test: install postgres
+	$(PY) -m pytest $(PYTEST_ARGS); code=$$?; if [ $$code -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$code
+
+bench: install services-up
+	$(PY) benchmarks/run_all.py
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+
+clean:
+	rm -rf .medllm .pytest_cache

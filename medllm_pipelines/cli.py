@@ -1,0 +1,248 @@
+"""The ``medllm`` command: services, synthetic hospital, runs through Dagster, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medllm_pipelines.settings import Settings, activate, load_settings, prepare_home
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    prepare_home(settings)
+    activate(settings)
+    return settings
+
+
+def postgres_status(dsn: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres") -> dict[str, Any]:
+    """Is the local PostgreSQL reachable? (Reported by `services status`; started by the Makefile.)"""
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(dsn.replace("postgresql+psycopg2", "postgresql"), connect_timeout=3)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW server_version")
+                version = cur.fetchone()[0]
+        finally:
+            conn.close()
+        return {"running": True, "version": version, "addr": "127.0.0.1:5432"}
+    except Exception as exc:  # any failure means "not usable", reported as such
+        return {"running": False, "error": type(exc).__name__, "addr": "127.0.0.1:5432"}
+
+
+def ensure_services(settings: Settings, echo: bool = True) -> None:
+    """Start the local OpenBao dev server when no external Vault is configured."""
+    if not settings.uses_local_openbao:
+        return
+    from medllm_pipelines.lib.security.openbao import start_dev_server
+
+    server = start_dev_server(settings.services_dir)
+    if echo:
+        state = "reused" if server.reused else "started"
+        click.echo(f"OpenBao dev server {state} at {server.addr} (pid {server.pid}); token in {server.state_file} (0600)")
+
+
+@click.group()
+def main() -> None:
+    """medllm-pipelines: the T/HBSEA 013-2024 model lifecycle on Dagster."""
+
+
+# --- services -------------------------------------------------------------------
+@main.group()
+def services() -> None:
+    """Local services: the OpenBao dev server (Vault API) and PostgreSQL's state."""
+
+
+@services.command("up")
+def services_up() -> None:
+    settings = _settings()
+    if settings.uses_local_openbao:
+        ensure_services(settings)
+    else:
+        click.echo(f"external Vault configured (VAULT_ADDR={settings.vault_addr}); no local OpenBao started")
+    pg = postgres_status()
+    click.echo(f"PostgreSQL at 127.0.0.1:5432: {'running ' + pg.get('version', '') if pg['running'] else 'not running'}")
+
+
+@services.command("down")
+def services_down() -> None:
+    from medllm_pipelines.lib.security.openbao import stop_dev_server
+
+    settings = _settings()
+    stopped = stop_dev_server(settings.services_dir)
+    click.echo("OpenBao dev server stopped" if stopped else "no OpenBao dev server started by medllm was running")
+
+
+@services.command("status")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def services_status(as_json: bool) -> None:
+    from medllm_pipelines.lib.security.openbao import server_status
+
+    settings = _settings()
+    status = {
+        "mode": settings.mode,
+        "components": settings.component_modes(),
+        "medllm_home": str(settings.home),
+        "openbao": server_status(settings.services_dir) if settings.uses_local_openbao else {"external": settings.vault_addr},
+        "postgresql": postgres_status(),
+    }
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(f"mode: {status['mode']}  (MEDLLM_HOME={settings.home})")
+    for component, backend in status["components"].items():
+        click.echo(f"  {component:16s} {backend}")
+    bao = status["openbao"]
+    if settings.uses_local_openbao:
+        click.echo(f"openbao: {'running at ' + str(bao['addr']) + ' pid ' + str(bao['pid']) if bao['running'] else 'stopped'}"
+                   f"{'' if not bao['running'] else (' (healthy)' if bao['healthy'] else ' (unhealthy)')}")
+    pg = status["postgresql"]
+    click.echo(f"postgresql: {'running ' + pg.get('version', '') if pg['running'] else 'not running'} at {pg['addr']}")
+
+
+# --- synthetic hospital ---------------------------------------------------------
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="landing folder to write")
+@click.option("--patients", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--clean", is_flag=True, help="no seeded defects")
+@click.option("--write-identities", is_flag=True, help="also write _truth/identities.jsonl (plaintext PHI, for leak tests)")
+def synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identities: bool) -> None:
+    """Generate the synthetic hospital (deterministic by seed)."""
+    manifest = _synth(out_dir, patients, seed, clean, write_identities)
+    click.echo(f"wrote {patients} patients to {out_dir} (manifest: {out_dir / '_truth' / 'manifest.json'})")
+    _ = manifest
+
+
+def _synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identities: bool) -> Any:
+    from medllm_pipelines.lib.synth import DefectRates, generate_hospital
+
+    started = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 2 or done == total:
+            last[0] = now
+            click.echo(f"  synth: {done}/{total} patients", err=True)
+
+    manifest = generate_hospital(
+        out_dir,
+        patients=patients,
+        seed=seed,
+        defect_rates=DefectRates.none() if clean else None,
+        write_identities=write_identities,
+        progress=progress,
+    )
+    click.echo(f"  synth: done in {time.perf_counter() - started:.1f}s", err=True)
+    return manifest
+
+
+# --- runs -----------------------------------------------------------------------
+def run_lifecycle(settings: Settings, *, job_name: str | None = None, log_level: str = "INFO") -> Any:
+    """Materialise the graph through Dagster, recorded in the instance under DAGSTER_HOME."""
+    from dagster import DagsterInstance
+
+    from medllm_pipelines.definitions import make_definitions
+    from medllm_pipelines.defs import keys
+
+    job = make_definitions(settings).resolve_job_def(job_name or keys.LIFECYCLE_JOB)
+    with DagsterInstance.get() as instance:
+        return job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            tags={"medllm/trigger": "cli"},
+        )
+
+
+def _materialization_metadata(result: Any, asset_path: list[str]) -> dict[str, Any]:
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if list(materialization.asset_key.path) == asset_path:
+            return {k: v.value for k, v in materialization.metadata.items()}
+    return {}
+
+
+def _summarise(result: Any, settings: Settings) -> int:
+    from medllm_pipelines.defs import keys
+
+    status = "succeeded" if result.success else "FAILED"
+    click.echo(f"\nDagster run {result.run_id} {status}")
+    failed_checks = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
+    ]
+    for check in failed_checks:
+        click.echo(f"  failed check: {check.asset_key.to_user_string()}:{check.check_name}")
+    report = _materialization_metadata(result, list(keys.DIABETES_EVALUATION.path))
+    if report:
+        click.echo(f"evaluation report: {report.get('report_html')}")
+        click.echo(f"  model ROC-AUC {report.get('model_roc_auc')}  baseline ROC-AUC {report.get('baseline_roc_auc')}")
+    return 0 if result.success else 1
+
+
+@main.command()
+@click.option("--landing", type=click.Path(path_type=Path), default=None, help="landing zone (default $MEDLLM_HOME/landing)")
+@click.option("--keep-landed", is_flag=True, help="do not remove files from the landing zone after ingestion")
+@click.option("--job", "job_name", default=None, help="job to run (default lifecycle_job)")
+def run(landing: Path | None, keep_landed: bool, job_name: str | None) -> None:
+    """Materialise the whole asset graph for what is in the landing zone."""
+    if landing is not None:
+        os.environ["MEDLLM_LANDING_DIR"] = str(landing.resolve())
+    if keep_landed:
+        os.environ["MEDLLM_LANDING_CONSUME"] = "false"
+    settings = _settings()
+    ensure_services(settings)
+    click.echo(f"running {job_name or 'lifecycle_job'} on {settings.landing_dir} (mode: {settings.mode})")
+    result = run_lifecycle(settings, job_name=job_name)
+    sys.exit(_summarise(result, settings))
+
+
+@main.command()
+@click.option("--patients", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(patients: int, seed: int) -> None:
+    """Services up + synthetic hospital + the whole lifecycle, then where to look."""
+    settings = _settings()
+    ensure_services(settings)
+    click.echo(f"generating a synthetic hospital of {patients} patients into {settings.landing_dir}")
+    _synth(settings.landing_dir, patients, seed, clean=False, write_identities=False)
+    result = run_lifecycle(settings)
+    code = _summarise(result, settings)
+    click.echo("\nwhere to look:")
+    click.echo(f"  Dagster UI:  DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
+    click.echo(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000")
+    click.echo(f"  reports:     {settings.reports_dir}")
+    click.echo(f"  warehouse:   {settings.warehouse_url}")
+    sys.exit(code)
+
+
+@main.command("scan-leaks")
+@click.option("--identities", type=click.Path(exists=True, path_type=Path), required=True,
+              help="identities.jsonl written by `medllm synth --write-identities`")
+def scan_leaks(identities: Path) -> None:
+    """Search every file and warehouse table under MEDLLM_HOME for the given identifiers."""
+    from medllm_pipelines.lib.security.home_scan import scan_home
+
+    settings = _settings()
+    hits = scan_home(settings, identities)
+    if not hits:
+        click.echo("no identifier found in plaintext under MEDLLM_HOME or in the warehouse")
+        return
+    for hit in hits:
+        click.echo(f"LEAK {hit.identifier_kind} x{hit.count} in {hit.location}")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

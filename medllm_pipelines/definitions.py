@@ -1,0 +1,61 @@
+"""The one Definitions object. It only gathers: keep heavy imports out.
+
+torch, lightning, mlflow and great_expectations are imported inside the
+assets that use them, so loading this module (every `dagster` process, every
+step of a multiprocess run) stays fast.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+
+from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.curate import assets as curate
+from medllm_pipelines.defs.deidentify import assets as deidentify
+from medllm_pipelines.defs.evaluate import assets as evaluate
+from medllm_pipelines.defs.ingest import assets as ingest
+from medllm_pipelines.defs.ingest.sensors import landing_zone_sensor
+from medllm_pipelines.defs.label import assets as label
+from medllm_pipelines.defs.quality import assets as quality
+from medllm_pipelines.defs.resources import build_resources
+from medllm_pipelines.defs.train import assets as train
+from medllm_pipelines.settings import Settings, load_settings
+
+lifecycle_job = define_asset_job(
+    keys.LIFECYCLE_JOB,
+    selection=AssetSelection.all(),
+    description="The whole lifecycle: ingest -> quality -> deidentify -> label -> curate -> train -> evaluate.",
+)
+ingest_job = define_asset_job(
+    keys.INGEST_JOB,
+    selection=AssetSelection.groups(keys.INGEST),
+    description="Take new landed files into the encrypted raw zone and parse them.",
+)
+
+ALL_ASSETS = [
+    *ingest.ASSETS,
+    *quality.ASSETS,
+    *deidentify.ASSETS,
+    *label.ASSETS,
+    *curate.ASSETS,
+    *train.ASSETS,
+    *evaluate.ASSETS,
+]
+ALL_CHECKS = [*quality.CHECKS, *deidentify.CHECKS, *curate.CHECKS]
+
+
+def make_definitions(settings: Settings | None = None) -> Definitions:
+    """Definitions bound to ``settings`` (tests pass their own; Dagster loads ``defs``)."""
+    return Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[lifecycle_job, ingest_job],
+        sensors=[landing_zone_sensor],
+        resources=build_resources(settings or load_settings()),
+        # One process per run: the DuckDB warehouse has a single writer, and
+        # re-importing the code location per step costs more than it saves here.
+        executor=in_process_executor,
+    )
+
+
+defs = make_definitions()

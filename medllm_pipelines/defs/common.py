@@ -1,0 +1,111 @@
+"""What every asset needs to tell an auditor: counts, hashes, versions, links."""
+
+
+import subprocess
+from functools import lru_cache
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
+
+from medllm_pipelines.defs.keys import AUDIT_SCHEMA, QUARANTINE_TABLE
+from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation, frame_content_hash, quarantine_frame
+from medllm_pipelines.lib.common.warehouse import Warehouse
+
+TRACKED_PACKAGES = ("medllm-pipelines", "dagster", "pandas", "fhir.resources", "pydicom", "great-expectations")
+
+
+def asset_name(asset_key: AssetKey) -> str:
+    return "/".join(asset_key.path)
+
+
+def raw_table_name(asset_key: AssetKey) -> str:
+    """Raw-zone table file name of an identifiable asset."""
+    return "_".join(asset_key.path)
+
+
+def warehouse_location(asset_key: AssetKey) -> tuple[str, str]:
+    """De-identified assets live in schema ``<stage>``, table ``<name>``."""
+    return asset_key.path[0], asset_key.path[1]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Git commit of the running code (``+dirty`` if modified), else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{commit}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return importlib_metadata.version("medllm-pipelines")
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def versions_metadata(**extra_versions: str) -> dict[str, Any]:
+    return {
+        "code_version": code_version(),
+        "package_versions": MetadataValue.json(package_versions()),
+        **{f"{name}_version": version for name, version in extra_versions.items()},
+    }
+
+
+def table_schema(frame: pd.DataFrame) -> TableSchema:
+    return TableSchema(columns=[TableColumn(name=str(c), type=str(t)) for c, t in frame.dtypes.items()])
+
+
+def frame_metadata(frame: pd.DataFrame, *, with_schema: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "dagster/row_count": len(frame),
+        "content_sha256": frame_content_hash(frame),
+    }
+    if with_schema:
+        meta["dagster/column_schema"] = table_schema(frame)
+    return meta
+
+
+def reconciliation_metadata(recon: Reconciliation) -> dict[str, Any]:
+    return recon.as_metadata()
+
+
+def record_quarantine(warehouse: Warehouse, asset_key: AssetKey, records: list[QuarantineRecord]) -> dict[str, Any]:
+    """Replace this asset's rows in ``audit.quarantine``; return per-reason counts for metadata.
+
+    Replacing (not appending) keeps re-materialisation idempotent.
+    """
+    frame = quarantine_frame(records)
+    warehouse.replace_rows(AUDIT_SCHEMA, QUARANTINE_TABLE, "asset", asset_name(asset_key), frame)
+    by_reason = frame["reason_code"].value_counts().sort_index().to_dict() if len(frame) else {}
+    by_institution = frame["institution"].fillna("<none>").value_counts().sort_index().to_dict() if len(frame) else {}
+    return {
+        "quarantined": len(frame),
+        "quarantined_by_reason": MetadataValue.json({str(k): int(v) for k, v in by_reason.items()}),
+        "quarantined_by_institution": MetadataValue.json({str(k): int(v) for k, v in by_institution.items()}),
+    }
+
+
+def counts_by(frame: pd.DataFrame, column: str) -> MetadataValue:
+    if column not in frame.columns or frame.empty:
+        return MetadataValue.json({})
+    counts = frame[column].fillna("<none>").astype(str).value_counts().sort_index()
+    return MetadataValue.json({str(k): int(v) for k, v in counts.items()})

@@ -1,0 +1,183 @@
+"""Quality stage: declared cleaning rules, then Great Expectations gates (blocking)."""
+
+
+import datetime as dt
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.common import (
+    counts_by,
+    frame_metadata,
+    raw_table_name,
+    record_quarantine,
+    versions_metadata,
+)
+from medllm_pipelines.lib.quality.cleaning import (
+    CleaningResult,
+    clean_conditions,
+    clean_consents,
+    clean_observations,
+    clean_patients,
+    load_rules,
+)
+from medllm_pipelines.lib.quality.expectations import load_suite, run_suite
+from medllm_pipelines.resources.raw_zone import RawZoneResource
+from medllm_pipelines.resources.warehouse import WarehouseResource
+
+STORAGE = "raw zone (envelope-encrypted Parquet)"
+
+
+def _publish(
+    context: AssetExecutionContext,
+    asset_key: AssetKey,
+    result: CleaningResult,
+    raw_zone: RawZoneResource,
+    warehouse: WarehouseResource,
+) -> MaterializeResult:
+    raw_zone.get().write_table(raw_table_name(asset_key), result.frame)
+    quarantine_meta = record_quarantine(warehouse.get(), asset_key, result.quarantine)
+    rules = load_rules()
+    context.log.info(
+        f"{'/'.join(asset_key.path)}: {result.reconciliation.records_in} in, {result.reconciliation.records_out} out, "
+        f"{result.reconciliation.quarantined} quarantined, removed {result.reconciliation.removed_by_rule}"
+    )
+    details = {k: MetadataValue.json(v) if isinstance(v, dict) else v for k, v in result.details.items()}
+    return MaterializeResult(
+        metadata={
+            **frame_metadata(result.frame, with_schema=False),
+            **result.reconciliation.as_metadata(),
+            **quarantine_meta,
+            **details,
+            "rows_by_institution": counts_by(result.frame, "institution"),
+            "storage": STORAGE,
+            **versions_metadata(cleaning_rules=rules.version),
+        }
+    )
+
+
+@asset(key=keys.CLEAN_PATIENTS, deps=[keys.RAW_PATIENTS], group_name=keys.QUALITY, kinds={"python"})
+def clean_patients_asset(
+    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
+) -> MaterializeResult:
+    """Patients deduplicated (re-sent and superseded versions), birth dates checked, sex coded."""
+    patients = raw_zone.get().read_table(raw_table_name(keys.RAW_PATIENTS))
+    result = clean_patients(patients, "quality/clean_patients", dt.date.today(), load_rules())
+    return _publish(context, keys.CLEAN_PATIENTS, result, raw_zone, warehouse)
+
+
+@asset(
+    key=keys.CLEAN_OBSERVATIONS,
+    deps=[keys.RAW_OBSERVATIONS, keys.CLEAN_PATIENTS],
+    group_name=keys.QUALITY,
+    kinds={"python"},
+)
+def clean_observations_asset(
+    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
+) -> MaterializeResult:
+    """Observations mapped to LOINC concepts, converted to one UCUM unit each, range- and date-checked."""
+    zone = raw_zone.get()
+    result = clean_observations(
+        zone.read_table(raw_table_name(keys.RAW_OBSERVATIONS)),
+        zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
+        "quality/clean_observations",
+        dt.datetime.now(dt.UTC),
+        load_rules(),
+    )
+    return _publish(context, keys.CLEAN_OBSERVATIONS, result, raw_zone, warehouse)
+
+
+@asset(
+    key=keys.CLEAN_CONDITIONS,
+    deps=[keys.RAW_CONDITIONS, keys.CLEAN_PATIENTS],
+    group_name=keys.QUALITY,
+    kinds={"python"},
+)
+def clean_conditions_asset(
+    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
+) -> MaterializeResult:
+    """Diagnoses from ICD-10 (WHO), ICD-10-CM and the Chinese clinical edition unified to WHO ICD-10."""
+    zone = raw_zone.get()
+    result = clean_conditions(
+        zone.read_table(raw_table_name(keys.RAW_CONDITIONS)),
+        zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
+        "quality/clean_conditions",
+        load_rules(),
+    )
+    return _publish(context, keys.CLEAN_CONDITIONS, result, raw_zone, warehouse)
+
+
+@asset(
+    key=keys.CLEAN_CONSENTS,
+    deps=[keys.RAW_CONSENTS, keys.CLEAN_PATIENTS],
+    group_name=keys.QUALITY,
+    kinds={"python"},
+)
+def clean_consents_asset(
+    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
+) -> MaterializeResult:
+    """Consent records deduplicated and dated (UTC) so the latest decision can win."""
+    zone = raw_zone.get()
+    result = clean_consents(
+        zone.read_table(raw_table_name(keys.RAW_CONSENTS)),
+        zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
+        "quality/clean_consents",
+        load_rules(),
+    )
+    return _publish(context, keys.CLEAN_CONSENTS, result, raw_zone, warehouse)
+
+
+def great_expectations_gate(asset_key: AssetKey, suite_name: str):
+    """A blocking asset check running the versioned GX suite on the asset's table."""
+    suite = load_suite(suite_name)
+
+    @asset_check(
+        asset=asset_key,
+        name=keys.CHECK_GE_SUITE,
+        blocking=True,
+        description=f"Great Expectations suite '{suite.name}' v{suite.version}: {suite.description}",
+    )
+    def _gate(context: AssetCheckExecutionContext, raw_zone: RawZoneResource) -> AssetCheckResult:
+        frame = raw_zone.get().read_table(raw_table_name(asset_key))
+        outcome = run_suite(suite_name, frame)
+        failures = {
+            f"{o.expectation}({o.column})": {
+                "unexpected_count": o.unexpected_count,
+                "unexpected_percent": round(o.unexpected_percent, 3),
+                "records": o.failing_records,
+            }
+            for o in outcome.failed
+        }
+        return AssetCheckResult(
+            passed=outcome.success,
+            severity=AssetCheckSeverity.ERROR,
+            description=outcome.summary(),
+            metadata={
+                "suite": outcome.suite,
+                "suite_version": outcome.suite_version,
+                "expectations_evaluated": outcome.evaluated,
+                "expectations_failed": len(outcome.failed),
+                "rows_validated": outcome.rows,
+                "failures": MetadataValue.json(failures),
+            },
+        )
+
+    return _gate
+
+
+ASSETS = [clean_patients_asset, clean_observations_asset, clean_conditions_asset, clean_consents_asset]
+CHECKS = [
+    great_expectations_gate(keys.CLEAN_PATIENTS, "clean_patients"),
+    great_expectations_gate(keys.CLEAN_OBSERVATIONS, "clean_observations"),
+    great_expectations_gate(keys.CLEAN_CONDITIONS, "clean_conditions"),
+]

@@ -1,0 +1,53 @@
+"""Resources built from the resolved settings: one code path, two modes.
+
+Values that may hold secrets (Vault token, database URLs with passwords) are
+bound as ``EnvVar`` when they come from the environment, so Dagster resolves
+them at run time and never shows them in the UI or metadata.
+"""
+
+
+from typing import Any
+
+from dagster import EnvVar
+
+from medllm_pipelines.resources.artifacts import ArtifactStoreResource
+from medllm_pipelines.resources.landing import LandingZone
+from medllm_pipelines.resources.mlflow import MLflowResource
+from medllm_pipelines.resources.raw_zone import RawZoneResource
+from medllm_pipelines.resources.vault import VaultResource
+from medllm_pipelines.resources.warehouse import WarehouseResource
+from medllm_pipelines.settings import Settings
+
+
+def build_resources(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    import os
+
+    env = os.environ if environ is None else environ
+    if settings.uses_local_openbao:
+        vault = VaultResource(token_file=str(settings.openbao_state_file))
+    else:
+        vault = VaultResource(
+            addr=settings.vault_addr,
+            token=EnvVar("VAULT_TOKEN") if settings.vault_token_in_env else None,
+            ca_cert=settings.vault_cacert,
+        )
+    warehouse = WarehouseResource(
+        url=EnvVar("MEDLLM_WAREHOUSE_URL") if env.get("MEDLLM_WAREHOUSE_URL") else settings.warehouse_url
+    )
+    mlflow = MLflowResource(
+        tracking_uri=EnvVar("MLFLOW_TRACKING_URI") if env.get("MLFLOW_TRACKING_URI") else settings.mlflow_tracking_uri,
+        artifact_root=settings.mlflow_artifact_root,
+        ui_url=settings.mlflow_ui_url,
+    )
+    return {
+        "vault": vault,
+        "warehouse": warehouse,
+        "mlflow": mlflow,
+        "landing_zone": LandingZone(path=str(settings.landing_dir), consume=settings.landing_consume),
+        "raw_zone": RawZoneResource(path=str(settings.raw_zone_dir), vault=vault),
+        "artifacts": ArtifactStoreResource(
+            deidentified_dir=str(settings.deidentified_dir),
+            models_dir=str(settings.models_dir),
+            reports_dir=str(settings.reports_dir),
+        ),
+    }

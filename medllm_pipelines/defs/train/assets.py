@@ -1,0 +1,94 @@
+"""Train stage: a Lightning model per model spec, tracked in MLflow."""
+
+
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.common import code_version, versions_metadata, warehouse_location
+from medllm_pipelines.defs.label.assets import SPEC_ID
+from medllm_pipelines.lib.common.records import frame_content_hash
+from medllm_pipelines.lib.curate.spec import ModelSpec, load_spec
+from medllm_pipelines.resources.artifacts import ArtifactStoreResource
+from medllm_pipelines.resources.mlflow import MLflowResource
+from medllm_pipelines.resources.warehouse import WarehouseResource
+
+
+def training_frame(warehouse: WarehouseResource, spec: ModelSpec) -> tuple[pd.DataFrame, str]:
+    """Features joined with their split; the dataset version is the content hash of exactly this frame."""
+    wh = warehouse.get()
+    features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
+    splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
+    frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
+    frame = frame.sort_values("patient_pseudonym").reset_index(drop=True)
+    return frame, frame_content_hash(frame)
+
+
+@asset(
+    key=keys.DIABETES_MODEL,
+    deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS],
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "mlflow"},
+    description="Checkpoint of the type 2 diabetes risk MLP (Lightning), with its fitted preprocessing; one MLflow run per materialisation.",
+)
+def diabetes_model(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    mlflow: MLflowResource,
+    artifacts: ArtifactStoreResource,
+) -> MaterializeResult:
+    from medllm_pipelines.lib.train.tabular import TrainConfig, train_tabular_classifier
+    from medllm_pipelines.lib.train.tracking import log_training, make_mlflow_epoch_logger
+
+    spec = load_spec(SPEC_ID)
+    frame, dataset_version = training_frame(warehouse, spec)
+    config = TrainConfig.from_dict(spec.training)
+    output_dir = artifacts.folder("models", spec.id, dataset_version[:16])
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "dagster_asset": "/".join(keys.DIABETES_MODEL.path),
+        "model_spec": f"{spec.id}@{spec.version}",
+        "scenario": spec.scenario,
+        "code_version": code_version(),
+    }
+    with mlflow.start_run(spec.id, run_name=f"train-{context.run.run_id[:8]}", tags=tags) as run:
+        result = train_tabular_classifier(
+            frame,
+            spec.feature_columns,
+            spec.categorical_features,
+            "label",
+            config,
+            output_dir,
+            on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id),
+        )
+        logged = log_training(result, config, dataset_version, tags=tags, log_history=False)
+        experiment_id = run.info.experiment_id
+    context.log.info(
+        f"trained {spec.id}: best epoch {result.best_epoch} of {result.epochs_run}, "
+        f"val ROC-AUC {result.val_metrics.get('val_roc_auc')}"
+    )
+    return MaterializeResult(
+        metadata={
+            "checkpoint_path": str(result.checkpoint_path),
+            "model_dir": str(result.model_dir),
+            "dataset_version": dataset_version,
+            "mlflow_run_id": logged.run_id,
+            "mlflow_experiment_id": experiment_id,
+            "mlflow_run": MetadataValue.url(mlflow.run_url(experiment_id, logged.run_id)),
+            "mlflow_model_uri": logged.model_uri,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "train_seconds": round(result.train_seconds, 2),
+            "n_train": result.n_train,
+            "n_validation": result.n_val,
+            "validation_metrics": MetadataValue.json(result.val_metrics),
+            "training_config": MetadataValue.json(config.to_dict()),
+            "missing_values": MetadataValue.json(result.missing_values),
+            **spec.as_metadata(),
+            **versions_metadata(),
+        }
+    )
+
+
+ASSETS = [diabetes_model]

@@ -1,0 +1,219 @@
+"""Apply the versioned de-identification policy (``deidentify_policy.yaml``).
+
+The policy is data, the code only interprets it (pydicom/deid and Presidio
+keep rules apart from engines the same way). Only declared columns cross the
+boundary; everything else is dropped and reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from medllm_pipelines.lib.quality.cleaning import resident_id_is_valid
+
+POLICY_PATH = Path(__file__).with_name("deidentify_policy.yaml")
+
+HmacMany = Callable[[Sequence[str]], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    column: str
+    action: str  # keep | pseudonymise | generalise | remove
+    argument: str | None
+    output: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: str
+    purpose: str
+    pseudonym_prefix: str
+    pseudonym_hex_chars: int
+    age_band_width: int
+    age_top_code: int
+    tables: dict[str, tuple[ColumnRule, ...]]
+
+
+def _rule(column: str, spec: Any) -> ColumnRule:
+    if isinstance(spec, str):
+        if spec not in {"keep", "remove"}:
+            raise ValueError(f"policy: column {column}: unknown action {spec!r}")
+        return ColumnRule(column, spec, None, column)
+    spec = dict(spec)
+    output = spec.pop("as", column)
+    if len(spec) != 1:
+        raise ValueError(f"policy: column {column}: exactly one action expected")
+    action, argument = next(iter(spec.items()))
+    if action not in {"keep", "pseudonymise", "generalise"}:
+        raise ValueError(f"policy: column {column}: unknown action {action!r}")
+    return ColumnRule(column, action, None if argument is True else str(argument), output)
+
+
+@lru_cache(maxsize=4)
+def load_policy(path: Path = POLICY_PATH) -> Policy:
+    raw = yaml.safe_load(Path(path).read_text())
+    return Policy(
+        version=str(raw["version"]),
+        purpose=str(raw["purpose"]),
+        pseudonym_prefix=str(raw["pseudonym"]["prefix"]),
+        pseudonym_hex_chars=int(raw["pseudonym"]["hex_chars"]),
+        age_band_width=int(raw["age_bands"]["width_years"]),
+        age_top_code=int(raw["age_bands"]["top_coded_at"]),
+        tables={
+            table: tuple(_rule(column, spec) for column, spec in columns.items())
+            for table, columns in raw["tables"].items()
+        },
+    )
+
+
+# --- pseudonyms ---------------------------------------------------------------
+def digest_to_hex(digest: str) -> str:
+    """Vault returns HMACs as ``vault:vN:<base64>``; accept that, bare base64 or hex."""
+    text = digest.rsplit(":", 1)[-1] if digest.startswith("vault:") else digest
+    if all(c in "0123456789abcdef" for c in text) and len(text) >= 32:
+        return text
+    try:
+        return base64.b64decode(text, validate=True).hex()
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("unrecognised HMAC digest format") from exc
+
+
+def person_link_basis(institution: str, resident_id: str | None, mrn: str | None, patient_key: str) -> str:
+    """What identifies a person for linkage: resident ID across sites, else the site's MRN."""
+    if resident_id and resident_id_is_valid(resident_id):
+        return f"resident-id:{resident_id.upper()}"
+    if mrn:
+        return f"mrn:{institution}:{mrn}"
+    return f"record:{institution}:{patient_key}"
+
+
+def keyed_pseudonyms(values: Sequence[str], hmac_many: HmacMany, policy: Policy) -> list[str]:
+    """HMAC-SHA-256 (key held in Vault) of each value, formatted as a pseudonym."""
+    if not values:
+        return []
+    unique = sorted(set(values))
+    digests = hmac_many(unique)
+    mapping = {
+        value: policy.pseudonym_prefix + digest_to_hex(digest)[: policy.pseudonym_hex_chars]
+        for value, digest in zip(unique, digests, strict=True)
+    }
+    return [mapping[v] for v in values]
+
+
+def build_pseudonym_map(patients: pd.DataFrame, hmac_many: HmacMany, policy: Policy) -> pd.DataFrame:
+    """(institution, patient_key, mrn) -> person pseudonym. Identifiable: raw zone only."""
+    basis = [
+        person_link_basis(r.institution, r.resident_id, r.mrn, r.resource_key)
+        for r in patients[["institution", "resident_id", "mrn", "resource_key"]].itertuples(index=False)
+    ]
+    frame = pd.DataFrame(
+        {
+            "institution": patients["institution"].to_numpy(),
+            "patient_key": patients["resource_key"].to_numpy(),
+            "mrn": patients["mrn"].to_numpy(),
+            "link_kind": [b.split(":", 1)[0] for b in basis],
+            "patient_pseudonym": keyed_pseudonyms(basis, hmac_many, policy),
+        }
+    )
+    return frame
+
+
+# --- generalisers -------------------------------------------------------------
+def age_in_years(birth: dt.date, as_of: dt.date) -> int:
+    return as_of.year - birth.year - ((as_of.month, as_of.day) < (birth.month, birth.day))
+
+
+def age_band(age: int, width: int = 5, top: int = 90) -> str:
+    if age >= top:
+        return f"{top}+"
+    low = (max(age, 0) // width) * width
+    return f"{low}-{low + width - 1}"
+
+
+def _year(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values.astype("string").str[:4], errors="coerce").astype("Int64")
+
+
+# --- applying the policy ------------------------------------------------------
+@dataclass
+class PolicyOutcome:
+    frame: pd.DataFrame
+    removed_columns: list[str]
+    undeclared_columns: list[str]
+    unlinked_rows: int = 0
+    kept_index: pd.Index | None = None  # source rows that crossed, aligned with ``frame``
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_policy(
+    table: str,
+    frame: pd.DataFrame,
+    policy: Policy,
+    *,
+    person_by_key: dict[tuple[str, str], str],
+    person_by_mrn: dict[tuple[str, str], str] | None = None,
+    hmac_many: HmacMany | None = None,
+    age_reference: pd.Series | None = None,
+) -> PolicyOutcome:
+    """Produce the de-identified version of ``frame``.
+
+    Rows whose person cannot be linked to a pseudonym are dropped (and
+    counted): a row without a pseudonym has no lawful place downstream.
+    """
+    rules = policy.tables[table]
+    declared = {r.column for r in rules}
+    undeclared = sorted(c for c in frame.columns if c not in declared)
+    out = pd.DataFrame(index=frame.index)
+    removed: list[str] = []
+    linked = pd.Series(True, index=frame.index)
+    for rule in rules:
+        if rule.column not in frame.columns:
+            continue
+        source = frame[rule.column]
+        if rule.action == "remove":
+            removed.append(rule.column)
+        elif rule.action == "keep":
+            out[rule.output] = source
+        elif rule.action == "pseudonymise":
+            if rule.argument == "person":
+                mapped = [person_by_key.get((i, k)) for i, k in zip(frame["institution"], source, strict=True)]
+            elif rule.argument == "person_by_mrn":
+                lookup = person_by_mrn or {}
+                mapped = [lookup.get((i, k)) for i, k in zip(frame["institution"], source, strict=True)]
+            elif rule.argument == "keyed_hash":
+                if hmac_many is None:
+                    raise ValueError("keyed_hash pseudonymisation needs the Vault HMAC")
+                mapped = keyed_pseudonyms([str(v) for v in source], hmac_many, policy)
+            else:
+                raise ValueError(f"policy: unknown pseudonymiser {rule.argument!r}")
+            series = pd.Series(mapped, index=frame.index, dtype="object")
+            linked &= series.notna()
+            out[rule.output] = series
+        elif rule.action == "generalise":
+            if rule.argument == "year":
+                out[rule.output] = _year(source)
+            elif rule.argument == "age_band":
+                reference = age_reference if age_reference is not None else pd.Series(dt.date.today(), index=frame.index)
+                out[rule.output] = [
+                    age_band(age_in_years(dt.date.fromisoformat(b), r), policy.age_band_width, policy.age_top_code)
+                    if isinstance(b, str)
+                    else None
+                    for b, r in zip(source, reference, strict=True)
+                ]
+            else:
+                raise ValueError(f"policy: unknown generaliser {rule.argument!r}")
+    unlinked = int((~linked).sum())
+    kept = out.index[linked]
+    out = out[linked].reset_index(drop=True)
+    return PolicyOutcome(out, removed, undeclared, unlinked, kept)

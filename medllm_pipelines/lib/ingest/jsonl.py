@@ -1,0 +1,91 @@
+"""JSON Lines feeds (pre-consultation dialogues, annotations) -> rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from medllm_pipelines.lib.common.records import QuarantineRecord
+from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES
+
+STAGE = "ingest"
+
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    DIALOGUES: ("dialogue_id", "language", "turns", "department"),
+    ANNOTATIONS: ("item_id", "annotator_id", "label", "annotated_at", "guideline_version"),
+}
+
+
+@dataclass
+class ParsedLines:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    lines_seen: int = 0
+
+
+def _dialogue_row(record: dict[str, Any]) -> dict[str, Any]:
+    turns = record["turns"]
+    return {
+        "dialogue_id": str(record["dialogue_id"]),
+        "patient_mrn": record.get("patient_mrn"),
+        "language": record["language"],
+        "department": record["department"],
+        "turn_count": len(turns),
+        "turns_json": orjson.dumps(turns).decode(),
+    }
+
+
+def _annotation_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "item_id": str(record["item_id"]),
+        "annotator_id": str(record["annotator_id"]),
+        "label": str(record["label"]),
+        "annotated_at": str(record["annotated_at"]),
+        "tool": record.get("tool"),
+        "guideline_version": str(record["guideline_version"]),
+    }
+
+
+_ROW_BUILDERS = {DIALOGUES: _dialogue_row, ANNOTATIONS: _annotation_row}
+
+
+def parse_jsonl_object(
+    content: bytes, *, kind: str, institution: str | None, source_object: str, asset: str
+) -> ParsedLines:
+    result = ParsedLines()
+
+    def reject(position: int | None, code: str, reason: str) -> None:
+        result.quarantine.append(QuarantineRecord(STAGE, asset, institution, source_object, position, kind, code, reason))
+
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        result.lines_seen = 1
+        reject(None, "encoding_error", f"file is not valid UTF-8 (byte offset {exc.start})")
+        return result
+    if not text.strip():
+        result.lines_seen = 1
+        reject(None, "empty_file", "file is empty")
+        return result
+    for line_no, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        result.lines_seen += 1
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            reject(line_no, "malformed_json", "line is not valid JSON")
+            continue
+        if not isinstance(record, dict):
+            reject(line_no, "malformed_record", "line is not a JSON object")
+            continue
+        missing = [f for f in REQUIRED_FIELDS[kind] if record.get(f) in (None, "", [])]
+        if missing:
+            reject(line_no, "missing_required_field", f"missing {', '.join(missing)}")
+            continue
+        row = _ROW_BUILDERS[kind](record)
+        row.update(institution=institution, source_object=source_object, source_position=line_no)
+        result.rows.append(row)
+    return result

@@ -1,0 +1,390 @@
+"""Cleaning and harmonisation with declared rules (``cleaning_rules.yaml``).
+
+Every record that enters leaves as exactly one of: cleaned output, quarantined
+(with a reason code), or removed by a named rule (duplicates, out-of-scope
+codes). ``Reconciliation.check()`` enforces in = out + quarantined + removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import yaml
+
+from medllm_pipelines.lib.common import codes
+from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
+
+STAGE = "quality"
+RULES_PATH = Path(__file__).with_name("cleaning_rules.yaml")
+
+
+@dataclass(frozen=True)
+class CleaningRules:
+    version: str
+    concepts: dict[str, dict[str, Any]]
+    earliest_birth_date: dt.date
+    timezones: dict[str, str]
+    genders: tuple[str, ...]
+
+    def timezone_for(self, institution: str | None) -> ZoneInfo:
+        return ZoneInfo(self.timezones.get(institution or "", self.timezones["default"]))
+
+
+@lru_cache(maxsize=4)
+def load_rules(path: Path = RULES_PATH) -> CleaningRules:
+    raw = yaml.safe_load(Path(path).read_text())
+    return CleaningRules(
+        version=str(raw["version"]),
+        concepts=raw["concepts"],
+        earliest_birth_date=dt.date.fromisoformat(str(raw["dates"]["earliest_birth_date"])),
+        timezones=raw["dates"]["institution_timezones"],
+        genders=tuple(raw["genders"]),
+    )
+
+
+@dataclass
+class CleaningResult:
+    frame: pd.DataFrame
+    quarantine: list[QuarantineRecord]
+    reconciliation: Reconciliation
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --- dates --------------------------------------------------------------------
+class UnparseableDate(ValueError):
+    """A FHIR date/dateTime string that is not ISO 8601."""
+
+
+def parse_fhir_datetime(value: str | None, tz: ZoneInfo) -> tuple[dt.date, dt.datetime | None] | None:
+    """FHIR date/dateTime -> (local calendar date, UTC instant or None for date-only).
+
+    Partial dates (``2024`` / ``2024-03``) resolve to their first day. Naive
+    times are read in the institution's zone ``tz``.
+    """
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+        return None
+    text = str(value)
+    if len(text) == 4 and text.isdigit():
+        return dt.date(int(text), 1, 1), None
+    if len(text) == 7 and text[4] == "-":
+        try:
+            return dt.date(int(text[:4]), int(text[5:7]), 1), None
+        except ValueError as exc:
+            raise UnparseableDate(text) from exc
+    if len(text) == 10:
+        try:
+            return dt.date.fromisoformat(text), None
+        except ValueError as exc:
+            raise UnparseableDate(text) from exc
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UnparseableDate(text) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.date(), parsed.astimezone(dt.UTC)
+
+
+def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Drop re-sent resources: identical content (duplicate) or an older version."""
+    if frame.empty:
+        return frame, 0, 0
+    before = len(frame)
+    exact = frame.drop_duplicates(subset=["institution", "resource_type", "resource_key", "content_hash"])
+    duplicates = before - len(exact)
+    latest = exact.drop_duplicates(subset=["institution", "resource_type", "resource_key"], keep="last")
+    superseded = len(exact) - len(latest)
+    return latest.reset_index(drop=True), duplicates, superseded
+
+
+def _quarantine(row: Any, asset: str, code: str, reason: str) -> QuarantineRecord:
+    return QuarantineRecord(
+        STAGE,
+        asset,
+        row.institution,
+        row.source_object,
+        int(row.source_position) if row.source_position is not None else None,
+        row.resource_type,
+        code,
+        reason,
+    )
+
+
+# --- patients -----------------------------------------------------------------
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def resident_id_is_valid(value: str | None) -> bool:
+    """GB 11643-1999 check digit (ISO 7064 MOD 11-2) of an 18-character ID."""
+    if not value or len(value) != 18 or not value[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(value[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11] == value[17].upper()
+
+
+def clean_patients(patients: pd.DataFrame, asset: str, today: dt.date, rules: CleaningRules) -> CleaningResult:
+    deduped, duplicates, superseded = _dedupe(patients)
+    quarantine: list[QuarantineRecord] = []
+    keep: list[int] = []
+    birth_dates: list[str] = []
+    for index, row in enumerate(deduped.itertuples(index=False)):
+        try:
+            parsed = parse_fhir_datetime(row.birth_date, rules.timezone_for(row.institution))
+        except UnparseableDate:
+            quarantine.append(_quarantine(row, asset, "unparseable_date", "birthDate is not ISO 8601"))
+            continue
+        if parsed is None:
+            quarantine.append(_quarantine(row, asset, "missing_required_field", "birthDate is missing"))
+            continue
+        birth = parsed[0]
+        if birth > today:
+            quarantine.append(_quarantine(row, asset, "impossible_date", "birthDate is in the future"))
+            continue
+        if birth < rules.earliest_birth_date:
+            quarantine.append(
+                _quarantine(row, asset, "impossible_date", f"birthDate before {rules.earliest_birth_date}")
+            )
+            continue
+        keep.append(index)
+        birth_dates.append(birth.isoformat())
+    out = deduped.iloc[keep].copy()
+    out["birth_date"] = birth_dates
+    out["gender"] = out["gender"].where(out["gender"].isin(rules.genders), "unknown").fillna("unknown")
+    out["resident_id_valid"] = out["resident_id"].map(resident_id_is_valid)
+    recon = Reconciliation(
+        len(patients),
+        len(out),
+        len(quarantine),
+        {"duplicate_record": duplicates, "superseded_version": superseded},
+    ).check()
+    return CleaningResult(
+        out.reset_index(drop=True),
+        quarantine,
+        recon,
+        {"invalid_resident_ids": int((~out["resident_id_valid"] & out["resident_id"].notna()).sum())},
+    )
+
+
+# --- observations -------------------------------------------------------------
+def _concept_of(code_system: str | None, code: str | None) -> tuple[str, str] | None:
+    """(LOINC code, concept name) for a coded observation, via LOINC or a site's local codes."""
+    if code is None:
+        return None
+    if code_system == codes.LOINC:
+        loinc = code
+    elif code_system and code_system.endswith(":lab-codes"):
+        loinc = codes.LOCAL_LAB_TO_LOINC.get(code)
+        if loinc is None:
+            return None
+    else:
+        return None
+    concept = codes.LOINC_VARIANTS.get(loinc)
+    return (loinc, concept) if concept else None
+
+
+def clean_observations(
+    observations: pd.DataFrame,
+    patients: pd.DataFrame,
+    asset: str,
+    now: dt.datetime,
+    rules: CleaningRules,
+) -> CleaningResult:
+    """Map codes to LOINC concepts, convert to canonical units, check values and dates."""
+    deduped, duplicates, superseded = _dedupe(observations)
+    births = {
+        (r.institution, r.resource_key): dt.date.fromisoformat(r.birth_date)
+        for r in patients[["institution", "resource_key", "birth_date"]].itertuples(index=False)
+    }
+    canonical_loinc = {c.name: c.canonical_loinc for c in codes.CONCEPTS}
+    quarantine: list[QuarantineRecord] = []
+    unmapped = 0
+    unknown_patient = 0
+    rows: list[dict[str, Any]] = []
+    converted: dict[str, int] = {}
+    for row in deduped.itertuples(index=False):
+        mapped = _concept_of(row.code_system, row.code)
+        if mapped is None:
+            unmapped += 1
+            continue
+        source_loinc, concept = mapped
+        spec = rules.concepts[concept]
+        if row.value is None or pd.isna(row.value):
+            quarantine.append(_quarantine(row, asset, "missing_required_field", f"{concept}: no valueQuantity.value"))
+            continue
+        unit = row.unit
+        value = float(row.value)
+        if unit != spec["canonical_unit"]:
+            conversion = spec["conversions"].get(unit)
+            if conversion is None:
+                quarantine.append(_quarantine(row, asset, "unknown_unit", f"{concept}: unit {unit!r} not convertible"))
+                continue
+            value = value * float(conversion["scale"]) + float(conversion["offset"])
+            converted[concept] = converted.get(concept, 0) + 1
+        low, high = spec["plausible"]
+        if not low <= value <= high:
+            quarantine.append(
+                _quarantine(
+                    row,
+                    asset,
+                    "implausible_value",
+                    f"{concept} outside plausible range [{low}, {high}] {spec['canonical_unit']} after conversion",
+                )
+            )
+            continue
+        try:
+            parsed = parse_fhir_datetime(row.effective, rules.timezone_for(row.institution))
+        except UnparseableDate:
+            quarantine.append(_quarantine(row, asset, "unparseable_date", "effective[x] is not ISO 8601"))
+            continue
+        if parsed is None:
+            quarantine.append(_quarantine(row, asset, "missing_required_field", "effective[x] is missing"))
+            continue
+        local_date, instant = parsed
+        if (instant or dt.datetime.combine(local_date, dt.time(), tzinfo=dt.UTC)) > now:
+            quarantine.append(_quarantine(row, asset, "impossible_date", "effective date is in the future"))
+            continue
+        birth = births.get((row.institution, row.patient_key))
+        if birth is None:
+            unknown_patient += 1
+            quarantine.append(
+                _quarantine(row, asset, "unknown_patient", "subject is not a cleaned patient of this institution")
+            )
+            continue
+        if local_date < birth:
+            quarantine.append(_quarantine(row, asset, "impossible_date", "observation dated before birth"))
+            continue
+        rows.append(
+            {
+                "institution": row.institution,
+                "patient_key": row.patient_key,
+                "resource_key": row.resource_key,
+                "concept": concept,
+                "loinc": canonical_loinc[concept],
+                "source_loinc": source_loinc,
+                "source_code_system": row.code_system,
+                "value": round(value, 4),
+                "unit": spec["canonical_unit"],
+                "source_unit": unit,
+                "effective_date": local_date.isoformat(),
+                "effective_at": instant.isoformat() if instant else None,
+                "source_object": row.source_object,
+                "source_position": row.source_position,
+            }
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "institution",
+            "patient_key",
+            "resource_key",
+            "concept",
+            "loinc",
+            "source_loinc",
+            "source_code_system",
+            "value",
+            "unit",
+            "source_unit",
+            "effective_date",
+            "effective_at",
+            "source_object",
+            "source_position",
+        ],
+    )
+    recon = Reconciliation(
+        len(observations),
+        len(out),
+        len(quarantine),
+        {"duplicate_record": duplicates, "superseded_version": superseded, "out_of_scope_code": unmapped},
+    ).check()
+    return CleaningResult(out, quarantine, recon, {"converted_per_concept": converted})
+
+
+# --- conditions ---------------------------------------------------------------
+ICD10_SYSTEMS = (codes.ICD10_WHO, codes.ICD10_CM, codes.ICD10_CN)
+
+
+def normalise_icd10(code_system: str | None, code: str | None) -> str | None:
+    """ICD-10 (WHO), ICD-10-CM and the Chinese clinical edition -> WHO ``A00.0`` level.
+
+    CM and the Chinese edition extend WHO codes with extra characters after the
+    4th; truncating to category + first subcategory character keeps one system.
+    """
+    if code_system not in ICD10_SYSTEMS or not code:
+        return None
+    text = code.strip().upper().replace(" ", "")
+    if "." not in text and len(text) > 3:
+        text = f"{text[:3]}.{text[3:]}"
+    head, _, tail = text.partition(".")
+    if len(head) != 3 or not head[0].isalpha() or not head[1:].isdigit():
+        return None
+    return f"{head}.{tail[0]}" if tail else head
+
+
+def clean_conditions(conditions: pd.DataFrame, patients: pd.DataFrame, asset: str, rules: CleaningRules) -> CleaningResult:
+    deduped, duplicates, superseded = _dedupe(conditions)
+    known = set(zip(patients["institution"], patients["resource_key"], strict=True))
+    quarantine: list[QuarantineRecord] = []
+    keep: list[int] = []
+    icd: list[str] = []
+    onset_dates: list[str | None] = []
+    for index, row in enumerate(deduped.itertuples(index=False)):
+        code = normalise_icd10(row.code_system, row.code)
+        if code is None:
+            quarantine.append(_quarantine(row, asset, "invalid_code", "diagnosis is not a valid ICD-10 code"))
+            continue
+        if (row.institution, row.patient_key) not in known:
+            quarantine.append(
+                _quarantine(row, asset, "unknown_patient", "subject is not a cleaned patient of this institution")
+            )
+            continue
+        try:
+            parsed = parse_fhir_datetime(row.onset or row.recorded_date, rules.timezone_for(row.institution))
+        except UnparseableDate:
+            quarantine.append(_quarantine(row, asset, "unparseable_date", "onset/recordedDate is not ISO 8601"))
+            continue
+        keep.append(index)
+        icd.append(code)
+        onset_dates.append(parsed[0].isoformat() if parsed else None)
+    out = deduped.iloc[keep].copy()
+    out["icd10"] = icd
+    out["icd10_category"] = out["icd10"].str[:3]
+    out["onset_date"] = onset_dates
+    recon = Reconciliation(
+        len(conditions), len(out), len(quarantine), {"duplicate_record": duplicates, "superseded_version": superseded}
+    ).check()
+    return CleaningResult(out.reset_index(drop=True), quarantine, recon)
+
+
+# --- consents -----------------------------------------------------------------
+def clean_consents(consents: pd.DataFrame, patients: pd.DataFrame, asset: str, rules: CleaningRules) -> CleaningResult:
+    deduped, duplicates, superseded = _dedupe(consents)
+    known = set(zip(patients["institution"], patients["resource_key"], strict=True))
+    quarantine: list[QuarantineRecord] = []
+    keep: list[int] = []
+    decided: list[str | None] = []
+    for index, row in enumerate(deduped.itertuples(index=False)):
+        if (row.institution, row.patient_key) not in known:
+            quarantine.append(
+                _quarantine(row, asset, "unknown_patient", "patient is not a cleaned patient of this institution")
+            )
+            continue
+        try:
+            parsed = parse_fhir_datetime(row.date_time, rules.timezone_for(row.institution))
+        except UnparseableDate:
+            quarantine.append(_quarantine(row, asset, "unparseable_date", "Consent.dateTime is not ISO 8601"))
+            continue
+        keep.append(index)
+        decided.append((parsed[1] or dt.datetime.combine(parsed[0], dt.time(), tzinfo=dt.UTC)).isoformat() if parsed else None)
+    out = deduped.iloc[keep].copy()
+    out["decided_at"] = decided
+    recon = Reconciliation(
+        len(consents), len(out), len(quarantine), {"duplicate_record": duplicates, "superseded_version": superseded}
+    ).check()
+    return CleaningResult(out.reset_index(drop=True), quarantine, recon)

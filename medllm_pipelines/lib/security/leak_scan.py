@@ -1,0 +1,79 @@
+"""Find direct identifiers of the raw zone anywhere they must not be.
+
+The needles are the identifiers of the synthetic/real patients (decrypted in
+memory only); the haystacks are de-identified tables, files, metadata. A hit
+reports *where* (table.column or file) and how many, never the value found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+IDENTIFIER_COLUMNS = ("mrn", "resident_id", "name_zh", "name_en", "phone", "email", "address")
+MIN_NEEDLE_CHARS = {"name_zh": 2}
+DEFAULT_MIN_CHARS = 6
+
+
+@dataclass(frozen=True)
+class LeakHit:
+    location: str
+    identifier_kind: str
+    count: int
+
+
+def identifier_needles(patients: pd.DataFrame) -> dict[str, set[str]]:
+    """Identifier kind -> values to look for, from an identifiable patients table."""
+    needles: dict[str, set[str]] = {}
+    for column in IDENTIFIER_COLUMNS:
+        if column not in patients.columns:
+            continue
+        minimum = MIN_NEEDLE_CHARS.get(column, DEFAULT_MIN_CHARS)
+        values = {str(v) for v in patients[column].dropna() if len(str(v)) >= minimum}
+        if values:
+            needles[column] = values
+    return needles
+
+
+def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]], location: str) -> list[LeakHit]:
+    """Exact-cell and substring hits of any needle in any text column."""
+    hits: list[LeakHit] = []
+    text_columns = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype).startswith("string")]
+    for column in text_columns:
+        values = frame[column].dropna().astype(str)
+        if values.empty:
+            continue
+        joined = "\x00".join(values.tolist())
+        for kind, candidates in needles.items():
+            count = sum(joined.count(needle) for needle in candidates if needle in joined)
+            if count:
+                hits.append(LeakHit(f"{location}.{column}", kind, count))
+    return hits
+
+
+def scan_text(text: str, needles: dict[str, set[str]], location: str) -> list[LeakHit]:
+    hits = []
+    for kind, candidates in needles.items():
+        count = sum(text.count(needle) for needle in candidates if needle in text)
+        if count:
+            hits.append(LeakHit(location, kind, count))
+    return hits
+
+
+def scan_files(paths: Iterable[Path], needles: dict[str, set[str]], root: Path) -> list[LeakHit]:
+    """Byte-level scan of files (UTF-8 encodings of every needle)."""
+    encoded = {kind: {n.encode("utf-8") for n in values} for kind, values in needles.items()}
+    hits: list[LeakHit] = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        for kind, candidates in encoded.items():
+            count = sum(data.count(needle) for needle in candidates if needle in data)
+            if count:
+                hits.append(LeakHit(str(path.relative_to(root)), kind, count))
+    return hits

@@ -1,0 +1,476 @@
+"""Training a binary classifier on a per-patient feature table with Lightning.
+
+Network (`TabularMLP`), training system (`BinaryClassificationSystem`) and
+data (`TabularDataModule`) are separate, as Lightning intends, so that each
+can change without touching the others. `train_tabular_classifier` is the
+one entry point a pipeline calls: it seeds everything, stops early on the
+validation loss, keeps the best checkpoint and writes a model directory
+that `TabularPredictor.load` reads in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from medllm_pipelines.lib.train.networks import ACTIVATIONS, TabularMLP
+from medllm_pipelines.lib.train.predictor import (
+    MODEL_SPEC_FILENAME,
+    MODEL_SPEC_FORMAT_VERSION,
+    NETWORK_WEIGHTS_FILENAME,
+    TabularPredictor,
+    sha256_file,
+)
+from medllm_pipelines.lib.train.preprocessing import (
+    PREPROCESSOR_CONFIG_FILENAME,
+    PREPROCESSOR_FILENAME,
+    FittedPreprocessor,
+    fit_preprocessor,
+    save_preprocessor,
+    split_feature_columns,
+)
+
+__all__ = [
+    "BinaryClassificationSystem",
+    "EpochMetricsCallback",
+    "TabularDataModule",
+    "TabularMLP",
+    "TabularPredictor",
+    "TrainConfig",
+    "TrainResult",
+    "train_tabular_classifier",
+]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
+TRAIN_SPLIT = "train"
+VALIDATION_SPLIT = "validation"
+CHECKPOINT_DIRNAME = "checkpoints"
+MODEL_DIRNAME = "model"
+BEST_CHECKPOINT_NAME = "best"
+VERSIONED_PACKAGES = ("torch", "lightning", "scikit-learn", "numpy", "pandas", "joblib")
+
+EpochMetricsCallback = Callable[[dict[str, float], int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights, and nothing else (M3, M4, M10).
+
+    `weight_decay` is L2 regularisation added to the gradient (torch's coupled
+    form for all three optimisers). `pos_weight` multiplies the loss of positive
+    rows: None for 1, a float, or "balanced" for n_negative / n_positive in train.
+    """
+
+    hidden_sizes: tuple[int, ...] = (64, 32)
+    activation: str = "relu"
+    dropout: float = 0.1
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 100
+    early_stopping_patience: int = 10
+    seed: int = 42
+    pos_weight: float | str | None = None
+    early_stopping_min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(size) for size in self.hidden_sizes))
+        problems = []
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {sorted(ACTIVATIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {sorted(OPTIMIZERS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append("dropout must be in [0, 1)")
+        if self.lr <= 0:
+            problems.append("lr must be positive")
+        if self.weight_decay < 0:
+            problems.append("weight_decay must be >= 0")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.early_stopping_patience < 0:
+            problems.append("batch_size and max_epochs must be >= 1, early_stopping_patience >= 0")
+        if any(size < 1 for size in self.hidden_sizes):
+            problems.append("hidden sizes must be positive")
+        if isinstance(self.pos_weight, str) and self.pos_weight != "balanced":
+            problems.append('pos_weight must be None, a positive number or "balanced"')
+        if isinstance(self.pos_weight, (int, float)) and self.pos_weight <= 0:
+            problems.append("pos_weight must be positive")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hidden_sizes"] = list(self.hidden_sizes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    """Where the trained artefacts are and how training went; epochs are 0-based as in Lightning."""
+
+    checkpoint_path: Path
+    preprocessor_path: Path
+    model_dir: Path
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    val_metrics: dict[str, float]
+    n_train: int
+    n_val: int
+    feature_names_out: list[str]
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    missing_values: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary, e.g. for asset metadata."""
+        data = asdict(self)
+        for key in ("checkpoint_path", "preprocessor_path", "model_dir"):
+            data[key] = str(data[key])
+        return data
+
+
+class BinaryClassificationSystem(L.LightningModule):
+    """Loss, optimiser and per-epoch metrics around any network that returns logits."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        pos_weight: float | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.save_hyperparameters(ignore=["network"])
+        self.network = network
+        weight = None if pos_weight is None else torch.tensor(float(pos_weight))
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
+        self._val_probabilities: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.network(features)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        features, labels = batch
+        loss = self.loss_fn(self(features), labels)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        features, labels = batch
+        logits = self(features)
+        self.log("val_loss", self.loss_fn(logits, labels), on_step=False, on_epoch=True, batch_size=len(labels))
+        self._val_probabilities.append(torch.sigmoid(logits).detach().cpu())
+        self._val_labels.append(labels.detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        labels = torch.cat(self._val_labels).numpy()
+        probabilities = torch.cat(self._val_probabilities).numpy()
+        self._val_probabilities.clear()
+        self._val_labels.clear()
+        # One class only: AUC is undefined; NaN says so instead of a made-up 0 or 0.5.
+        auc = float(roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else float("nan")
+        self.log("val_roc_auc", auc)
+
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return torch.sigmoid(self(batch[0]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer_class = OPTIMIZERS[self.hparams["optimizer"]]
+        return optimizer_class(self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+
+
+class TabularDataModule(L.LightningDataModule):
+    """Turns the split feature table into tensors, fitting preprocessing on train rows only.
+
+    Rows of any split other than train and validation (the test split) are
+    never read, so nothing about them can influence training.
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        numeric_columns: Sequence[str],
+        categorical_columns: Sequence[str],
+        label_column: str,
+        split_column: str = "split",
+        batch_size: int = 64,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        for column in (label_column, split_column):
+            if column not in frame.columns:
+                raise KeyError(f"frame lacks column {column!r}")
+        self.frame = frame
+        self.numeric_columns = tuple(numeric_columns)
+        self.categorical_columns = tuple(categorical_columns)
+        self.label_column = label_column
+        self.split_column = split_column
+        self.batch_size = batch_size
+        self.seed = seed
+        self.preprocessor: FittedPreprocessor | None = None
+        self.train_dataset: TensorDataset | None = None
+        self.val_dataset: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.preprocessor is not None:
+            return
+        train_rows = self.frame[self.frame[self.split_column] == TRAIN_SPLIT]
+        val_rows = self.frame[self.frame[self.split_column] == VALIDATION_SPLIT]
+        if len(train_rows) == 0 or len(val_rows) == 0:
+            raise ValueError(
+                f"need rows with {self.split_column}={TRAIN_SPLIT!r} and {VALIDATION_SPLIT!r}; "
+                f"got {len(train_rows)} and {len(val_rows)}"
+            )
+        train_labels = self._labels(train_rows, TRAIN_SPLIT)
+        if len(np.unique(train_labels)) < 2:
+            raise ValueError("the training split holds only one class; a classifier cannot be fitted")
+        self.preprocessor = fit_preprocessor(train_rows, self.numeric_columns, self.categorical_columns)
+        self.train_dataset = self._dataset(train_rows, train_labels)
+        self.val_dataset = self._dataset(val_rows, self._labels(val_rows, VALIDATION_SPLIT))
+
+    def _labels(self, rows: pd.DataFrame, split: str) -> np.ndarray:
+        labels = pd.to_numeric(rows[self.label_column], errors="coerce")
+        bad = int((~labels.isin([0, 1])).sum())
+        if bad:
+            raise ValueError(f"{bad} rows of the {split} split have a {self.label_column!r} that is not 0 or 1")
+        return labels.to_numpy(dtype=np.float32)
+
+    def _dataset(self, rows: pd.DataFrame, labels: np.ndarray) -> TensorDataset:
+        assert self.preprocessor is not None
+        return TensorDataset(torch.from_numpy(self.preprocessor.transform(rows)), torch.from_numpy(labels))
+
+    @property
+    def n_features(self) -> int:
+        if self.preprocessor is None:
+            raise RuntimeError("call setup() first")
+        return self.preprocessor.n_features_out
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None
+        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 1024), shuffle=False)
+
+
+class _EpochHistory(Callback):
+    """Collects one dict of epoch-level metrics per epoch and forwards it to the caller's hook."""
+
+    def __init__(self, on_epoch_metrics: EpochMetricsCallback | None) -> None:
+        self.history: list[dict[str, float]] = []
+        self.on_epoch_metrics = on_epoch_metrics
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning runs the epoch's validation before this hook, so val metrics are current.
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        metrics["epoch"] = float(trainer.current_epoch)
+        self.history.append(metrics)
+        if self.on_epoch_metrics is not None:
+            self.on_epoch_metrics({k: v for k, v in metrics.items() if k != "epoch"}, trainer.current_epoch)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banners (accelerator info, a product tip with a URL) and one upstream deprecation.
+
+    Everything a caller needs (epochs run, early stop) is in TrainResult; real
+    warnings from Lightning still come through.
+    """
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    previous_level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            yield
+    finally:
+        rank_zero.setLevel(previous_level)
+
+
+def _resolve_pos_weight(config: TrainConfig, train_labels: torch.Tensor) -> float | None:
+    if config.pos_weight == "balanced":
+        n_positive = float(train_labels.sum())
+        return (len(train_labels) - n_positive) / n_positive
+    return None if config.pos_weight is None else float(config.pos_weight)
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def train_tabular_classifier(
+    frame: pd.DataFrame,
+    feature_columns: Sequence[str],
+    categorical_columns: Sequence[str],
+    label_column: str,
+    config: TrainConfig,
+    output_dir: str | Path,
+    on_epoch_metrics: EpochMetricsCallback | None = None,
+    *,
+    split_column: str = "split",
+) -> TrainResult:
+    """Train on the train split, select on the validation split, write a loadable model directory.
+
+    `feature_columns` lists the model inputs; those also in `categorical_columns`
+    are one-hot encoded, the rest are numeric (categoricals need not be repeated
+    in `feature_columns`). `on_epoch_metrics(metrics, epoch)` is called after
+    each epoch (validation included) with train_loss, val_loss and val_roc_auc,
+    e.g. to stream curves to MLflow. Files we own under output_dir
+    (checkpoints/, model/) are replaced.
+    """
+    started = time.perf_counter()
+    numeric, categorical = split_feature_columns(feature_columns, categorical_columns)
+    output_dir = Path(output_dir)
+    checkpoint_dir = output_dir / CHECKPOINT_DIRNAME
+    model_dir = output_dir / MODEL_DIRNAME
+    for owned in (checkpoint_dir, model_dir):
+        if owned.exists():
+            shutil.rmtree(owned)
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = TabularDataModule(
+        frame, numeric, categorical, label_column, split_column, batch_size=config.batch_size, seed=config.seed
+    )
+    data.setup("fit")
+    assert data.preprocessor is not None and data.train_dataset is not None and data.val_dataset is not None
+    pos_weight = _resolve_pos_weight(config, data.train_dataset.tensors[1])
+    network = TabularMLP(data.n_features, config.hidden_sizes, config.activation, config.dropout)
+    system = BinaryClassificationSystem(network, config.optimizer, config.lr, config.weight_decay, pos_weight)
+
+    history = _EpochHistory(on_epoch_metrics)
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=BEST_CHECKPOINT_NAME,
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    early_stopping = EarlyStopping(
+        monitor="val_loss", mode="min", patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=config.max_epochs,
+        callbacks=[history, checkpoint, early_stopping],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        default_root_dir=output_dir,
+    )
+    with _quiet_lightning():
+        trainer.fit(system, datamodule=data)
+    if not checkpoint.best_model_path:
+        raise RuntimeError("no checkpoint was saved: the validation loss was never finite")
+
+    checkpoint_path = Path(checkpoint.best_model_path)
+    # Our own checkpoint: tensors and plain containers only, so weights_only loading works.
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    best_epoch = int(state["epoch"])
+    network_state = {
+        key.removeprefix("network."): value for key, value in state["state_dict"].items() if key.startswith("network.")
+    }
+    network.load_state_dict(network_state)
+    network.eval()
+    val_features, val_labels = data.val_dataset.tensors
+    with torch.no_grad():
+        val_logits = network(val_features)
+        val_loss = float(system.loss_fn(val_logits, val_labels))
+    val_probabilities = torch.sigmoid(val_logits).numpy()
+    labels = val_labels.numpy()
+    val_auc = float(roc_auc_score(labels, val_probabilities)) if len(np.unique(labels)) == 2 else float("nan")
+    val_metrics = {"val_loss": val_loss, "val_roc_auc": val_auc}
+
+    preprocessor_path = save_preprocessor(data.preprocessor, model_dir)
+    weights_path = model_dir / NETWORK_WEIGHTS_FILENAME
+    torch.save(network.state_dict(), weights_path)
+    epochs_run = len(history.history)
+    spec = {
+        "format_version": MODEL_SPEC_FORMAT_VERSION,
+        "task": "binary_classification",
+        "label_column": label_column,
+        "feature_columns": {"numeric": list(numeric), "categorical": list(categorical)},
+        "feature_names_out": data.preprocessor.feature_names_out,
+        "network": {
+            "class": f"{TabularMLP.__module__}.{TabularMLP.__qualname__}",
+            "n_inputs": data.n_features,
+            "hidden_sizes": list(config.hidden_sizes),
+            "activation": config.activation,
+            "dropout": config.dropout,
+        },
+        "train_config": config.to_dict(),
+        "resolved_pos_weight": pos_weight,
+        "decision_threshold": 0.5,
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "val_metrics": val_metrics,
+        "n_train": len(data.train_dataset),
+        "n_val": len(data.val_dataset),
+        "files": {
+            "network_weights": NETWORK_WEIGHTS_FILENAME,
+            "preprocessor": PREPROCESSOR_FILENAME,
+            "preprocessor_config": PREPROCESSOR_CONFIG_FILENAME,
+        },
+        "sha256": {"network_weights": sha256_file(weights_path), "preprocessor": sha256_file(preprocessor_path)},
+        "versions": _package_versions(),
+    }
+    (model_dir / MODEL_SPEC_FILENAME).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+
+    return TrainResult(
+        checkpoint_path=checkpoint_path,
+        preprocessor_path=preprocessor_path,
+        model_dir=model_dir,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        history=history.history,
+        val_metrics=val_metrics,
+        n_train=len(data.train_dataset),
+        n_val=len(data.val_dataset),
+        feature_names_out=list(data.preprocessor.feature_names_out),
+        stopped_early=epochs_run < config.max_epochs,
+        train_seconds=time.perf_counter() - started,
+        missing_values=data.preprocessor.missing_values.to_dict(),
+    )

@@ -1,0 +1,198 @@
+"""The one place that reads the environment.
+
+Everything local lives under ``MEDLLM_HOME`` (default ``./.medllm``). Production
+is the same code with environment variables pointing at real servers:
+
+==============================  ==============================================
+variable                        effect
+==============================  ==============================================
+``MEDLLM_HOME``                 root of all local state (default ``./.medllm``)
+``MEDLLM_LANDING_DIR``          landing zone (default ``$MEDLLM_HOME/landing``)
+``MEDLLM_LANDING_CONSUME``      ``false`` keeps landed files after ingestion
+``MEDLLM_WAREHOUSE_URL``        ``postgresql+psycopg2://...`` for PostgreSQL;
+                                default a DuckDB file under MEDLLM_HOME
+``MLFLOW_TRACKING_URI``         tracking server or database URI; default a
+                                SQLite store under MEDLLM_HOME
+``MEDLLM_MLFLOW_ARTIFACT_ROOT`` artifact root for new experiments
+``MEDLLM_MLFLOW_UI_URL``        base URL used for run links in metadata
+``MEDLLM_DAGSTER_PG_URL``       Dagster run/event/schedule storage on
+                                PostgreSQL (dagster-postgres)
+``VAULT_ADDR`` / ``VAULT_TOKEN`` a real Vault; default the project's OpenBao
+                                dev server (state file under MEDLLM_HOME)
+``VAULT_CACERT``                CA bundle for Vault TLS
+==============================  ==============================================
+
+Nothing else in the package calls ``os.environ`` for configuration, so no other
+module branches on embedded vs production.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDDED = "embedded"
+PRODUCTION = "production"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration; paths are absolute."""
+
+    home: Path
+    landing_dir: Path
+    landing_consume: bool
+    warehouse_url: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    mlflow_ui_url: str
+    dagster_home: Path
+    dagster_pg_url: str | None
+    vault_addr: str | None
+    vault_token_in_env: bool
+    vault_cacert: str | None
+
+    # --- derived locations -------------------------------------------------
+    @property
+    def services_dir(self) -> Path:
+        return self.home / "services"
+
+    @property
+    def openbao_state_file(self) -> Path:
+        return self.services_dir / "openbao.json"
+
+    @property
+    def raw_zone_dir(self) -> Path:
+        return self.home / "raw_zone"
+
+    @property
+    def deidentified_dir(self) -> Path:
+        return self.home / "deidentified"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def warehouse_is_postgres(self) -> bool:
+        return self.warehouse_url.startswith("postgresql")
+
+    @property
+    def uses_local_openbao(self) -> bool:
+        return self.vault_addr is None
+
+    def component_modes(self) -> dict[str, str]:
+        """Which backing service each component uses (for status output)."""
+        return {
+            "dagster_storage": "postgresql" if self.dagster_pg_url else "sqlite",
+            "warehouse": "postgresql" if self.warehouse_is_postgres else "duckdb",
+            "mlflow": _mlflow_kind(self.mlflow_tracking_uri),
+            "vault": "local openbao dev server" if self.uses_local_openbao else "external vault",
+        }
+
+    @property
+    def mode(self) -> str:
+        modes = self.component_modes()
+        embedded = (
+            modes["dagster_storage"] == "sqlite"
+            and modes["warehouse"] == "duckdb"
+            and modes["mlflow"] == "sqlite"
+            and self.uses_local_openbao
+        )
+        return EMBEDDED if embedded else PRODUCTION
+
+
+def _mlflow_kind(uri: str) -> str:
+    if uri.startswith("sqlite:"):
+        return "sqlite"
+    if uri.startswith("postgresql"):
+        return "postgresql"
+    if uri.startswith(("http://", "https://")):
+        return "tracking server"
+    return uri.split(":", 1)[0]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("MEDLLM_HOME", ".medllm")).expanduser().resolve()
+    landing = Path(env.get("MEDLLM_LANDING_DIR", str(home / "landing"))).expanduser().resolve()
+    warehouse_url = env.get("MEDLLM_WAREHOUSE_URL") or f"duckdb:///{home / 'warehouse' / 'medllm.duckdb'}"
+    tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    artifact_root = env.get("MEDLLM_MLFLOW_ARTIFACT_ROOT") or (home / "mlflow" / "artifacts").as_uri()
+    return Settings(
+        home=home,
+        landing_dir=landing,
+        landing_consume=env.get("MEDLLM_LANDING_CONSUME", "true").strip().lower() in _TRUE,
+        warehouse_url=warehouse_url,
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_artifact_root=artifact_root,
+        mlflow_ui_url=env.get("MEDLLM_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/"),
+        dagster_home=Path(env.get("DAGSTER_HOME", str(home / "dagster_home"))).expanduser().resolve(),
+        dagster_pg_url=env.get("MEDLLM_DAGSTER_PG_URL") or None,
+        vault_addr=env.get("VAULT_ADDR") or None,
+        vault_token_in_env=bool(env.get("VAULT_TOKEN")),
+        vault_cacert=env.get("VAULT_CACERT") or None,
+    )
+
+
+_EMBEDDED_DAGSTER_YAML = """\
+# Written by medllm_pipelines.settings: embedded mode (SQLite storage).
+storage:
+  sqlite:
+    base_dir: {base}
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 1
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_home(settings: Settings) -> None:
+    """Create MEDLLM_HOME's folders and the Dagster instance config.
+
+    Embedded mode writes a SQLite ``dagster.yaml``; with
+    ``MEDLLM_DAGSTER_PG_URL`` set, ``infra/dagster.yaml`` (PostgreSQL via
+    dagster-postgres, the URL read from the environment by Dagster itself) is
+    copied instead, so the secret never lands in a file.
+    """
+    for folder in (
+        settings.home,
+        settings.landing_dir,
+        settings.raw_zone_dir,
+        settings.deidentified_dir,
+        settings.models_dir,
+        settings.reports_dir,
+        settings.dagster_home,
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+    settings.services_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.warehouse_url.startswith("duckdb:///"):
+        Path(settings.warehouse_url.removeprefix("duckdb:///")).parent.mkdir(parents=True, exist_ok=True)
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if settings.mlflow_artifact_root.startswith("file://"):
+        Path(settings.mlflow_artifact_root.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    yaml_path = settings.dagster_home / "dagster.yaml"
+    if settings.dagster_pg_url:
+        content = (Path(__file__).resolve().parent / "infra_templates" / "dagster_postgres.yaml").read_text()
+    else:
+        content = _EMBEDDED_DAGSTER_YAML.format(base=settings.dagster_home / "storage")
+    if not yaml_path.exists() or yaml_path.read_text() != content:
+        yaml_path.write_text(content)
+
+
+def activate(settings: Settings) -> None:
+    """Point Dagster at our home (process-wide; only the CLI calls this)."""
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)

@@ -1,0 +1,154 @@
+"""The whole lifecycle, materialised in-process through Dagster on a small synthetic
+hospital, against a real OpenBao dev server, DuckDB, SQLite Dagster storage and MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medllm_pipelines.defs import keys
+from medllm_pipelines.lib.common.warehouse import Warehouse
+from medllm_pipelines.lib.security.envelope import is_envelope
+from medllm_pipelines.lib.security.home_scan import load_identity_needles, scan_home
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_succeeds_with_every_check_passing(embedded_run) -> None:
+    assert embedded_run.result.success
+    evaluations = embedded_run.check_evaluations()
+    assert evaluations, "no asset check ran"
+    failed = [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed]
+    assert failed == []
+    graph = embedded_run.defs.resolve_asset_graph()
+    materialized = {e.event_specific_data.materialization.asset_key for e in embedded_run.result.get_asset_materialization_events()}
+    assert materialized == set(graph.get_all_asset_keys())
+
+
+def test_every_stage_reconciles(embedded_run) -> None:
+    """in = out + quarantined + removed-by-rule, reported on every asset that transforms records."""
+    checked = 0
+    for event in embedded_run.result.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+        for flag in ("reconciled", "feed_reconciled"):
+            if flag in meta:
+                checked += 1
+                assert meta[flag] is True, f"{event.event_specific_data.materialization.asset_key.to_user_string()} {flag}"
+    assert checked >= 15
+
+
+def test_seeded_defects_are_quarantined_with_reasons(embedded_run) -> None:
+    manifest = embedded_run.hospital.manifest
+    defect_types = {d["defect_type"] if isinstance(d, dict) else d.defect_type for d in _defects(manifest)}
+    warehouse = Warehouse(embedded_run.settings.warehouse_url)
+    quarantine = warehouse.read_table(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE)
+    reasons = set(quarantine["reason_code"])
+    if "malformed_file" in defect_types:
+        assert "malformed_json" in reasons
+    if "missing_required_field" in defect_types or "unparseable_date" in defect_types:
+        assert "invalid_resource" in reasons
+    if "impossible_value" in defect_types or "wrong_unit" in defect_types:
+        assert "implausible_value" in reasons
+    assert quarantine["reason"].str.len().min() > 5, "every quarantined record says why"
+    assert quarantine["source_object"].notna().all()
+
+
+def _defects(manifest) -> list:
+    if isinstance(manifest, dict):
+        return manifest["defects"]
+    return list(manifest.defects)
+
+
+def test_evaluation_report_beats_chance_next_to_baseline(embedded_run) -> None:
+    meta = embedded_run.materialization(keys.DIABETES_EVALUATION)
+    report = json.loads(Path(meta["report_json"]).read_text())
+    assert meta["model_roc_auc"] > 0.6
+    assert meta["baseline_roc_auc"] is not None
+    html = Path(meta["report_html"]).read_text()
+    assert "ROC" in html and "baseline" in html.lower()
+    assert report["dataset_version"] == embedded_run.materialization(keys.DIABETES_MODEL)["dataset_version"]
+
+
+def test_mlflow_has_training_and_evaluation_runs(embedded_run) -> None:
+    from mlflow.tracking import MlflowClient
+
+    train_meta = embedded_run.materialization(keys.DIABETES_MODEL)
+    eval_meta = embedded_run.materialization(keys.DIABETES_EVALUATION)
+    client = MlflowClient(tracking_uri=embedded_run.settings.mlflow_tracking_uri)
+    training = client.get_run(train_meta["mlflow_run_id"])
+    assert training.data.params["dataset_version"] == train_meta["dataset_version"]
+    assert training.data.tags["dagster_run_id"] == embedded_run.result.run_id
+    assert len(client.get_metric_history(training.info.run_id, "val_loss")) == train_meta["epochs_run"]
+    evaluation = client.get_run(eval_meta["mlflow_run_id"])
+    assert evaluation.data.tags["training_run_id"] == training.info.run_id
+    assert "test_roc_auc" in evaluation.data.metrics
+    assert str(embedded_run.settings.home) in training.info.artifact_uri, "artifacts stay under MEDLLM_HOME, not ./mlruns"
+
+
+def test_no_identifier_in_plaintext_anywhere_under_home(embedded_run) -> None:
+    """Every file (raw zone, warehouse, Dagster storage and logs, MLflow store and artifacts, reports)
+    and every warehouse table is searched for the synthetic patients' identifiers."""
+    needles = load_identity_needles(embedded_run.hospital.identities)
+    assert {"name", "resident_id", "phone", "email", "address"} <= set(needles)
+    hits = scan_home(embedded_run.settings, embedded_run.hospital.identities)
+    assert hits == [], [(h.location, h.identifier_kind, h.count) for h in hits]
+
+
+def test_raw_zone_holds_only_ciphertext(embedded_run) -> None:
+    raw = embedded_run.settings.raw_zone_dir
+    blobs = [p for p in raw.rglob("*.enc")]
+    assert len(blobs) > 10
+    for blob in blobs:
+        with blob.open("rb") as handle:
+            assert is_envelope(handle.read(64)), blob.name
+        assert oct(blob.stat().st_mode & 0o777) == "0o600"
+
+
+def test_landing_zone_was_consumed(embedded_run) -> None:
+    remaining = [p for p in embedded_run.settings.landing_dir.rglob("*") if p.is_file()]
+    assert remaining == []
+
+
+def test_deidentified_tables_have_pseudonyms_and_age_bands_only(embedded_run) -> None:
+    warehouse = Warehouse(embedded_run.settings.warehouse_url)
+    patients = warehouse.read_table("deidentify", "patients")
+    assert patients["patient_pseudonym"].str.match(r"^p_[0-9a-f]{24}$").all()
+    assert patients["age_band"].str.match(r"^(\d{1,2}-\d{1,2}|90\+)$").all()
+    assert not {"birth_date", "name_zh", "name_en", "phone", "email", "address", "mrn", "resident_id"} & set(patients.columns)
+    splits = warehouse.read_table("curate", "diabetes_splits")
+    assert splits.groupby("patient_pseudonym")["split"].nunique().max() == 1
+
+
+def test_only_consented_persons_are_labelled(embedded_run) -> None:
+    warehouse = Warehouse(embedded_run.settings.warehouse_url)
+    labels = warehouse.read_table("label", "diabetes_labels")
+    registry = warehouse.read_table("deidentify", "consent_registry").set_index("patient_pseudonym")["consent_status"]
+    assert (labels["patient_pseudonym"].map(registry) == "granted").all()
+    meta = embedded_run.materialization(keys.DIABETES_LABELS)
+    assert sum(meta["excluded_by_consent_status"].values()) > 0
+
+
+def test_rerun_with_the_same_delivery_is_idempotent(embedded_run, tmp_path: Path) -> None:
+    """Deliver the same files again and rerun: nothing new is stored, tables keep their content hash."""
+    from medllm_pipelines.cli import run_lifecycle
+    from medllm_pipelines_tests.conftest_lifecycle import scoped_env
+
+    before_patients = embedded_run.materialization(keys.DEID_PATIENTS)["content_sha256"]
+    before_ledger = len(Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE))
+    embedded_run.hospital.copy_landing_to(embedded_run.settings.landing_dir)
+    with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home), "DAGSTER_HOME": str(embedded_run.settings.dagster_home)}):
+        again = run_lifecycle(embedded_run.settings, job_name=keys.INGEST_JOB)
+    assert again.success
+    landed = next(
+        e.event_specific_data.materialization
+        for e in again.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == keys.LANDED_FILES
+    )
+    meta = {k: v.value for k, v in landed.metadata.items()}
+    assert meta["files_stored"] == 0 and meta["files_quarantined"] == 0
+    assert meta["duplicate_deliveries"] == meta["files_in"] > 0
+    after_ledger = len(Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE))
+    assert after_ledger == before_ledger
+    assert before_patients  # de-identified tables were not touched by an ingest-only run
