@@ -39,15 +39,22 @@ def postgres_status(dsn: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/po
 
 
 def ensure_services(settings: Settings, echo: bool = True) -> None:
-    """Start the local OpenBao dev server when no external Vault is configured."""
+    """Start the local persistent OpenBao when no external Vault is configured.
+
+    Its keys live on disk under the services dir, so the encrypted raw zone stays
+    readable after `medllm services down` or a reboot.
+    """
     if not settings.uses_local_openbao:
         return
-    from medllm_pipelines.lib.security.openbao import start_dev_server
+    from medllm_pipelines.lib.security.openbao import start_local_server
 
-    server = start_dev_server(settings.services_dir)
+    server = start_local_server(settings.services_dir)
     if echo:
         state = "reused" if server.reused else "started"
-        click.echo(f"OpenBao dev server {state} at {server.addr} (pid {server.pid}); token in {server.state_file} (0600)")
+        click.echo(
+            f"OpenBao (persistent, storage in {server.data_dir}) {state} at {server.addr} (pid {server.pid}); "
+            f"root token and unseal key in {server.state_file} (0600): losing that file loses the encrypted data"
+        )
 
 
 @click.group()
@@ -58,7 +65,7 @@ def main() -> None:
 # --- services -------------------------------------------------------------------
 @main.group()
 def services() -> None:
-    """Local services: the OpenBao dev server (Vault API) and PostgreSQL's state."""
+    """Local services: the project's OpenBao server (Vault API) and PostgreSQL's state."""
 
 
 @services.command("up")
@@ -78,7 +85,7 @@ def services_down() -> None:
 
     settings = _settings()
     stopped = stop_dev_server(settings.services_dir)
-    click.echo("OpenBao dev server stopped" if stopped else "no OpenBao dev server started by medllm was running")
+    click.echo("OpenBao stopped (its keys stay on disk for the next `up`)" if stopped else "no OpenBao started by medllm was running")
 
 
 @services.command("status")

@@ -18,7 +18,7 @@ variable                        effect
 ``MEDLLM_DAGSTER_PG_URL``       Dagster run/event/schedule storage on
                                 PostgreSQL (dagster-postgres)
 ``VAULT_ADDR`` / ``VAULT_TOKEN`` a real Vault; default the project's OpenBao
-                                dev server (state file under MEDLLM_HOME)
+                                local OpenBao server (state file under MEDLLM_HOME)
 ``VAULT_CACERT``                CA bundle for Vault TLS
 ==============================  ==============================================
 
@@ -32,6 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 EMBEDDED = "embedded"
 PRODUCTION = "production"
@@ -95,7 +96,7 @@ class Settings:
             "dagster_storage": "postgresql" if self.dagster_pg_url else "sqlite",
             "warehouse": "postgresql" if self.warehouse_is_postgres else "duckdb",
             "mlflow": _mlflow_kind(self.mlflow_tracking_uri),
-            "vault": "local openbao dev server" if self.uses_local_openbao else "external vault",
+            "vault": "local openbao server" if self.uses_local_openbao else "external vault",
         }
 
     @property
@@ -183,7 +184,8 @@ def prepare_home(settings: Settings) -> None:
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if settings.mlflow_artifact_root.startswith("file://"):
-        Path(settings.mlflow_artifact_root.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        # A file URI is percent-encoded ("my%20home", non-ASCII names): decode it.
+        Path(unquote(urlparse(settings.mlflow_artifact_root).path)).mkdir(parents=True, exist_ok=True)
     yaml_path = settings.dagster_home / "dagster.yaml"
     if settings.dagster_pg_url:
         content = (Path(__file__).resolve().parent / "infra_templates" / "dagster_postgres.yaml").read_text()

@@ -68,6 +68,38 @@ class Hospital:
         shutil.copytree(self.root, target, ignore=shutil.ignore_patterns("_truth"), dirs_exist_ok=True)
 
 
+# Bad input delivered beside the hospital's files (issue: malformed JSON, non-FHIR
+# JSON, truncated DICOM, empty file, unknown file type, file outside a source folder).
+BAD_INPUT = {
+    "hzsf/fhir/bundles/zz-malformed.json": b'{"resourceType": "Bundle", "type": "collection", "entry": [',
+    "hzsf/fhir/bundles/zz-not-fhir.json": b'{"report": "quarterly", "rows": [1, 2, 3]}',
+    "rvic/fhir/bulk/zz-empty.ndjson": b"",
+    "jhsq/fhir/bundles/zz-gbk.json": '{"resourceType": "Patient", "name": [{"text": "病人"}]}'.encode("gbk"),
+    "hzsf/notes/zz-scan.pdf": b"%PDF-1.4 not a supported feed",
+    "stray-file.json": b'{"resourceType": "Patient"}',
+}
+BAD_INPUT_REASONS = {
+    "malformed_json",
+    "not_fhir",
+    "empty_file",
+    "encoding_error",
+    "unsupported_file_type",
+    "unknown_source",
+    "truncated_file",
+}
+
+
+def plant_bad_input(landing: Path) -> None:
+    for relpath, content in BAD_INPUT.items():
+        path = landing / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    # a DICOM file cut in the middle of its pixel data
+    dicom = sorted(landing.rglob("*.dcm"))[0]
+    data = dicom.read_bytes()
+    (dicom.parent / "zz-truncated.dcm").write_bytes(data[: len(data) - 2000])
+
+
 @pytest.fixture(scope="session")
 def small_hospital(tmp_path_factory: pytest.TempPathFactory) -> Hospital:
     from medllm_pipelines.lib.synth import generate_hospital
@@ -99,7 +131,7 @@ def run_lifecycle_in(home: Path, hospital: Hospital, extra_env: dict[str, str] |
     """Deliver the hospital into MEDLLM_HOME/landing and materialise everything through Dagster."""
     from medllm_pipelines.cli import run_lifecycle
     from medllm_pipelines.definitions import make_definitions
-    from medllm_pipelines.lib.security.openbao import start_dev_server
+    from medllm_pipelines.lib.security.openbao import start_local_server
     from medllm_pipelines.settings import load_settings, prepare_home
 
     env = {"MEDLLM_HOME": str(home), **(extra_env or {})}
@@ -107,8 +139,9 @@ def run_lifecycle_in(home: Path, hospital: Hospital, extra_env: dict[str, str] |
         settings = load_settings()
         prepare_home(settings)
         os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
-        start_dev_server(settings.services_dir, port=0)
+        start_local_server(settings.services_dir, port=0)  # what `medllm services up` starts
         hospital.copy_landing_to(settings.landing_dir)
+        plant_bad_input(settings.landing_dir)
         result = run_lifecycle(settings)  # the function `medllm run` calls
         return LifecycleRun(settings, make_definitions(settings), result, hospital)
 

@@ -109,3 +109,13 @@ def counts_by(frame: pd.DataFrame, column: str) -> MetadataValue:
         return MetadataValue.json({})
     counts = frame[column].fillna("<none>").astype(str).value_counts().sort_index()
     return MetadataValue.json({str(k): int(v) for k, v in counts.items()})
+
+
+def run_id_of(context: Any) -> str:
+    """The Dagster run id, or a marker when an asset is invoked directly (benchmarks, notebooks)."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    try:
+        return context.run.run_id
+    except DagsterInvalidPropertyError:
+        return "direct-invocation"

@@ -152,3 +152,29 @@ def test_rerun_with_the_same_delivery_is_idempotent(embedded_run, tmp_path: Path
     after_ledger = len(Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE))
     assert after_ledger == before_ledger
     assert before_patients  # de-identified tables were not touched by an ingest-only run
+
+
+def test_bad_input_is_quarantined_and_the_run_still_succeeds(embedded_run) -> None:
+    from medllm_pipelines_tests.conftest_lifecycle import BAD_INPUT_REASONS
+
+    assert embedded_run.result.success
+    quarantine = Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE)
+    missing = BAD_INPUT_REASONS - set(quarantine["reason_code"])
+    assert not missing, f"no quarantine record for {missing}"
+    landed = embedded_run.materialization(keys.LANDED_FILES)
+    assert landed["files_quarantined"] == 2  # the unsupported type and the file outside a source folder
+    fhir = embedded_run.materialization(keys.RAW_PATIENTS)
+    assert fhir["feed_files_with_quarantine"] >= 4  # malformed, not FHIR, empty, GBK
+    dicom = embedded_run.materialization(keys.RAW_DICOM_INSTANCES)
+    assert dicom["quarantined"] >= 1 and dicom["reconciled"] is True
+
+
+def test_leak_scan_is_not_vacuous(embedded_run, tmp_path: Path) -> None:
+    """Positive control: the same scan finds the identifiers in the hospital's own plaintext delivery."""
+    from types import SimpleNamespace
+
+    embedded_run.hospital.copy_landing_to(tmp_path / "delivery")
+    fake_home = SimpleNamespace(home=tmp_path / "delivery", warehouse_url=f"duckdb:///{tmp_path / 'empty.duckdb'}")
+    hits = scan_home(fake_home, embedded_run.hospital.identities)
+    kinds = {h.identifier_kind for h in hits}
+    assert {"name", "resident_id", "phone"} <= kinds

@@ -2,13 +2,14 @@
 
 
 import datetime as dt
+import json
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import code_version, package_versions, versions_metadata
+from medllm_pipelines.defs.common import code_version, package_versions, run_id_of, versions_metadata
 from medllm_pipelines.defs.label.assets import SPEC_ID
-from medllm_pipelines.defs.train.assets import training_frame
+from medllm_pipelines.defs.train.assets import TRAINING_RECORD, model_folder, training_frame
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
@@ -40,15 +41,13 @@ def diabetes_evaluation_report(
     from medllm_pipelines.lib.train.predictor import TabularPredictor
 
     spec = load_spec(SPEC_ID)
-    trained = context.instance.get_latest_materialization_event(keys.DIABETES_MODEL)
-    if trained is None or trained.asset_materialization is None:
-        raise RuntimeError("train/diabetes_model has never been materialised")
-    model_meta = {k: v.value for k, v in trained.asset_materialization.metadata.items()}
     frame, dataset_version = training_frame(warehouse, spec)
-    if dataset_version != model_meta["dataset_version"]:
+    record = model_folder(artifacts, spec, dataset_version) / TRAINING_RECORD
+    if not record.exists():
         raise RuntimeError(
-            "the curated dataset changed since the model was trained; rematerialise train/diabetes_model first"
+            f"no model trained on dataset version {dataset_version[:16]}; materialise train/diabetes_model first"
         )
+    model_meta = json.loads(record.read_text())
     train = frame[frame["split"] == "train"]
     test = frame[frame["split"] == EVALUATION_SPLIT]
     predictor = TabularPredictor.load(model_meta["model_dir"])
@@ -63,14 +62,14 @@ def diabetes_evaluation_report(
         seed=spec.split_seed,
     )
     tags = {
-        "dagster_run_id": context.run.run_id,
+        "dagster_run_id": run_id_of(context),
         "dagster_asset": "/".join(keys.DIABETES_EVALUATION.path),
         "training_run_id": str(model_meta["mlflow_run_id"]),
         "model_spec": f"{spec.id}@{spec.version}",
         "dataset_version": dataset_version,
         "code_version": code_version(),
     }
-    with mlflow.start_run(spec.id, run_name=f"evaluate-{context.run.run_id[:8]}", tags=tags) as run:
+    with mlflow.start_run(spec.id, run_name=f"evaluate-{run_id_of(context)[:8]}", tags=tags) as run:
         report = build_evaluation_report(
             evaluation["model_metrics"],
             evaluation["baseline_metrics"],
@@ -85,7 +84,7 @@ def diabetes_evaluation_report(
                 "run_ids": {
                     "training": str(model_meta["mlflow_run_id"]),
                     "evaluation": run.info.run_id,
-                    "dagster": context.run.run_id,
+                    "dagster": run_id_of(context),
                 },
                 "evaluation_split": EVALUATION_SPLIT,
                 "split_sizes": {s: int((frame["split"] == s).sum()) for s in ("train", "validation", "test")},
@@ -96,7 +95,7 @@ def diabetes_evaluation_report(
                 "baseline_description": "logistic regression (scikit-learn, C=1) on the same preprocessing, fitted on the training split",
             },
         )
-        out_dir = artifacts.folder("reports", spec.id, context.run.run_id)
+        out_dir = artifacts.folder("reports", spec.id, run_id_of(context))
         json_path, html_path = write_report(report, out_dir)
         model_metrics, baseline_metrics = evaluation["model_metrics"], evaluation["baseline_metrics"]
         numeric = {

@@ -14,6 +14,7 @@ from medllm_pipelines.defs.common import (
     frame_metadata,
     raw_table_name,
     record_quarantine,
+    run_id_of,
     versions_metadata,
 )
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
@@ -70,7 +71,7 @@ def landed_files(
         raw_zone.get(),
         known,
         lambda text: vault.encrypt(text.encode("utf-8")),
-        run_id=context.run.run_id,
+        run_id=run_id_of(context),
         now=dt.datetime.now(dt.UTC),
         progress=progress,
     )
@@ -138,7 +139,7 @@ def fhir_resources(
     objects = stored_objects(warehouse, (FHIR_BUNDLE, FHIR_NDJSON))
     zone = raw_zone.get()
     parsed = ParsedFhir()
-    files_failed = 0
+    files_with_quarantine = 0
     for done, row in enumerate(objects.itertuples(index=False), start=1):
         result = parse_fhir_object(
             zone.get_object(row.content_sha256),
@@ -147,7 +148,7 @@ def fhir_resources(
             source_object=row.content_sha256,
             asset="ingest/fhir_resources",
         )
-        files_failed += int(any(q.position is None for q in result.quarantine))
+        files_with_quarantine += int(bool(result.quarantine))
         parsed.extend(result)
         if done % 200 == 0:
             context.log.info(f"parsed {done}/{len(objects)} FHIR files")
@@ -158,7 +159,7 @@ def fhir_resources(
     ).check()
     feed_meta = {
         "feed_files": len(objects),
-        "feed_files_rejected_whole": files_failed,
+        "feed_files_with_quarantine": files_with_quarantine,
         "feed_entries_read": recon.records_in,
         "feed_resources_out": recon.records_out,
         "feed_quarantined": recon.quarantined,

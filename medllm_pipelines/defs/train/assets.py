@@ -1,17 +1,28 @@
 """Train stage: a Lightning model per model spec, tracked in MLflow."""
 
 
+import json
+from pathlib import Path
+
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import code_version, versions_metadata, warehouse_location
+from medllm_pipelines.defs.common import code_version, run_id_of, versions_metadata, warehouse_location
 from medllm_pipelines.defs.label.assets import SPEC_ID
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.curate.spec import ModelSpec, load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
+
+
+TRAINING_RECORD = "training_run.json"
+
+
+def model_folder(artifacts: ArtifactStoreResource, spec: ModelSpec, dataset_version: str) -> Path:
+    """Models are filed by dataset version: the evaluation finds the model trained on exactly its data."""
+    return artifacts.folder("models", spec.id, dataset_version[:16])
 
 
 def training_frame(warehouse: WarehouseResource, spec: ModelSpec) -> tuple[pd.DataFrame, str]:
@@ -43,15 +54,15 @@ def diabetes_model(
     spec = load_spec(SPEC_ID)
     frame, dataset_version = training_frame(warehouse, spec)
     config = TrainConfig.from_dict(spec.training)
-    output_dir = artifacts.folder("models", spec.id, dataset_version[:16])
+    output_dir = model_folder(artifacts, spec, dataset_version)
     tags = {
-        "dagster_run_id": context.run.run_id,
+        "dagster_run_id": run_id_of(context),
         "dagster_asset": "/".join(keys.DIABETES_MODEL.path),
         "model_spec": f"{spec.id}@{spec.version}",
         "scenario": spec.scenario,
         "code_version": code_version(),
     }
-    with mlflow.start_run(spec.id, run_name=f"train-{context.run.run_id[:8]}", tags=tags) as run:
+    with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
         result = train_tabular_classifier(
             frame,
             spec.feature_columns,
@@ -63,6 +74,15 @@ def diabetes_model(
         )
         logged = log_training(result, config, dataset_version, tags=tags, log_history=False)
         experiment_id = run.info.experiment_id
+    record = {
+        "mlflow_run_id": logged.run_id,
+        "mlflow_experiment_id": experiment_id,
+        "mlflow_model_uri": logged.model_uri,
+        "dataset_version": dataset_version,
+        "model_dir": str(result.model_dir),
+        "dagster_run_id": run_id_of(context),
+    }
+    (output_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     context.log.info(
         f"trained {spec.id}: best epoch {result.best_epoch} of {result.epochs_run}, "
         f"val ROC-AUC {result.val_metrics.get('val_roc_auc')}"

@@ -60,7 +60,7 @@ BODY_HEIGHT = Concept("body_height", "8302-2", "cm")
 SYSTOLIC_BP = Concept("systolic_bp", "8480-6", "mm[Hg]")
 DIASTOLIC_BP = Concept("diastolic_bp", "8462-4", "mm[Hg]")
 HEART_RATE = Concept("heart_rate", "8867-4", "/min")
-TOTAL_CHOLESTEROL = Concept("total_cholesterol", "2093-3", "mmol/L")
+TOTAL_CHOLESTEROL = Concept("total_cholesterol", "14647-2", "mmol/L")
 
 CONCEPTS: tuple[Concept, ...] = (
     HBA1C,

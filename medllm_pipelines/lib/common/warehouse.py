@@ -22,7 +22,7 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 def _ident(name: str) -> str:
     """Validate an SQL identifier: table names are constants, never user input."""
-    if not _IDENT.match(name):
+    if not _IDENT.fullmatch(name):  # fullmatch: ``$`` alone would accept a trailing newline
         raise ValueError(f"invalid SQL identifier {name!r}")
     return name
 

@@ -36,6 +36,7 @@ from medllm_pipelines.lib.train.preprocessing import (
     split_feature_columns,
 )
 
+ArrayLike = Sequence[float] | np.ndarray
 MetricFn = Callable[[np.ndarray, np.ndarray], float | None]
 
 SINGLE_CLASS_REASON = "y_true holds only one class; ROC-AUC needs both positives and negatives"
@@ -47,7 +48,7 @@ UNDEFINED_REASONS = {
 }
 
 
-def _validated(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _validated(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     truth = np.asarray(y_true)
     score = np.asarray(y_score, dtype=np.float64)
     if truth.ndim != 1 or score.ndim != 1:
@@ -67,9 +68,7 @@ def _number_or_none(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def binary_classification_metrics(
-    y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray, threshold: float = 0.5
-) -> dict[str, Any]:
+def binary_classification_metrics(y_true: ArrayLike, y_score: ArrayLike, threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, sensitivity, specificity, precision, F1, ROC-AUC and counts at one threshold.
 
     Undefined metrics are None and listed under "undefined" with the reason,
@@ -105,7 +104,7 @@ def binary_classification_metrics(
     return metrics
 
 
-def roc_curve_points(y_true: Sequence[float] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> dict[str, Any]:
+def roc_curve_points(y_true: ArrayLike, y_score: ArrayLike) -> dict[str, Any]:
     """FPR/TPR pairs for plotting; the first threshold (infinite in scikit-learn) is None for JSON.
 
     With one class only there is no curve: empty lists and a reason.
@@ -169,8 +168,8 @@ def _percentile_interval(values: list[float], level: float) -> tuple[float | Non
 
 def bootstrap_ci(
     metric_fn: MetricFn,
-    y_true: Sequence[float] | np.ndarray,
-    y_score: Sequence[float] | np.ndarray,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -193,9 +192,9 @@ def bootstrap_ci(
 
 def paired_bootstrap_delta_ci(
     metric_fn: MetricFn,
-    y_true: Sequence[float] | np.ndarray,
-    score_a: Sequence[float] | np.ndarray,
-    score_b: Sequence[float] | np.ndarray,
+    y_true: ArrayLike,
+    score_a: ArrayLike,
+    score_b: ArrayLike,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -270,9 +269,9 @@ def fit_logistic_baseline(
 
 
 def evaluate_against_baseline(
-    y_true: Sequence[float] | np.ndarray,
-    model_score: Sequence[float] | np.ndarray,
-    baseline_score: Sequence[float] | np.ndarray,
+    y_true: ArrayLike,
+    model_score: ArrayLike,
+    baseline_score: ArrayLike,
     *,
     threshold: float = 0.5,
     n_boot: int = 1000,

@@ -151,7 +151,8 @@ def build_evaluation_report(
     """
     unknown = sorted(set(context) - set(REQUIRED_CONTEXT) - set(OPTIONAL_CONTEXT))
     if unknown:
-        raise ValueError(f"unknown report context keys {unknown}; allowed: {sorted(REQUIRED_CONTEXT + OPTIONAL_CONTEXT)}")
+        allowed = sorted(REQUIRED_CONTEXT + OPTIONAL_CONTEXT)
+        raise ValueError(f"unknown report context keys {unknown}; allowed: {allowed}")
     missing = [key for key in REQUIRED_CONTEXT if not context.get(key)]
     if missing:
         raise ValueError(f"report context lacks {missing}")
@@ -188,11 +189,9 @@ def build_evaluation_report(
         "generated_at": context["generated_at"],
         "evaluation_split": evaluation_split,
         "threshold": threshold,
-        "data": {
-            "dataset_version": context["dataset_version"],
-            "dataset_content_hash": context.get("dataset_content_hash"),
-            "split_sizes": dict(context.get("split_sizes") or {}),
-        },
+        "dataset_version": context["dataset_version"],
+        "dataset_content_hash": context.get("dataset_content_hash"),
+        "split_sizes": dict(context.get("split_sizes") or {}),
         "model": {
             "name": context.get("model_name"),
             "uri": context.get("model_uri"),
@@ -216,7 +215,8 @@ def build_evaluation_report(
 # --- HTML -------------------------------------------------------------------
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:60rem;color:#1a1a1a;line-height:1.45}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:60rem;
+color:#1a1a1a;line-height:1.45}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f2f2f2}
@@ -269,7 +269,7 @@ def _roc_png_base64(curves: Mapping[str, Mapping[str, Any]]) -> str | None:
         colour, line = styles.get(name, ("#444444", "-"))
         auc = curve.get("auc")
         label = f"{name} (AUC {auc:.3f})" if isinstance(auc, (int, float)) else name
-        axes.plot(curve["fpr"], curve["tpr"], color=colour, linestyle=line, linewidth=2, label=label, drawstyle="default")
+        axes.plot(curve["fpr"], curve["tpr"], color=colour, linestyle=line, linewidth=2, label=label)
     axes.plot([0, 1], [0, 1], color="#888888", linestyle=":", linewidth=1, label="chance (AUC 0.5)")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
@@ -339,16 +339,15 @@ def render_report_html(report: Mapping[str, Any]) -> str:
             "dotted: chance.</figcaption></figure>"
         )
 
-    data = report["data"]
-    split_rows = [[_e(name), _e(_fmt(size))] for name, size in data["split_sizes"].items()]
+    split_rows = [[_e(name), _e(_fmt(size))] for name, size in report["split_sizes"].items()]
     model = report["model"]
     trace = {
         "Model": model.get("name"),
         "Model URI": model.get("uri"),
         **{f"Run id ({name})": value for name, value in model.get("run_ids", {}).items()},
         "Code version": report.get("code_version"),
-        "Dataset version": data.get("dataset_version"),
-        "Dataset content hash": data.get("dataset_content_hash"),
+        "Dataset version": report.get("dataset_version"),
+        "Dataset content hash": report.get("dataset_content_hash"),
     }
     trace = {key: value for key, value in trace.items() if value is not None}
     title = report.get("title") or "Model evaluation report"
@@ -362,12 +361,13 @@ def render_report_html(report: Mapping[str, Any]) -> str:
 </head>
 <body>
 <h1>{_e(title)}</h1>
-<p class="muted">Generated {_e(report.get("generated_at"))} &middot; dataset {_e(data.get("dataset_version"))} &middot;
+<p class="muted">Generated {_e(report.get("generated_at"))} &middot; dataset {_e(report.get("dataset_version"))} &middot;
 {_e(report["evaluation_split"])} split &middot; threshold {_e(_fmt(report["threshold"], 3))} &middot;
 report format {_e(report.get("format_version"))}</p>
 
 <h2>Model against baseline</h2>
-{_table(["Metric", "Model (95% CI)", "Baseline (95% CI)", "Difference (model - baseline)"], comparison_rows)}
+{_table(["Metric", "Model", "Baseline", "Difference (model - baseline)"], comparison_rows)}
+<p class="muted">In parentheses: 95% confidence interval, where computed.</p>
 {undefined_html}
 <h2>Counts at the threshold</h2>
 {_table(["", "Model", "Baseline"], count_rows)}
@@ -376,8 +376,8 @@ report format {_e(report.get("format_version"))}</p>
 {roc_html}
 
 <h2>Data</h2>
-<p>Dataset version <code>{_e(data.get("dataset_version"))}</code>; content hash
-<code>{_e(data.get("dataset_content_hash") or "not recorded")}</code>.</p>
+<p>Dataset version <code>{_e(report.get("dataset_version"))}</code>; content hash
+<code>{_e(report.get("dataset_content_hash") or "not recorded")}</code>.</p>
 {_table(["Split", "Cases"], split_rows) if split_rows else '<p class="muted">split sizes not recorded</p>'}
 
 <h2>Method</h2>

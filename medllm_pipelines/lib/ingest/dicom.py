@@ -59,6 +59,35 @@ def expected_pixel_bytes(ds: Any) -> int:
     return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * int(ds.BitsAllocated) // 8 * frames
 
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + b"DICM"
+_GROUP_LENGTH_ELEMENT = 12  # (0002,0000) UL, explicit VR
+
+
+def _ends_inside_element(ds: Any, size: int) -> bool:
+    """Whether the file stops part-way through a data element: a cut transfer.
+
+    pydicom reads such a file without complaint (the last value just comes back
+    short, or the dataset is empty), which would otherwise be reported as
+    missing fields. A complete Part-10 file ends exactly where its last
+    element's value ends.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.1.99":
+        return False  # deflated: offsets refer to the inflated stream
+    tags = list(ds.keys())
+    if not tags:
+        group_length = meta.get("FileMetaInformationGroupLength") if meta is not None else None
+        if not isinstance(group_length, int):
+            return True
+        return size != _PREAMBLE_AND_PREFIX + _GROUP_LENGTH_ELEMENT + group_length
+    last = ds.get_item(tags[-1])
+    length, value_tell = getattr(last, "length", None), getattr(last, "value_tell", None)
+    if length is None or value_tell is None or length == _UNDEFINED_LENGTH:
+        return False
+    return value_tell + length != size
+
+
 def index_dicom_object(
     content: bytes, *, institution: str | None, source_object: str, asset: str
 ) -> tuple[dict[str, Any] | None, QuarantineRecord | None]:
@@ -77,8 +106,13 @@ def index_dicom_object(
         return reject("not_dicom", "no DICOM Part-10 preamble/DICM prefix")
     except Exception as exc:  # pydicom raises many types for damaged streams
         return reject("unreadable_dicom", f"DICOM parse failed: {type(exc).__name__}")
+    # Before any element is accessed: access converts raw elements and drops their offsets.
+    cut_short = _ends_inside_element(ds, len(content))
+    cut_reason = f"file ends inside a data element ({len(content)} bytes)"
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not ds.get(keyword):
+            if cut_short:
+                return reject("truncated_file", cut_reason)
             return reject("missing_required_field", f"{keyword} is missing")
     if "PixelData" in ds:
         transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -91,7 +125,11 @@ def index_dicom_object(
             if actual < expected:
                 return reject("truncated_file", f"pixel data truncated: {actual} of {expected} bytes")
     else:
+        if cut_short:
+            return reject("truncated_file", cut_reason)
         return reject("missing_required_field", "no PixelData element")
+    if cut_short:
+        return reject("truncated_file", cut_reason)
     private_count = sum(1 for element in ds if element.tag.is_private)
     row = {
         "study_uid": str(ds.StudyInstanceUID),

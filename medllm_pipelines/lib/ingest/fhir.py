@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -86,13 +87,36 @@ def _string_leaves(value: Any) -> Iterator[str]:
             yield from _string_leaves(item)
 
 
+_ELEMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _safe_location(loc: tuple[Any, ...], error_type: str | None) -> str:
+    """An error location fit for the quarantine log.
+
+    An undeclared key is data from the file, not a FHIR element name (a bad
+    export may key objects by phone number or name), so it is never echoed;
+    neither is any other part that does not look like an element name.
+    """
+    parts = []
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            parts.append(str(part))
+        elif error_type == "extra_forbidden" and index == len(loc) - 1:
+            parts.append("<undeclared element>")
+        elif _ELEMENT_NAME.fullmatch(str(part)):
+            parts.append(str(part))
+        else:
+            parts.append("<redacted>")
+    return ".".join(parts)
+
+
 def describe_validation_error(error: Exception, resource: dict[str, Any]) -> str:
     """A reason naming fields and error kinds, scrubbed of any value in the resource."""
     errors = getattr(error, "errors", None)
     if callable(errors):
         parts = []
         for item in errors(include_input=False, include_url=False)[:5]:
-            loc = ".".join(str(p) for p in item.get("loc", ())) or "<resource>"
+            loc = _safe_location(item.get("loc", ()), item.get("type")) or "<resource>"
             parts.append(f"{loc}: {item.get('type', 'invalid')} ({item.get('msg', '')})")
         message = "; ".join(parts)
     else:

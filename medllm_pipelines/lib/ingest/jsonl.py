@@ -69,7 +69,9 @@ def parse_jsonl_object(
         result.lines_seen = 1
         reject(None, "empty_file", "file is empty")
         return result
-    for line_no, line in enumerate(text.splitlines()):
+    # Split the bytes, not the text: str.splitlines also breaks on U+2028/U+2029
+    # and other separators that JSON allows unescaped inside strings.
+    for line_no, line in enumerate(content.splitlines()):
         if not line.strip():
             continue
         result.lines_seen += 1

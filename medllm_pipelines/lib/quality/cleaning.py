@@ -92,13 +92,23 @@ def parse_fhir_datetime(value: str | None, tz: ZoneInfo) -> tuple[dt.date, dt.da
 
 
 def _dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Drop re-sent resources: identical content (duplicate) or an older version."""
+    """Drop re-sent resources: identical content (duplicate) or an older version.
+
+    The newest version is the highest numeric ``meta.versionId``; rows without
+    one count as older than any versioned row and otherwise the later row wins.
+    Row order is not delivery order (files are read in content-hash order).
+    """
     if frame.empty:
         return frame, 0, 0
     before = len(frame)
     exact = frame.drop_duplicates(subset=["institution", "resource_type", "resource_key", "content_hash"])
     duplicates = before - len(exact)
-    latest = exact.drop_duplicates(subset=["institution", "resource_type", "resource_key"], keep="last")
+    exact = exact.reset_index(drop=True)
+    by_version = exact
+    if "version_id" in exact.columns:
+        version = pd.to_numeric(exact["version_id"], errors="coerce")
+        by_version = exact.loc[version.sort_values(kind="stable", na_position="first").index]
+    latest = by_version.drop_duplicates(subset=["institution", "resource_type", "resource_key"], keep="last").sort_index()
     superseded = len(exact) - len(latest)
     return latest.reset_index(drop=True), duplicates, superseded
 

@@ -83,7 +83,11 @@ def run_suite(name: str, frame: pd.DataFrame) -> SuiteOutcome:
 
     spec = load_suite(name)
     frame = frame.reset_index(drop=True)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    # GX draws tqdm bars on stderr for every validation; they drown the run log.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch = (
         context.data_sources.add_pandas(f"medllm_{name}")
         .add_dataframe_asset(name)

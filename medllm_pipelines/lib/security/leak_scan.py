@@ -39,10 +39,20 @@ def identifier_needles(patients: pd.DataFrame) -> dict[str, set[str]]:
 
 
 def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]], location: str) -> list[LeakHit]:
-    """Exact-cell and substring hits of any needle in any text column."""
+    """Exact-cell and substring hits of any needle in any text or numeric column.
+
+    Numeric columns count: a digits-only identifier (phone, MRN) read from CSV
+    arrives as int64, or float64 once a value is missing.
+    """
     hits: list[LeakHit] = []
-    text_columns = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype).startswith("string")]
-    for column in text_columns:
+    scanned_columns = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object
+        or str(frame[c].dtype).startswith("string")
+        or (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
+    ]
+    for column in scanned_columns:
         values = frame[column].dropna().astype(str)
         if values.empty:
             continue

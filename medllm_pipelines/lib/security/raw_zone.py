@@ -29,7 +29,7 @@ class RawZone:
 
     # --- objects (landed files) -------------------------------------------
     def object_path(self, sha256: str) -> Path:
-        if not _SHA.match(sha256):
+        if not _SHA.fullmatch(sha256):
             raise ValueError("object name must be a sha256 hex digest")
         return self.root / "objects" / sha256[:2] / f"{sha256}.enc"
 
@@ -48,7 +48,7 @@ class RawZone:
 
     # --- tables -----------------------------------------------------------
     def table_path(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"invalid raw-zone table name {name!r}")
         return self.root / "tables" / f"{name}.parquet.enc"
 

@@ -146,6 +146,7 @@ def _turns(plan: PatientPlan, department: str, language: str, rng: np.random.Gen
     symptom, detail = _SYMPTOMS[department][language][int(rng.integers(3))]
     days = int(rng.integers(2, 30))
     gives_identity = rng.random() < 0.4
+    hypertensive = any(d.condition == catalog.HYPERTENSION for d in plan.diagnoses)
     gives_phone = gives_identity and rng.random() < 0.6
     if language == "zh":
         turns = [("assistant", "您好，我是预问诊助手。请问您哪里不舒服？")]
@@ -158,8 +159,7 @@ def _turns(plan: PatientPlan, department: str, language: str, rng: np.random.Gen
         turns += [
             ("patient", f"大概{days}天了。{detail}"),
             ("assistant", "以前有什么慢性病吗？目前在吃什么药？"),
-            ("patient", "有高血压，一直在吃降压药。" if any(d.condition == catalog.HYPERTENSION for d in plan.diagnoses)
-             else "没什么大病，也没在吃药。"),
+            ("patient", "有高血压，一直在吃降压药。" if hypertensive else "没什么大病，也没在吃药。"),
             ("assistant", "好的，信息已记录，医生会根据情况为您安排就诊。"),
         ]
         if not gives_identity and rng.random() < 0.3:
@@ -175,8 +175,8 @@ def _turns(plan: PatientPlan, department: str, language: str, rng: np.random.Gen
         turns += [
             ("patient", f"About {days} days. {detail}"),
             ("assistant", "Do you have any long-term conditions or take any regular medicines?"),
-            ("patient", "I have high blood pressure and take pills for it."
-             if any(d.condition == catalog.HYPERTENSION for d in plan.diagnoses) else "Nothing major, no regular medicines."),
+            ("patient", "I have high blood pressure and take pills for it." if hypertensive
+             else "Nothing major, no regular medicines."),
             ("assistant", "Thank you, I've noted everything; the doctor will see you shortly."),
         ]
         if not gives_identity and rng.random() < 0.3:

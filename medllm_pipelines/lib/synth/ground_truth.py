@@ -48,7 +48,8 @@ class DiabetesRule:
     def logit(self, features: dict[str, np.ndarray]) -> np.ndarray:
         total = np.full_like(np.asarray(features[self.terms[0].feature], dtype=float), self.intercept)
         for term in self.terms:
-            total = total + term.coefficient * (np.asarray(features[term.feature], dtype=float) - term.centre) / term.scale
+            value = np.asarray(features[term.feature], dtype=float)
+            total = total + term.coefficient * (value - term.centre) / term.scale
         return total
 
     def probability(self, features: dict[str, np.ndarray]) -> np.ndarray:

@@ -20,6 +20,7 @@ of P(T2D) itself) ~0.89; the exact values of each run are in the manifest.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,13 @@ from medllm_pipelines.lib.synth.dicom import (
 from medllm_pipelines.lib.synth.feeds import FeedOutput, write_fhir_feed
 from medllm_pipelines.lib.synth.fhir import RecordBuilder
 from medllm_pipelines.lib.synth.files import OutputTree, atomic_write_bytes, jsonl_bytes
-from medllm_pipelines.lib.synth.ground_truth import DIABETES_RULE, ClinicalProfile, draw_profiles, expected_roc_auc, roc_auc
+from medllm_pipelines.lib.synth.ground_truth import (
+    DIABETES_RULE,
+    ClinicalProfile,
+    draw_profiles,
+    expected_roc_auc,
+    roc_auc,
+)
 from medllm_pipelines.lib.synth.institutions import INSTITUTIONS, Institution
 from medllm_pipelines.lib.synth.manifest import (
     IDENTITIES_PATH,
@@ -99,6 +106,8 @@ def generate_hospital(
     """
     if patients < 1:
         raise ValueError("patients must be at least 1")
+    if seed < 0:
+        raise ValueError("seed must be a non-negative integer")
     rates = defect_rates if defect_rates is not None else DefectRates()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,12 +318,17 @@ def _diabetes_summary(profiles: list[ClinicalProfile], patient_rows: list[dict[s
         "positives": int(labels.sum()),
         "prevalence": round(float(labels.mean()), 4),
         "mean_probability": round(float(probabilities.mean()), 4),
-        "optimal_roc_auc": round(roc_auc(probabilities, labels), 4),
-        "expected_optimal_roc_auc": round(expected_roc_auc(probabilities), 4),
+        "optimal_roc_auc": _rounded(roc_auc(probabilities, labels)),
+        "expected_optimal_roc_auc": _rounded(expected_roc_auc(probabilities)),
         "optimal_roc_auc_note": "ROC-AUC of the true P(T2D) against the drawn labels over all persons; no "
         "classifier can do better on this population in expectation",
         "per_institution": per_institution,
     }
+
+
+def _rounded(value: float) -> float | None:
+    """Four decimals, or None where undefined (a population with one class only)."""
+    return None if math.isnan(value) else round(value, 4)
 
 
 # --- per-patient truth ----------------------------------------------------------

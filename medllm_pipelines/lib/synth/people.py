@@ -198,7 +198,9 @@ def _zh_address(rng: np.random.Generator, fakers: Fakers, region: tuple[str, str
     number = int(rng.integers(1, 400))
     line = f"{street}{number}号"
     if rng.random() < 0.6:
-        line += f"{int(rng.integers(1, 30))}栋{int(rng.integers(1, 6))}单元{int(rng.integers(1, 30))}0{int(rng.integers(1, 6))}室"
+        building, unit, floor, door = (int(rng.integers(1, 30)), int(rng.integers(1, 6)), int(rng.integers(1, 30)),
+                                       int(rng.integers(1, 6)))
+        line += f"{building}栋{unit}单元{floor}0{door}室"
     state_city = province if province == city else f"{province}{city}"
     return Address(line=line, district=district, city=city, state=province, postal_code=None,
                    country="CN", text=f"{state_city}{district}{line}")

@@ -163,7 +163,8 @@ def _diagnoses(profile: ClinicalProfile, visits: tuple[Visit, ...], rng: np.rand
                             (catalog.LOW_BACK_PAIN, 0.08)):
         if rng.random() < rate:
             visit = int(rng.integers(len(visits)))
-            found.append(Diagnosis(condition, visit, visits[visit].start.date() - timedelta(days=int(rng.integers(1, 10)))))
+            onset = visits[visit].start.date() - timedelta(days=int(rng.integers(1, 10)))
+            found.append(Diagnosis(condition, visit, onset))
     return tuple(found)
 
 

@@ -387,7 +387,10 @@ def train_tabular_classifier(
         enable_version_counter=False,
     )
     early_stopping = EarlyStopping(
-        monitor="val_loss", mode="min", patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta
+        monitor="val_loss",
+        mode="min",
+        patience=config.early_stopping_patience,
+        min_delta=config.early_stopping_min_delta,
     )
     trainer = L.Trainer(
         accelerator="cpu",

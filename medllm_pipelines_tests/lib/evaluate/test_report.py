@@ -63,7 +63,7 @@ def test_report_puts_model_and_baseline_side_by_side(evaluation: tuple[dict[str,
     assert auc["baseline"] == parts["baseline_metrics"]["roc_auc"]
     assert auc["delta"] == pytest.approx(auc["model"] - auc["baseline"])
     assert auc["model_ci"][0] < auc["model"] < auc["model_ci"][1]
-    assert report["data"]["dataset_version"] == "ds-3f2a9c" and report["generated_at"] == GENERATED_AT
+    assert report["dataset_version"] == "ds-3f2a9c" and report["generated_at"] == GENERATED_AT
     assert report["model"]["run_ids"]["training"] == "abc"
     assert "bootstrap" in report["methods"]
 

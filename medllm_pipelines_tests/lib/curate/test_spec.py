@@ -1,0 +1,27 @@
+"""Model specs are versioned YAML files the curate stage builds from."""
+
+from __future__ import annotations
+
+import pytest
+
+from medllm_pipelines.lib.curate import spec as spec_module
+from medllm_pipelines.lib.curate.spec import load_spec
+
+
+def test_t2d_spec_declares_target_features_and_splits():
+    spec = load_spec("t2d_risk")
+
+    assert spec.target_icd10_category == "E11"
+    assert spec.split_ratios == (0.70, 0.15, 0.15)
+    assert spec.feature_columns[0] == "age_years" and spec.feature_columns[-1] == "sex"
+    assert spec.aggregation == "median"
+    assert spec.as_metadata()["model_spec"] == f"t2d_risk v{spec.version}"
+
+
+def test_split_ratios_must_sum_to_one(tmp_path, monkeypatch):
+    text = (spec_module.SPECS_DIR / "t2d_risk.yaml").read_text().replace("test: 0.15", "test: 0.25")
+    (tmp_path / "bad_ratios_spec.yaml").write_text(text)
+    monkeypatch.setattr(spec_module, "SPECS_DIR", tmp_path)
+
+    with pytest.raises(ValueError, match="sum to 1"):
+        load_spec("bad_ratios_spec")

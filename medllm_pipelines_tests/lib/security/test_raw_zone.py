@@ -1,0 +1,122 @@
+"""The encrypted raw zone with an in-memory key provider (no Vault needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import pandas as pd
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from medllm_pipelines.lib.security.errors import DataKeyUnwrapError, EnvelopeIntegrityError
+from medllm_pipelines.lib.security.raw_zone import RawZone
+
+TEST_WRAPPING_KEY = bytes(range(32))
+
+
+class FakeDataKeys:
+    """DataKeyProvider double: random 32-byte data keys wrapped with a fixed AES key."""
+
+    key_ref = "test/raw-zone"
+
+    def __init__(self) -> None:
+        self._kek = AESGCM(TEST_WRAPPING_KEY)
+
+    def generate_data_key(self) -> tuple[bytes, str]:
+        key, nonce = os.urandom(32), os.urandom(12)
+        return key, "fake:v1:" + (nonce + self._kek.encrypt(nonce, key, None)).hex()
+
+    def unwrap_data_key(self, wrapped: str) -> bytes:
+        raw = bytes.fromhex(wrapped.removeprefix("fake:v1:"))
+        try:
+            return self._kek.decrypt(raw[:12], raw[12:], None)
+        except InvalidTag:
+            raise DataKeyUnwrapError("not wrapped by the test key") from None
+
+
+SECRET_NOTE = "患者张三，身份证 11010519491231002X，电话 13812345678".encode()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def zone(tmp_path) -> RawZone:
+    return RawZone(tmp_path / "raw_zone", FakeDataKeys())
+
+
+def test_object_round_trip_and_idempotent_put(zone):
+    digest = sha(SECRET_NOTE)
+    path = zone.put_object(digest, SECRET_NOTE)
+    first_blob = path.read_bytes()
+
+    again = zone.put_object(digest, SECRET_NOTE)
+
+    assert zone.get_object(digest) == SECRET_NOTE
+    assert zone.has_object(digest)
+    assert again == path and path.read_bytes() == first_blob  # stored once, not re-encrypted
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_table_round_trip(zone):
+    frame = pd.DataFrame({"name_zh": ["张三", "李四", None], "phone": ["13812345678", None, "13900000000"], "n": [1, 2, 3]})
+
+    zone.write_table("raw_patients", frame)
+
+    pd.testing.assert_frame_equal(zone.read_table("raw_patients"), frame)
+    assert zone.has_table("raw_patients")
+
+
+def test_reading_a_table_never_written_says_so(zone):
+    with pytest.raises(FileNotFoundError, match="not been materialised"):
+        zone.read_table("raw_absent")
+
+
+def test_no_file_in_the_zone_holds_plaintext(zone):
+    zone.put_object(sha(SECRET_NOTE), SECRET_NOTE)
+    zone.write_table("raw_patients", pd.DataFrame({"name_zh": ["张三"], "resident_id": ["11010519491231002X"]}))
+
+    needles = ["张三".encode(), b"11010519491231002X", b"13812345678", "身份证".encode(), b"PAR1"]
+    files = [p for p in zone.root.rglob("*") if p.is_file()]
+    assert len(files) == 2
+    for path in files:
+        data = path.read_bytes()
+        assert not [n for n in needles if n in data], path.name
+
+
+def test_swapping_two_object_files_fails_decryption(zone):
+    other = b"another landed file"
+    a, b = sha(SECRET_NOTE), sha(other)
+    path_a, path_b = zone.put_object(a, SECRET_NOTE), zone.put_object(b, other)
+    blob_a, blob_b = path_a.read_bytes(), path_b.read_bytes()
+
+    path_a.write_bytes(blob_b)
+    path_b.write_bytes(blob_a)
+
+    for digest in (a, b):
+        with pytest.raises(EnvelopeIntegrityError):
+            zone.get_object(digest)
+
+
+def test_a_table_file_renamed_to_another_table_fails_decryption(zone):
+    zone.write_table("raw_patients", pd.DataFrame({"x": [1]}))
+    zone.table_path("raw_patients").rename(zone.table_path("clean_patients"))
+
+    with pytest.raises(EnvelopeIntegrityError):
+        zone.read_table("clean_patients")
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "ABC", "a" * 63, "g" * 64, "a" * 64 + "\n", ""])
+def test_object_names_must_be_sha256_digests(zone, name):
+    with pytest.raises(ValueError, match="sha256"):
+        zone.put_object(name, b"x")
+
+
+@pytest.mark.parametrize("name", ["../escape", "Raw", "a-b", "a.b", "raw_patients\n", ""])
+def test_table_names_cannot_escape_the_zone(zone, name):
+    with pytest.raises(ValueError, match="invalid raw-zone table name"):
+        zone.write_table(name, pd.DataFrame({"x": [1]}))
