@@ -125,8 +125,11 @@ def services_status(as_json: bool) -> None:
 def synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identities: bool) -> None:
     """Generate the synthetic hospital (deterministic by seed)."""
     manifest = _synth(out_dir, patients, seed, clean, write_identities)
-    click.echo(f"wrote {patients} patients to {out_dir} (manifest: {out_dir / '_truth' / 'manifest.json'})")
-    _ = manifest
+    click.echo(
+        f"wrote {patients} patients to {out_dir}: {len(manifest.defects)} seeded defects, "
+        f"T2D prevalence {manifest.diabetes['prevalence']:.3f}, optimal ROC-AUC {manifest.diabetes['optimal_roc_auc']:.3f} "
+        f"(manifest: {out_dir / '_truth' / 'manifest.json'})"
+    )
 
 
 def _synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identities: bool) -> Any:

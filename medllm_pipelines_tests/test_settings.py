@@ -26,12 +26,10 @@ def test_defaults_live_under_medllm_home(tmp_path):
     assert settings.mlflow_artifact_root == (home / "mlflow" / "artifacts").as_uri()
     assert settings.landing_consume is True
     assert settings.mode == EMBEDDED
-    assert settings.component_modes() == {
-        "dagster_storage": "sqlite",
-        "warehouse": "duckdb",
-        "mlflow": "sqlite",
-        "vault": "local openbao dev server",
-    }
+    assert settings.uses_local_openbao
+    modes = settings.component_modes()
+    assert (modes["dagster_storage"], modes["warehouse"], modes["mlflow"]) == ("sqlite", "duckdb", "sqlite")
+    assert modes["vault"] != "external vault"
 
 
 def test_relative_home_resolves_against_the_working_directory(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
 
 from medllm_pipelines.defs.keys import AUDIT_SCHEMA, QUARANTINE_TABLE
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation, frame_content_hash, quarantine_frame
+from medllm_pipelines.lib.common.versions import package_versions as versions_of
 from medllm_pipelines.lib.common.warehouse import Warehouse
 
 TRACKED_PACKAGES = ("medllm-pipelines", "dagster", "pandas", "fhir.resources", "pydicom", "great-expectations")
@@ -53,13 +54,7 @@ def code_version() -> str:
 
 @lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
+    return versions_of(TRACKED_PACKAGES)
 
 
 def versions_metadata(**extra_versions: str) -> dict[str, Any]:

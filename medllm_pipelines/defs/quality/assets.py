@@ -2,6 +2,9 @@
 
 
 import datetime as dt
+from collections.abc import Callable
+
+import pandas as pd
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -17,6 +20,7 @@ from dagster import (
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.common import (
+    asset_name,
     counts_by,
     frame_metadata,
     raw_table_name,
@@ -72,69 +76,53 @@ def clean_patients_asset(
 ) -> MaterializeResult:
     """Patients deduplicated (re-sent and superseded versions), birth dates checked, sex coded."""
     patients = raw_zone.get().read_table(raw_table_name(keys.RAW_PATIENTS))
-    result = clean_patients(patients, "quality/clean_patients", dt.date.today(), load_rules())
+    result = clean_patients(patients, asset_name(keys.CLEAN_PATIENTS), dt.date.today(), load_rules())
     return _publish(context, keys.CLEAN_PATIENTS, result, raw_zone, warehouse)
 
 
-@asset(
-    key=keys.CLEAN_OBSERVATIONS,
-    deps=[keys.RAW_OBSERVATIONS, keys.CLEAN_PATIENTS],
-    group_name=keys.QUALITY,
-    kinds={"python"},
-)
-def clean_observations_asset(
-    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
-) -> MaterializeResult:
-    """Observations mapped to LOINC concepts, converted to one UCUM unit each, range- and date-checked."""
-    zone = raw_zone.get()
-    result = clean_observations(
-        zone.read_table(raw_table_name(keys.RAW_OBSERVATIONS)),
-        zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
-        "quality/clean_observations",
-        dt.datetime.now(dt.UTC),
-        load_rules(),
+PatientLinkedCleaner = Callable[[pd.DataFrame, pd.DataFrame, str], CleaningResult]
+
+
+def patient_linked_cleaning(source: AssetKey, target: AssetKey, clean: PatientLinkedCleaner, description: str):
+    """A cleaning asset for records that refer to a patient (checked against the cleaned patients)."""
+
+    @asset(
+        key=target,
+        deps=[source, keys.CLEAN_PATIENTS],
+        group_name=keys.QUALITY,
+        kinds={"python"},
+        description=description,
     )
-    return _publish(context, keys.CLEAN_OBSERVATIONS, result, raw_zone, warehouse)
+    def _clean(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
+        zone = raw_zone.get()
+        result = clean(
+            zone.read_table(raw_table_name(source)),
+            zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
+            asset_name(target),
+        )
+        return _publish(context, target, result, raw_zone, warehouse)
+
+    return _clean
 
 
-@asset(
-    key=keys.CLEAN_CONDITIONS,
-    deps=[keys.RAW_CONDITIONS, keys.CLEAN_PATIENTS],
-    group_name=keys.QUALITY,
-    kinds={"python"},
+clean_observations_asset = patient_linked_cleaning(
+    keys.RAW_OBSERVATIONS,
+    keys.CLEAN_OBSERVATIONS,
+    lambda records, patients, name: clean_observations(records, patients, name, dt.datetime.now(dt.UTC), load_rules()),
+    "Observations mapped to LOINC concepts, converted to one UCUM unit each, range- and date-checked.",
 )
-def clean_conditions_asset(
-    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
-) -> MaterializeResult:
-    """Diagnoses from ICD-10 (WHO), ICD-10-CM and the Chinese clinical edition unified to WHO ICD-10."""
-    zone = raw_zone.get()
-    result = clean_conditions(
-        zone.read_table(raw_table_name(keys.RAW_CONDITIONS)),
-        zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
-        "quality/clean_conditions",
-        load_rules(),
-    )
-    return _publish(context, keys.CLEAN_CONDITIONS, result, raw_zone, warehouse)
-
-
-@asset(
-    key=keys.CLEAN_CONSENTS,
-    deps=[keys.RAW_CONSENTS, keys.CLEAN_PATIENTS],
-    group_name=keys.QUALITY,
-    kinds={"python"},
+clean_conditions_asset = patient_linked_cleaning(
+    keys.RAW_CONDITIONS,
+    keys.CLEAN_CONDITIONS,
+    lambda records, patients, name: clean_conditions(records, patients, name, load_rules()),
+    "Diagnoses from ICD-10 (WHO), ICD-10-CM and the Chinese clinical edition unified to WHO ICD-10.",
 )
-def clean_consents_asset(
-    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
-) -> MaterializeResult:
-    """Consent records deduplicated and dated (UTC) so the latest decision can win."""
-    zone = raw_zone.get()
-    result = clean_consents(
-        zone.read_table(raw_table_name(keys.RAW_CONSENTS)),
-        zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
-        "quality/clean_consents",
-        load_rules(),
-    )
-    return _publish(context, keys.CLEAN_CONSENTS, result, raw_zone, warehouse)
+clean_consents_asset = patient_linked_cleaning(
+    keys.RAW_CONSENTS,
+    keys.CLEAN_CONSENTS,
+    lambda records, patients, name: clean_consents(records, patients, name, load_rules()),
+    "Consent records deduplicated and dated (UTC) so the latest decision can win.",
+)
 
 
 def great_expectations_gate(asset_key: AssetKey, suite_name: str):

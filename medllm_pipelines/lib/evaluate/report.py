@@ -16,11 +16,12 @@ import io
 import json
 import math
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medllm_pipelines.lib.common.versions import package_versions
 
 REPORT_FORMAT_VERSION = 1
 REPORT_JSON_FILENAME = "evaluation_report.json"
@@ -66,13 +67,7 @@ OPTIONAL_CONTEXT = (
 
 def collect_package_versions(packages: tuple[str, ...] = DEFAULT_REPORTED_PACKAGES) -> dict[str, str]:
     """Installed versions of the packages that produced the numbers."""
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+    return package_versions(packages)
 
 
 def _jsonable(value: Any) -> Any:

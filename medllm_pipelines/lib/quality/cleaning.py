@@ -215,7 +215,6 @@ def clean_observations(
     canonical_loinc = {c.name: c.canonical_loinc for c in codes.CONCEPTS}
     quarantine: list[QuarantineRecord] = []
     unmapped = 0
-    unknown_patient = 0
     rows: list[dict[str, Any]] = []
     converted: dict[str, int] = {}
     for row in deduped.itertuples(index=False):
@@ -262,7 +261,6 @@ def clean_observations(
             continue
         birth = births.get((row.institution, row.patient_key))
         if birth is None:
-            unknown_patient += 1
             quarantine.append(
                 _quarantine(row, asset, "unknown_patient", "subject is not a cleaned patient of this institution")
             )

@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.train.networks import ACTIVATIONS, TabularMLP
 from medllm_pipelines.lib.train.predictor import (
     MODEL_SPEC_FILENAME,
@@ -329,13 +329,7 @@ def _resolve_pos_weight(config: TrainConfig, train_labels: torch.Tensor) -> floa
 
 
 def _package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+    return {"python": platform.python_version(), **package_versions(VERSIONED_PACKAGES)}
 
 
 def train_tabular_classifier(

@@ -164,7 +164,9 @@ def test_dicom_ids_become_keyed_hashes_and_patients_are_found_by_mrn(policy):
     )
     by_mrn = {("h1", "MRN001"): "p_one"}
 
-    outcome = apply_policy("dicom_instances", dicom, policy, person_by_key={}, person_by_mrn=by_mrn, hmac_many=fake_hmac_many)
+    outcome = apply_policy(
+        "dicom_instances", dicom, policy, person_by_key={}, person_by_mrn=by_mrn, hmac_many=fake_hmac_many
+    )
 
     expected = "p_" + hmac.new(TEST_HMAC_KEY, b"1.2.3.4", hashlib.sha256).hexdigest()[:24]
     assert outcome.frame["image_id"].tolist()[0] == expected

@@ -48,7 +48,8 @@ def lines(*records: Any) -> bytes:
 def test_dialogue_rows_keep_the_turns_and_their_position():
     result = parse(lines(dialogue(), b"", dialogue(dialogue_id=42)))
 
-    assert [(r["dialogue_id"], r["turn_count"], r["source_position"]) for r in result.rows] == [("d-001", 2, 0), ("42", 2, 2)]
+    rows = [(r["dialogue_id"], r["turn_count"], r["source_position"]) for r in result.rows]
+    assert rows == [("d-001", 2, 0), ("42", 2, 2)]
     assert orjson.loads(result.rows[0]["turns_json"])[0]["text"] == "我最近口渴"
     assert result.quarantine == []
 
@@ -86,7 +87,11 @@ def test_annotation_with_a_zero_label_is_not_missing_a_label():
 
 @pytest.mark.parametrize(
     ("line", "code"),
-    [(b'{"dialogue_id": "d-9", "turns": [', "malformed_json"), (b"[1, 2]", "malformed_record"), (b'"text"', "malformed_record")],
+    [
+        (b'{"dialogue_id": "d-9", "turns": [', "malformed_json"),
+        (b"[1, 2]", "malformed_record"),
+        (b'"text"', "malformed_record"),
+    ],
 )
 def test_bad_lines_are_quarantined_and_the_rest_proceeds(line, code):
     result = parse(lines(dialogue(), line, dialogue(dialogue_id="d-3")))

@@ -44,12 +44,19 @@ def rules():
         ("2024-03-05T12:00:00Z", SHANGHAI, (dt.date(2024, 3, 5), dt.datetime(2024, 3, 5, 12, 0, tzinfo=UTC))),
         ("2024-03-05T01:30:00", SHANGHAI, (dt.date(2024, 3, 5), dt.datetime(2024, 3, 4, 17, 30, tzinfo=UTC))),
         ("2024-03-05T01:30:00", ZoneInfo("UTC"), (dt.date(2024, 3, 5), dt.datetime(2024, 3, 5, 1, 30, tzinfo=UTC))),
-        ("2024-03-05T01:30:00.250+08:00", UTC, (dt.date(2024, 3, 5), dt.datetime(2024, 3, 4, 17, 30, 0, 250000, tzinfo=UTC))),
+        (
+            "2024-03-05T01:30:00.250+08:00",
+            UTC,
+            (dt.date(2024, 3, 5), dt.datetime(2024, 3, 4, 17, 30, 0, 250000, tzinfo=UTC)),
+        ),
         (None, SHANGHAI, None),
         ("", SHANGHAI, None),
         (float("nan"), SHANGHAI, None),
     ],
-    ids=["year", "year_month", "date", "offset", "zulu", "naive_local", "naive_utc_site", "fraction", "none", "empty", "nan"],
+    ids=[
+        "year", "year_month", "date", "offset", "zulu", "naive_local", "naive_utc_site", "fraction", "none", "empty",
+        "nan",
+    ],
 )
 def test_parse_fhir_datetime(text, tz, expected):
     assert parse_fhir_datetime(text, tz) == expected
@@ -98,7 +105,9 @@ def test_invalid_resident_ids(value):
 
 
 # --- patients -----------------------------------------------------------------
-def patient_row(key: str, birth_date: Any, *, content: str | None = None, position: int = 0, **overrides: Any) -> dict[str, Any]:
+def patient_row(
+    key: str, birth_date: Any, *, content: str | None = None, position: int = 0, **overrides: Any
+) -> dict[str, Any]:
     row = {
         "mrn": f"MRN-{key}",
         "resident_id": None,

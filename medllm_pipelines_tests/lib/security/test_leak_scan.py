@@ -49,7 +49,9 @@ def _assert_no_values(hits: list[LeakHit], needles: dict[str, set[str]]) -> None
 
 
 def test_clean_deidentified_table_has_no_hits(needles):
-    clean = pd.DataFrame({"patient_pseudonym": ["p_ab12", "p_cd34"], "sex": ["male", "female"], "age_band": ["40-44", "90+"]})
+    clean = pd.DataFrame(
+        {"patient_pseudonym": ["p_ab12", "p_cd34"], "sex": ["male", "female"], "age_band": ["40-44", "90+"]}
+    )
 
     assert scan_frame(clean, needles, "deidentified.patients") == []
 
