@@ -48,25 +48,27 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def step_durations(dagster_home: Path, run_id: str | None = None) -> dict[str, float]:
-    """Seconds per step (asset or check) from STEP_START -> STEP_SUCCESS/FAILURE of one run."""
+def step_durations(dagster_home: Path, run_ids: list[str] | None = None) -> dict[str, float]:
+    """Seconds per step (asset or check), STEP_START -> STEP_SUCCESS/FAILURE, summed over the
+    lifecycle's runs (ingest steps run once per institution partition)."""
     from dagster import DagsterEventType, DagsterInstance
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
-        if run_id is None:
-            run_id = instance.get_runs(limit=1)[0].run_id
-        starts: dict[str, float] = {}
-        durations: dict[str, float] = {}
-        for record in instance.all_logs(run_id):
-            event = record.dagster_event
-            if event is None or event.step_key is None:
-                continue
-            if event.event_type == DagsterEventType.STEP_START:
-                starts[event.step_key] = record.timestamp
-            elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
-                durations[event.step_key] = round(record.timestamp - starts[event.step_key], 3)
-        return durations
+        if run_ids is None:
+            run_ids = [run.run_id for run in instance.get_runs()]
+        durations: dict[str, float] = defaultdict(float)
+        for run_id in run_ids:
+            starts: dict[str, float] = {}
+            for record in instance.all_logs(run_id):
+                event = record.dagster_event
+                if event is None or event.step_key is None:
+                    continue
+                if event.event_type == DagsterEventType.STEP_START:
+                    starts[event.step_key] = record.timestamp
+                elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+                    durations[event.step_key] += record.timestamp - starts[event.step_key]
+        return {k: round(v, 3) for k, v in durations.items()}
     finally:
         instance.dispose()
 
@@ -110,30 +112,31 @@ def _prepare(home: Path) -> Any:
     return settings
 
 
-def run_orchestrated(home: Path) -> dict[str, Any]:
-    from medllm_pipelines.cli import run_lifecycle
+def run_orchestrated(home: Path, freeze_gc: bool = True) -> dict[str, Any]:
+    from medllm_pipelines.runner import run_lifecycle
 
     settings = _prepare(home)
     started = time.perf_counter()
-    result = run_lifecycle(settings, log_level="WARNING")
+    result = run_lifecycle(settings, log_level="WARNING", freeze_gc=freeze_gc)
     wall = time.perf_counter() - started
     if not result.success:
         raise RuntimeError("orchestrated run failed")
-    durations = step_durations(settings.dagster_home, result.run_id)
+    durations = step_durations(settings.dagster_home, result.run_ids)
     return {"wall_s": round(wall, 2), "steps_s": durations, "stages_s": per_stage(durations)}
 
 
 def run_direct(home: Path) -> dict[str, Any]:
     """Call every asset and check function directly (Dagster's direct invocation), in dependency order."""
-    from dagster import AssetKey
+    from dagster import AssetKey, DagsterInstance
     from dagster import build_resources as init_resources
 
-    from medllm_pipelines.definitions import ALL_ASSETS, ALL_CHECKS
+    from medllm_pipelines.definitions import ALL_ASSETS, ALL_CHECKS, make_definitions
+    from medllm_pipelines.defs.ingest.sources import UNROUTED, load_sources
     from medllm_pipelines.defs.resources import build_resources
-
-    from medllm_pipelines.definitions import make_definitions
+    from medllm_pipelines.runner import ensure_partitions
 
     settings = _prepare(home)
+    partitions = [*load_sources(settings.sources_file).codes, UNROUTED]
 
     graph = make_definitions(settings).resolve_asset_graph()
     order = graph.toposorted_asset_keys
@@ -149,14 +152,15 @@ def run_direct(home: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     configured = build_resources(settings)
     started = time.perf_counter()
-    with init_resources(configured) as initialised:
+    with init_resources(configured) as initialised, DagsterInstance.ephemeral() as instance:
+        ensure_partitions(instance, partitions)
         resources = {name: getattr(initialised, name) for name in configured}
-        _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, done)
+        _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, done, instance, partitions)
     wall = time.perf_counter() - started
     return {"wall_s": round(wall, 2), "steps_s": timings, "stages_s": per_stage(timings)}
 
 
-def _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, done) -> None:
+def _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, done, instance, partitions) -> None:
     from dagster import build_asset_check_context, build_asset_context
 
     for key in order:
@@ -164,10 +168,11 @@ def _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, do
         if id(asset_def) not in done:
             done.add(id(asset_def))
             t0 = time.perf_counter()
-            with build_asset_context(resources=resources) as context:
-                output = asset_def(context)
-                if hasattr(output, "__iter__") and not isinstance(output, (dict, str)):
-                    list(output)
+            for partition in partitions if asset_def.partitions_def else [None]:
+                with build_asset_context(resources=resources, partition_key=partition, instance=instance) as context:
+                    output = asset_def(context)
+                    if hasattr(output, "__iter__") and not isinstance(output, (dict, str)):
+                        list(output)
             timings[asset_def.node_def.name] = round(time.perf_counter() - t0, 3)
         for check in checks_by_asset.get(key, []):
             t0 = time.perf_counter()
@@ -196,7 +201,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--rounds", type=int, default=2, help="orchestrated/direct rounds each (alternating)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each in-process mode (rotating order)")
     args = parser.parse_args()
 
     from medllm_pipelines.lib.synth import generate_hospital
@@ -216,16 +221,26 @@ def main() -> None:
         import mlflow  # noqa: F401
         import torch  # noqa: F401
 
-        # Alternate the two modes (A B B A ...) so drift in machine load hits both;
-        # each mode is summarised by its fastest round.
-        rounds: dict[str, list[dict[str, Any]]] = {"orchestrated": [], "direct": []}
+        # Rotate the modes each round so drift in machine load hits all of them;
+        # each mode is summarised by its median round. "orchestrated_no_gc_freeze"
+        # is the before of the gc.freeze() change in run_lifecycle, measured beside it.
+        runners = {
+            "orchestrated": run_orchestrated,
+            "direct": run_direct,
+            "orchestrated_no_gc_freeze": lambda home: run_orchestrated(home, freeze_gc=False),
+        }
+        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in runners}
+        modes = list(runners)
         for index in range(args.rounds):
-            pair = ("orchestrated", "direct") if index % 2 == 0 else ("direct", "orchestrated")
-            for mode in pair:
-                runner = run_orchestrated if mode == "orchestrated" else run_direct
-                rounds[mode].append(runner(_fresh_home(base, f"{mode}-{index}", hospital)))
-        orchestrated = min(rounds["orchestrated"], key=lambda r: r["wall_s"])
-        direct = min(rounds["direct"], key=lambda r: r["wall_s"])
+            for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
+                rounds[mode].append(runners[mode](_fresh_home(base, f"{mode}-{index}", hospital)))
+
+        def median_round(mode: str) -> dict[str, Any]:
+            ordered = sorted(rounds[mode], key=lambda r: r["wall_s"])
+            return ordered[(len(ordered) - 1) // 2]
+
+        orchestrated, direct = median_round("orchestrated"), median_round("direct")
+        unfrozen = median_round("orchestrated_no_gc_freeze")
         overhead = (orchestrated["wall_s"] - direct["wall_s"]) / orchestrated["wall_s"]
         result = {
             "benchmark": "lifecycle",
@@ -237,6 +252,7 @@ def main() -> None:
             "medllm_run_cli": cli,
             "orchestrated_in_process": orchestrated,
             "direct_invocation": direct,
+            "orchestrated_no_gc_freeze": unfrozen,
             "rounds_wall_s": {mode: [r["wall_s"] for r in runs] for mode, runs in rounds.items()},
             "dagster_overhead_fraction": round(overhead, 4),
             "import_definitions": import_time(),

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from medllm_pipelines.runner import LifecycleResult, run_lifecycle
 from medllm_pipelines.settings import Settings, activate, load_settings, prepare_home
 
 
@@ -157,44 +158,15 @@ def _synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identitie
 
 
 # --- runs -----------------------------------------------------------------------
-def run_lifecycle(settings: Settings, *, job_name: str | None = None, log_level: str = "INFO") -> Any:
-    """Materialise the graph through Dagster, recorded in the instance under DAGSTER_HOME."""
-    from dagster import DagsterInstance
-
-    from medllm_pipelines.definitions import make_definitions
+def _summarise(result: LifecycleResult) -> int:
     from medllm_pipelines.defs import keys
 
-    job = make_definitions(settings).resolve_job_def(job_name or keys.LIFECYCLE_JOB)
-    with DagsterInstance.get() as instance:
-        return job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            tags={"medllm/trigger": "cli"},
-        )
-
-
-def _materialization_metadata(result: Any, asset_path: list[str]) -> dict[str, Any]:
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        if list(materialization.asset_key.path) == asset_path:
-            return {k: v.value for k, v in materialization.metadata.items()}
-    return {}
-
-
-def _summarise(result: Any, settings: Settings) -> int:
-    from medllm_pipelines.defs import keys
-
-    status = "succeeded" if result.success else "FAILED"
-    click.echo(f"\nDagster run {result.run_id} {status}")
-    failed_checks = [
-        e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
-    ]
-    for check in failed_checks:
-        click.echo(f"  failed check: {check.asset_key.to_user_string()}:{check.check_name}")
-    report = _materialization_metadata(result, list(keys.DIABETES_EVALUATION.path))
+    for run, label in zip(result.runs, [*result.partitions, "downstream"], strict=False):
+        click.echo(f"  Dagster run {run.run_id} [{label}] {'succeeded' if run.success else 'FAILED'}")
+    click.echo(f"lifecycle {'succeeded' if result.success else 'FAILED'} ({len(result.runs)} Dagster runs)")
+    for check in result.failed_checks():
+        click.echo(f"  failed check: {check}")
+    report = next(iter(result.materializations(keys.DIABETES_EVALUATION)), None)
     if report:
         click.echo(f"evaluation report: {report.get('report_html')}")
         click.echo(f"  model ROC-AUC {report.get('model_roc_auc')}  baseline ROC-AUC {report.get('baseline_roc_auc')}")
@@ -204,7 +176,7 @@ def _summarise(result: Any, settings: Settings) -> int:
 @main.command()
 @click.option("--landing", type=click.Path(path_type=Path), default=None, help="landing zone (default $MEDLLM_HOME/landing)")
 @click.option("--keep-landed", is_flag=True, help="do not remove files from the landing zone after ingestion")
-@click.option("--job", "job_name", default=None, help="job to run (default lifecycle_job)")
+@click.option("--job", "job_name", default=None, help="lifecycle_job (default), ingest_job or downstream_job")
 def run(landing: Path | None, keep_landed: bool, job_name: str | None) -> None:
     """Materialise the whole asset graph for what is in the landing zone."""
     if landing is not None:
@@ -215,7 +187,7 @@ def run(landing: Path | None, keep_landed: bool, job_name: str | None) -> None:
     ensure_services(settings)
     click.echo(f"running {job_name or 'lifecycle_job'} on {settings.landing_dir} (mode: {settings.mode})")
     result = run_lifecycle(settings, job_name=job_name)
-    sys.exit(_summarise(result, settings))
+    sys.exit(_summarise(result))
 
 
 @main.command()
@@ -228,7 +200,7 @@ def demo(patients: int, seed: int) -> None:
     click.echo(f"generating a synthetic hospital of {patients} patients into {settings.landing_dir}")
     _synth(settings.landing_dir, patients, seed, clean=False, write_identities=False)
     result = run_lifecycle(settings)
-    code = _summarise(result, settings)
+    code = _summarise(result)
     click.echo("\nwhere to look:")
     click.echo(f"  Dagster UI:  DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
     click.echo(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000")

@@ -7,30 +7,20 @@ step of a multiprocess run) stays fast.
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import Definitions, in_process_executor
 
-from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.curate import assets as curate
 from medllm_pipelines.defs.deidentify import assets as deidentify
 from medllm_pipelines.defs.evaluate import assets as evaluate
 from medllm_pipelines.defs.ingest import assets as ingest
-from medllm_pipelines.defs.ingest.sensors import landing_zone_sensor
+from medllm_pipelines.defs.ingest.sensors import landing_sensors, refresh_after_ingest
+from medllm_pipelines.defs.ingest.sources import load_sources
+from medllm_pipelines.defs.jobs import JOBS
 from medllm_pipelines.defs.label import assets as label
 from medllm_pipelines.defs.quality import assets as quality
 from medllm_pipelines.defs.resources import build_resources
 from medllm_pipelines.defs.train import assets as train
 from medllm_pipelines.settings import Settings, load_settings
-
-lifecycle_job = define_asset_job(
-    keys.LIFECYCLE_JOB,
-    selection=AssetSelection.all(),
-    description="The whole lifecycle: ingest -> quality -> deidentify -> label -> curate -> train -> evaluate.",
-)
-ingest_job = define_asset_job(
-    keys.INGEST_JOB,
-    selection=AssetSelection.groups(keys.INGEST),
-    description="Take new landed files into the encrypted raw zone and parse them.",
-)
 
 ALL_ASSETS = [
     *ingest.ASSETS,
@@ -46,12 +36,13 @@ ALL_CHECKS = [*quality.CHECKS, *deidentify.CHECKS, *curate.CHECKS]
 
 def make_definitions(settings: Settings | None = None) -> Definitions:
     """Definitions bound to ``settings`` (tests pass their own; Dagster loads ``defs``)."""
+    settings = settings or load_settings()
     return Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[lifecycle_job, ingest_job],
-        sensors=[landing_zone_sensor],
-        resources=build_resources(settings or load_settings()),
+        jobs=JOBS,
+        sensors=[*landing_sensors(load_sources(settings.sources_file)), refresh_after_ingest],
+        resources=build_resources(settings),
         # One process per run: the DuckDB warehouse has a single writer, and
         # re-importing the code location per step costs more than it saves here.
         executor=in_process_executor,

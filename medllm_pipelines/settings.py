@@ -20,6 +20,7 @@ variable                        effect
 ``VAULT_ADDR`` / ``VAULT_TOKEN`` a real Vault; default the project's OpenBao
                                 local OpenBao server (state file under MEDLLM_HOME)
 ``VAULT_CACERT``                CA bundle for Vault TLS
+``MEDLLM_SOURCES_FILE``         source-institution registry (default: packaged)
 ==============================  ==============================================
 
 Nothing else in the package calls ``os.environ`` for configuration, so no other
@@ -56,6 +57,7 @@ class Settings:
     vault_addr: str | None
     vault_token_in_env: bool
     vault_cacert: str | None
+    sources_file: str | None = None
 
     # --- derived locations -------------------------------------------------
     @property
@@ -142,6 +144,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         vault_addr=env.get("VAULT_ADDR") or None,
         vault_token_in_env=bool(env.get("VAULT_TOKEN")),
         vault_cacert=env.get("VAULT_CACERT") or None,
+        sources_file=env.get("MEDLLM_SOURCES_FILE") or None,
     )
 
 

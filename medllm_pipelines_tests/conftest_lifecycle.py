@@ -77,6 +77,7 @@ BAD_INPUT = {
     "jhsq/fhir/bundles/zz-gbk.json": '{"resourceType": "Patient", "name": [{"text": "病人"}]}'.encode("gbk"),
     "hzsf/notes/zz-scan.pdf": b"%PDF-1.4 not a supported feed",
     "stray-file.json": b'{"resourceType": "Patient"}',
+    "xyzh/fhir/bundles/bundle-1.json": b'{"resourceType": "Bundle", "type": "collection", "entry": []}',
 }
 BAD_INPUT_REASONS = {
     "malformed_json",
@@ -85,6 +86,7 @@ BAD_INPUT_REASONS = {
     "encoding_error",
     "unsupported_file_type",
     "unknown_source",
+    "unregistered_source",
     "truncated_file",
 }
 
@@ -95,7 +97,7 @@ def plant_bad_input(landing: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     # a DICOM file cut in the middle of its pixel data
-    dicom = sorted(landing.rglob("*.dcm"))[0]
+    dicom = sorted(landing.glob("*/dicom/*/*.dcm"))[0]
     data = dicom.read_bytes()
     (dicom.parent / "zz-truncated.dcm").write_bytes(data[: len(data) - 2000])
 
@@ -117,11 +119,15 @@ class LifecycleRun:
     hospital: Hospital
 
     def materialization(self, asset_key: Any) -> dict[str, Any]:
-        for event in self.result.get_asset_materialization_events():
-            materialization = event.event_specific_data.materialization
-            if materialization.asset_key == asset_key:
-                return {k: v.value for k, v in materialization.metadata.items()}
-        raise KeyError(asset_key)
+        """Metadata of the (single) materialisation of an unpartitioned asset."""
+        found = list(self.result.materializations(asset_key))
+        if len(found) != 1:
+            raise KeyError(f"{asset_key.to_user_string()}: {len(found)} materialisations")
+        return found[0]
+
+    def partition_total(self, asset_key: Any, field: str) -> int:
+        """A count summed over every partition's materialisation of an ingest asset."""
+        return sum(int(meta[field]) for meta in self.result.materializations(asset_key))
 
     def check_evaluations(self) -> list[Any]:
         return [e.event_specific_data for e in self.result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
@@ -129,7 +135,7 @@ class LifecycleRun:
 
 def run_lifecycle_in(home: Path, hospital: Hospital, extra_env: dict[str, str] | None = None) -> LifecycleRun:
     """Deliver the hospital into MEDLLM_HOME/landing and materialise everything through Dagster."""
-    from medllm_pipelines.cli import run_lifecycle
+    from medllm_pipelines.runner import run_lifecycle
     from medllm_pipelines.definitions import make_definitions
     from medllm_pipelines.lib.security.openbao import start_local_server
     from medllm_pipelines.settings import load_settings, prepare_home

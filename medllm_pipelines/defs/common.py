@@ -83,13 +83,16 @@ def reconciliation_metadata(recon: Reconciliation) -> dict[str, Any]:
     return recon.as_metadata()
 
 
-def record_quarantine(warehouse: Warehouse, asset_key: AssetKey, records: list[QuarantineRecord]) -> dict[str, Any]:
-    """Replace this asset's rows in ``audit.quarantine``; return per-reason counts for metadata.
+def record_quarantine(
+    warehouse: Warehouse, asset_key: AssetKey, records: list[QuarantineRecord], partition: str | None = None
+) -> dict[str, Any]:
+    """Replace this asset's (and partition's) rows in ``audit.quarantine``; return counts for metadata.
 
     Replacing (not appending) keeps re-materialisation idempotent.
     """
-    frame = quarantine_frame(records)
-    warehouse.replace_rows(AUDIT_SCHEMA, QUARANTINE_TABLE, "asset", asset_name(asset_key), frame)
+    frame = quarantine_frame(records).assign(partition=partition).astype({"partition": "string"})
+    name = asset_name(asset_key)
+    warehouse.replace_rows(AUDIT_SCHEMA, QUARANTINE_TABLE, {"asset": name, "partition": partition}, frame)
     by_reason = frame["reason_code"].value_counts().sort_index().to_dict() if len(frame) else {}
     by_institution = frame["institution"].fillna("<none>").value_counts().sort_index().to_dict() if len(frame) else {}
     return {
@@ -97,6 +100,35 @@ def record_quarantine(warehouse: Warehouse, asset_key: AssetKey, records: list[Q
         "quarantined_by_reason": MetadataValue.json({str(k): int(v) for k, v in by_reason.items()}),
         "quarantined_by_institution": MetadataValue.json({str(k): int(v) for k, v in by_institution.items()}),
     }
+
+
+def reconciliation_by_institution(
+    records_in: pd.DataFrame, records_out: pd.DataFrame, quarantine: list[QuarantineRecord]
+) -> dict[str, dict[str, int]]:
+    """Per institution: in, out, quarantined, and removed by declared rules (the remainder).
+
+    The rule removals are counted exactly per rule at the stage level
+    (``Reconciliation``); per institution they are what is left, and a
+    negative remainder would mean records were invented, which is refused.
+    """
+    def counts(frame: pd.DataFrame) -> dict[str, int]:
+        if frame.empty or "institution" not in frame.columns:
+            return {}
+        return {str(k): int(v) for k, v in frame["institution"].fillna("<none>").value_counts().items()}
+
+    seen_in, seen_out = counts(records_in), counts(records_out)
+    held: dict[str, int] = {}
+    for record in quarantine:
+        key = record.institution or "<none>"
+        held[key] = held.get(key, 0) + 1
+    result = {}
+    for institution in sorted(set(seen_in) | set(seen_out) | set(held)):
+        n_in, n_out, n_held = seen_in.get(institution, 0), seen_out.get(institution, 0), held.get(institution, 0)
+        removed = n_in - n_out - n_held
+        if removed < 0:
+            raise ValueError(f"institution {institution}: more records out than in")
+        result[institution] = {"in": n_in, "out": n_out, "quarantined": n_held, "removed": removed}
+    return result
 
 
 def counts_by(frame: pd.DataFrame, column: str) -> MetadataValue:

@@ -43,6 +43,24 @@ CONSENT_REGISTRY = key(DEIDENTIFY, "consent_registry")
 DEID_IMAGES = key(DEIDENTIFY, "images")
 # label / curate / train / evaluate
 DIABETES_LABELS = key(LABEL, "diabetes_labels")
+# label: annotation import, review and labelled sets (clause 5.1.4, rows D10-D11)
+TRIAGE_ANNOTATIONS = key(LABEL, "triage_annotations")
+ENTITY_ANNOTATIONS = key(LABEL, "entity_annotations")
+IMAGE_ANNOTATIONS = key(LABEL, "image_annotations")
+EXPERT_DECISIONS = key(LABEL, "expert_decisions")
+ADJUDICATION_QUEUE = key(LABEL, "adjudication_queue")
+TRIAGE_LABELS = key(LABEL, "triage_labels")
+CLINICAL_ENTITIES = key(LABEL, "clinical_entities")
+LESION_MASKS = key(LABEL, "lesion_masks")
+LESION_BOXES = key(LABEL, "lesion_boxes")
+LABEL_AUDIT = key(LABEL, "label_audit")
+WEAK_LABEL_COMPARISON = key(LABEL, "weak_label_comparison")
+# curate: classification, preprocessing, spec datasets and their cards (rows D9, D11, M1, M2)
+DATA_CLASSIFICATION = key(CURATE, "data_classification")
+DIABETES_PREPROCESSING = key(CURATE, "diabetes_preprocessing")
+LESION_DATASET = key(CURATE, "lesion_segmentation_dataset")
+LESION_SPLITS = key(CURATE, "lesion_segmentation_splits")
+DATASET_CATALOG = key(CURATE, "dataset_catalog")
 DIABETES_FEATURES = key(CURATE, "diabetes_features")
 DIABETES_SPLITS = key(CURATE, "diabetes_splits")
 DIABETES_MODEL = key(TRAIN, "diabetes_model")
@@ -53,11 +71,15 @@ CHECK_GE_SUITE = "great_expectations_suite"
 CHECK_NO_IDENTIFIERS = "no_direct_identifiers"
 CHECK_NO_LEAKAGE = "no_patient_in_two_splits"
 CHECK_RECONCILED = "records_reconciled"
+CHECK_AGREEMENT = "agreement_meets_threshold"
+CHECK_PREPROCESSING_TRAIN_ONLY = "preprocessing_fitted_on_train_only"
+LABEL_AGREEMENT_TABLE = "agreement"  # label.agreement: one row per labelled set
 
 # jobs / sensors
 LIFECYCLE_JOB = "lifecycle_job"
 INGEST_JOB = "ingest_job"
-LANDING_SENSOR = "landing_zone_sensor"
+DOWNSTREAM_JOB = "downstream_job"
+LANDING_SENSOR = "landing_sensor"
 
 # warehouse schemas and audit tables
 AUDIT_SCHEMA = "audit"

@@ -43,7 +43,9 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
         "vault": vault,
         "warehouse": warehouse,
         "mlflow": mlflow,
-        "landing_zone": LandingZone(path=str(settings.landing_dir), consume=settings.landing_consume),
+        "landing_zone": LandingZone(
+            path=str(settings.landing_dir), consume=settings.landing_consume, sources_file=settings.sources_file
+        ),
         "raw_zone": RawZoneResource(path=str(settings.raw_zone_dir), vault=vault),
         "artifacts": ArtifactStoreResource(
             deidentified_dir=str(settings.deidentified_dir),

@@ -132,7 +132,7 @@ def test_only_consented_persons_are_labelled(embedded_run) -> None:
 
 def test_rerun_with_the_same_delivery_is_idempotent(embedded_run, tmp_path: Path) -> None:
     """Deliver the same files again and rerun: nothing new is stored, tables keep their content hash."""
-    from medllm_pipelines.cli import run_lifecycle
+    from medllm_pipelines.runner import run_lifecycle
     from medllm_pipelines_tests.conftest_lifecycle import scoped_env
 
     before_patients = embedded_run.materialization(keys.DEID_PATIENTS)["content_sha256"]
@@ -141,14 +141,10 @@ def test_rerun_with_the_same_delivery_is_idempotent(embedded_run, tmp_path: Path
     with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home), "DAGSTER_HOME": str(embedded_run.settings.dagster_home)}):
         again = run_lifecycle(embedded_run.settings, job_name=keys.INGEST_JOB)
     assert again.success
-    landed = next(
-        e.event_specific_data.materialization
-        for e in again.get_asset_materialization_events()
-        if e.event_specific_data.materialization.asset_key == keys.LANDED_FILES
-    )
-    meta = {k: v.value for k, v in landed.metadata.items()}
-    assert meta["files_stored"] == 0 and meta["files_quarantined"] == 0
-    assert meta["duplicate_deliveries"] == meta["files_in"] > 0
+    landed = list(again.materializations(keys.LANDED_FILES))
+    assert landed[0]["partitions_in_run"] == again.partitions  # one run over every institution
+    assert sum(m["files_stored"] for m in landed) == 0 and sum(m["files_quarantined"] for m in landed) == 0
+    assert sum(m["duplicate_deliveries"] for m in landed) == sum(m["files_in"] for m in landed) > 0
     after_ledger = len(Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE))
     assert after_ledger == before_ledger
     assert before_patients  # de-identified tables were not touched by an ingest-only run
@@ -161,12 +157,11 @@ def test_bad_input_is_quarantined_and_the_run_still_succeeds(embedded_run) -> No
     quarantine = Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE)
     missing = BAD_INPUT_REASONS - set(quarantine["reason_code"])
     assert not missing, f"no quarantine record for {missing}"
-    landed = embedded_run.materialization(keys.LANDED_FILES)
-    assert landed["files_quarantined"] == 2  # the unsupported type and the file outside a source folder
-    fhir = embedded_run.materialization(keys.RAW_PATIENTS)
-    assert fhir["feed_files_with_quarantine"] >= 4  # malformed, not FHIR, empty, GBK
-    dicom = embedded_run.materialization(keys.RAW_DICOM_INSTANCES)
-    assert dicom["quarantined"] >= 1 and dicom["reconciled"] is True
+    # the unsupported file type, the file outside any source folder, the unregistered source folder
+    assert embedded_run.partition_total(keys.LANDED_FILES, "files_quarantined") == 3
+    assert embedded_run.partition_total(keys.RAW_PATIENTS, "feed_files_with_quarantine") >= 4  # malformed, not FHIR, empty, GBK
+    assert embedded_run.partition_total(keys.RAW_DICOM_INSTANCES, "quarantined") >= 1
+    assert all(m["reconciled"] for m in embedded_run.result.materializations(keys.RAW_DICOM_INSTANCES))
 
 
 def test_leak_scan_is_not_vacuous(embedded_run, tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ def deidentified_images(
     Images with BurnedInAnnotation=YES are not released (pixels may show text).
     """
     zone = raw_zone.get()
-    index = zone.read_table(raw_table_name(keys.RAW_DICOM_INSTANCES))
+    index = zone.read_partitions(raw_table_name(keys.RAW_DICOM_INSTANCES))
     by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
     burned = index["burned_in_annotation"].fillna("").str.upper().eq("YES") if len(index) else pd.Series(dtype=bool)
     releasable = index[~burned] if len(index) else index
@@ -273,7 +273,7 @@ def identifier_leak_gate(asset_key: AssetKey):
     def _leak_gate(
         context: AssetCheckExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
     ) -> AssetCheckResult:
-        needles = identifier_needles(raw_zone.get().read_table(raw_table_name(keys.RAW_PATIENTS)))
+        needles = identifier_needles(raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS)))
         schema, table = warehouse_location(asset_key)
         hits = scan_frame(warehouse.get().read_table(schema, table), needles, f"{schema}.{table}")
         return AssetCheckResult(

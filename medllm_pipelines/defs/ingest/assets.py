@@ -1,41 +1,68 @@
-"""Ingest stage: landing zone -> encrypted raw zone -> parsed (still encrypted) tables."""
+"""Ingest stage: landing zone -> encrypted raw zone -> parsed (still encrypted) tables.
+
+Every ingest asset is partitioned by source institution (a dynamic partition
+per registered source, plus ``unrouted`` for files outside any registered
+source folder), so one institution's feed is taken in, parsed, re-run or
+backfilled without touching the others.
+"""
 
 
 import datetime as dt
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, asset, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    BetaWarning,
+    AssetKey,
+    AssetSpec,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.common import (
     asset_name,
     counts_by,
-    frame_metadata,
     raw_table_name,
     record_quarantine,
     run_id_of,
     versions_metadata,
 )
+from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.ingest.dicom import DICOM_INDEX_COLUMNS, index_dicom_object
 from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, parse_fhir_object
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_object
-from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES, DICOM, FHIR_BUNDLE, FHIR_NDJSON
+from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES, DICOM, FHIR_BUNDLE, FHIR_NDJSON, HL7V2
 from medllm_pipelines.resources.landing import LandingZone
 from medllm_pipelines.resources.raw_zone import RawZoneResource
 from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
+warnings.filterwarnings("ignore", message=".*backfill_policy.*is currently in beta", category=BetaWarning)
 
-def stored_objects(warehouse: WarehouseResource, kinds: tuple[str, ...]) -> pd.DataFrame:
-    """Ledger rows of stored (not quarantined) raw objects of the given kinds."""
+RAW_STORAGE = "raw zone (envelope-encrypted Parquet, one file per institution)"
+
+
+def read_ledger(warehouse: WarehouseResource) -> pd.DataFrame:
     wh = warehouse.get()
     if not wh.table_exists(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE):
         return pd.DataFrame(columns=LEDGER_COLUMNS)
-    ledger = wh.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE)
+    return wh.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE)
+
+
+def stored_objects(warehouse: WarehouseResource, kinds: tuple[str, ...], institution: str | None = None) -> pd.DataFrame:
+    """Ledger rows of stored (not quarantined) raw objects of the given kinds (and institution)."""
+    ledger = read_ledger(warehouse)
     selected = ledger[(ledger["status"] == STORED) & ledger["file_kind"].isin(kinds)]
+    if institution is not None:
+        selected = selected[selected["institution"] == institution]
     return selected.sort_values("content_sha256").reset_index(drop=True)
 
 
@@ -43,9 +70,12 @@ def stored_objects(warehouse: WarehouseResource, kinds: tuple[str, ...]) -> pd.D
     key=keys.LANDED_FILES,
     group_name=keys.INGEST,
     kinds={"python", "vault"},
+    partitions_def=INSTITUTION_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
     description=(
-        "Files taken from the landing zone into the encrypted raw zone (AES-256-GCM, data keys wrapped "
-        "by Vault transit), deduplicated by content hash; ledger in audit.file_ledger."
+        "Files taken from the institution's landing folder into the encrypted raw zone (AES-256-GCM, data keys "
+        "wrapped by Vault transit), deduplicated by content hash; ledger in audit.file_ledger. Partition "
+        "'unrouted' takes in (and quarantines) files outside any registered source folder."
     ),
 )
 def landed_files(
@@ -55,12 +85,12 @@ def landed_files(
     vault: VaultResource,
     warehouse: WarehouseResource,
 ) -> MaterializeResult:
+    partitions = context.partition_keys
+    registry = landing_zone.registry()
     wh = warehouse.get()
-    known: set[str] = set()
-    if wh.table_exists(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE):
-        known = set(wh.query(f"SELECT content_sha256 FROM {keys.AUDIT_SCHEMA}.{keys.FILE_LEDGER_TABLE}")["content_sha256"])
-    files = landing_zone.scan()
-    context.log.info(f"{len(files)} files in the landing zone, {len(known)} already in the ledger")
+    known = set(read_ledger(warehouse)["content_sha256"])
+    files = [f for partition in partitions for f in landing_zone.scan_partition(partition, registry.codes)]
+    context.log.info(f"{','.join(partitions)}: {len(files)} files in the landing zone, {len(known)} already in the ledger")
 
     def progress(done: int) -> None:
         if done % 200 == 0:
@@ -73,20 +103,28 @@ def landed_files(
         lambda text: vault.encrypt(text.encode("utf-8")),
         run_id=run_id_of(context),
         now=dt.datetime.now(dt.UTC),
+        registered=registry.codes,
         progress=progress,
     )
     recon = outcome.reconciliation()
-    # Ledger first, then consume: a crash in between leaves a duplicate delivery, never a lost file.
+    # Ledger first (one atomic append), then consume: a crash in between leaves
+    # a duplicate delivery for the rerun to skip, never a lost file.
     if outcome.ledger_rows:
         wh.write_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE, outcome.ledger_frame(), mode="append")
-    ledger = wh.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE) if wh.table_exists(
-        keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE
-    ) else outcome.ledger_frame()
-    quarantine_meta = record_quarantine(wh, keys.LANDED_FILES, ledger_quarantine(ledger, asset_name(keys.LANDED_FILES)))
+    ledger = read_ledger(warehouse)
+    quarantined_by_partition = {}
+    for partition in partitions:
+        in_partition = ledger[
+            ledger["institution"].eq(partition) if partition != UNROUTED else ~ledger["institution"].isin(registry.codes)
+        ]
+        quarantined_by_partition[partition] = record_quarantine(
+            wh, keys.LANDED_FILES, ledger_quarantine(in_partition, asset_name(keys.LANDED_FILES)), partition
+        )["quarantined"]
     consumed = consume(outcome.to_consume, landing_zone.root) if landing_zone.consume else 0
     new = outcome.ledger_frame()
     return MaterializeResult(
         metadata={
+            "partitions_in_run": MetadataValue.json(list(partitions)),
             "files_in": recon.records_in,
             "files_stored": outcome.stored,
             "files_quarantined": outcome.quarantined,
@@ -95,11 +133,12 @@ def landed_files(
             "bytes_encrypted": outcome.bytes_stored,
             "files_consumed_from_landing": consumed,
             "ledger_files_total": len(ledger),
+            "ledger_quarantined_by_partition": MetadataValue.json(quarantined_by_partition),
             "new_files_by_institution": counts_by(new, "institution"),
             "new_files_by_kind": counts_by(new, "file_kind"),
             "encryption": "AES-256-GCM envelope, data keys wrapped by Vault transit",
             "key_ref": vault.key_ref,
-            **{f"ledger_{k}": v for k, v in quarantine_meta.items() if k != "quarantined"},
+            "source_registry_version": registry.version,
             **versions_metadata(),
         }
     )
@@ -121,7 +160,11 @@ def _fhir_specs() -> list[AssetSpec]:
             deps=[keys.LANDED_FILES],
             group_name=keys.INGEST,
             kinds={"python", "fhir"},
-            description=f"FHIR R4 {rtype} resources validated with fhir.resources.R4B (encrypted raw zone).",
+            partitions_def=INSTITUTION_PARTITIONS,
+            description=(
+                f"{rtype} records from FHIR R4 (validated with fhir.resources.R4B) and HL7 v2 feeds, "
+                "one encrypted raw-zone partition per institution."
+            ),
         )
         for table, rtype in FHIR_TABLES.items()
     ]
@@ -129,63 +172,89 @@ def _fhir_specs() -> list[AssetSpec]:
 
 FHIR_SPECS = _fhir_specs()
 FHIR_KEY_OF_TABLE = {spec.key.path[-1]: spec.key for spec in FHIR_SPECS}
+CLINICAL_FEED_KINDS = (FHIR_BUNDLE, FHIR_NDJSON, HL7V2)
 
 
-@multi_asset(specs=FHIR_SPECS, name="fhir_resources")
+def _clinical_parser(kind: str) -> Callable[..., ParsedFhir]:
+    if kind == HL7V2:
+        from medllm_pipelines.lib.ingest.hl7 import parse_hl7_object
+
+        return parse_hl7_object
+    return lambda content, **kw: parse_fhir_object(content, kind=kind, **kw)
+
+
+@multi_asset(
+    specs=FHIR_SPECS,
+    name="fhir_resources",
+    partitions_def=INSTITUTION_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
+)
 def fhir_resources(
     context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
 ) -> Iterator[MaterializeResult]:
-    """Parse every stored FHIR Bundle/NDJSON object (full refresh: idempotent by construction)."""
-    objects = stored_objects(warehouse, (FHIR_BUNDLE, FHIR_NDJSON))
+    """Parse every stored FHIR Bundle/NDJSON and HL7 v2 object of each institution in the run (a full
+    refresh of the partition from the raw zone, so a killed run rerun leaves no duplicate and no gap)."""
     zone = raw_zone.get()
-    parsed = ParsedFhir()
-    files_with_quarantine = 0
-    for done, row in enumerate(objects.itertuples(index=False), start=1):
-        result = parse_fhir_object(
-            zone.get_object(row.content_sha256),
-            kind=row.file_kind,
-            institution=row.institution,
-            source_object=row.content_sha256,
-            asset="ingest/fhir_resources",
-        )
-        files_with_quarantine += int(bool(result.quarantine))
-        parsed.extend(result)
-        if done % 200 == 0:
-            context.log.info(f"parsed {done}/{len(objects)} FHIR files")
-    wh = warehouse.get()
-    quarantine_meta = record_quarantine(wh, keys.key(keys.INGEST, "fhir_resources"), parsed.quarantine)
+    total = ParsedFhir()
+    files_total = files_with_quarantine = 0
+    rows_by_table: dict[str, dict[str, int]] = {table: {} for table in FHIR_TABLES}
+    for partition in context.partition_keys:
+        objects = stored_objects(warehouse, CLINICAL_FEED_KINDS, institution=partition)
+        parsed = ParsedFhir()
+        for done, row in enumerate(objects.itertuples(index=False), start=1):
+            result = _clinical_parser(row.file_kind)(
+                zone.get_object(row.content_sha256),
+                institution=row.institution,
+                source_object=row.content_sha256,
+                asset="ingest/fhir_resources",
+            )
+            files_with_quarantine += int(bool(result.quarantine))
+            parsed.extend(result)
+            if done % 200 == 0:
+                context.log.info(f"{partition}: parsed {done}/{len(objects)} clinical files")
+        files_total += len(objects)
+        record_quarantine(warehouse.get(), keys.key(keys.INGEST, "fhir_resources"), parsed.quarantine, partition)
+        Reconciliation(
+            parsed.resources_seen, parsed.records_out, len(parsed.quarantine), {"out_of_scope_resource_type": parsed.out_of_scope}
+        ).check()
+        for table, rows in parsed.rows.items():
+            frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=LINEAGE_COLUMNS)
+            zone.write_partition(raw_table_name(FHIR_KEY_OF_TABLE[table]), partition, frame)
+            rows_by_table[table][partition] = len(frame)
+        total.extend(parsed)
     recon = Reconciliation(
-        parsed.resources_seen, parsed.records_out, len(parsed.quarantine), {"out_of_scope_resource_type": parsed.out_of_scope}
+        total.resources_seen, total.records_out, len(total.quarantine), {"out_of_scope_resource_type": total.out_of_scope}
     ).check()
+    context.log.info(f"{recon.records_in} entries read, {recon.records_out} out, {recon.quarantined} quarantined")
+    by_reason: dict[str, int] = {}
+    for record in total.quarantine:
+        by_reason[record.reason_code] = by_reason.get(record.reason_code, 0) + 1
     feed_meta = {
-        "feed_files": len(objects),
+        "partitions_in_run": MetadataValue.json(list(context.partition_keys)),
+        "feed_files": files_total,
         "feed_files_with_quarantine": files_with_quarantine,
         "feed_entries_read": recon.records_in,
         "feed_resources_out": recon.records_out,
         "feed_quarantined": recon.quarantined,
-        "feed_out_of_scope": parsed.out_of_scope,
+        "feed_out_of_scope": total.out_of_scope,
         "feed_reconciled": recon.balanced,
-        "feed_quarantined_by_reason": quarantine_meta["quarantined_by_reason"],
+        "feed_quarantined_by_reason": MetadataValue.json(dict(sorted(by_reason.items()))),
     }
-    for table, rows in parsed.rows.items():
-        frame = pd.DataFrame(rows)
-        if frame.empty:
-            frame = pd.DataFrame(columns=LINEAGE_COLUMNS)
-        raw_zone.get().write_table(raw_table_name(FHIR_KEY_OF_TABLE[table]), frame)
+    for table in FHIR_TABLES:
         yield MaterializeResult(
             asset_key=FHIR_KEY_OF_TABLE[table],
             metadata={
-                **frame_metadata(frame, with_schema=False),
-                "rows_by_institution": counts_by(frame, "institution"),
-                "storage": "raw zone (envelope-encrypted Parquet)",
-                "quarantined_of_this_type": sum(1 for q in parsed.quarantine if q.resource_type == FHIR_TABLES[table]),
+                "rows_by_institution": MetadataValue.json(rows_by_table[table]),
+                "dagster/row_count": sum(rows_by_table[table].values()),
+                "storage": RAW_STORAGE,
+                "quarantined_of_this_type": sum(1 for q in total.quarantine if q.resource_type == FHIR_TABLES[table]),
                 **feed_meta,
                 **versions_metadata(),
             },
         )
 
 
-def _parse_objects_to_table(
+def _parse_objects_to_partition(
     context: AssetExecutionContext,
     raw_zone: RawZoneResource,
     warehouse: WarehouseResource,
@@ -193,43 +262,57 @@ def _parse_objects_to_table(
     kind: str,
     columns: list[str],
 ) -> MaterializeResult:
-    """Shared body of the non-FHIR ingest assets: parse each object, quarantine, write."""
-    objects = stored_objects(warehouse, (kind,))
+    """Shared body of the non-FHIR ingest assets: parse each institution's objects, quarantine, write."""
     zone = raw_zone.get()
-    rows: list[dict] = []
-    quarantine: list[QuarantineRecord] = []
-    seen = 0
     name = asset_name(asset_key)
-    for row in objects.itertuples(index=False):
-        content = zone.get_object(row.content_sha256)
-        if kind == DICOM:
-            indexed, rejected = index_dicom_object(
-                content, institution=row.institution, source_object=row.content_sha256, asset=name
-            )
-            seen += 1
-            if rejected:
-                quarantine.append(rejected)
+    seen_total = out_total = quarantined_total = files_total = 0
+    rows_by_institution: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for partition in context.partition_keys:
+        objects = stored_objects(warehouse, (kind,), institution=partition)
+        rows: list[dict] = []
+        quarantine: list[QuarantineRecord] = []
+        seen = 0
+        for row in objects.itertuples(index=False):
+            content = zone.get_object(row.content_sha256)
+            if kind == DICOM:
+                indexed, rejected = index_dicom_object(
+                    content, institution=row.institution, source_object=row.content_sha256, asset=name
+                )
+                seen += 1
+                if rejected:
+                    quarantine.append(rejected)
+                else:
+                    assert indexed is not None
+                    rows.append({**indexed, "institution": row.institution, "source_object": row.content_sha256})
             else:
-                assert indexed is not None
-                rows.append({**indexed, "institution": row.institution, "source_object": row.content_sha256})
-        else:
-            parsed = parse_jsonl_object(content, kind=kind, institution=row.institution, source_object=row.content_sha256, asset=name)
-            seen += parsed.lines_seen
-            rows.extend(parsed.rows)
-            quarantine.extend(parsed.quarantine)
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
-    zone.write_table(raw_table_name(asset_key), frame)
-    quarantine_meta = record_quarantine(warehouse.get(), asset_key, quarantine)
-    recon = Reconciliation(seen, len(frame), len(quarantine)).check()
+                parsed = parse_jsonl_object(
+                    content, kind=kind, institution=row.institution, source_object=row.content_sha256, asset=name
+                )
+                seen += parsed.lines_seen
+                rows.extend(parsed.rows)
+                quarantine.extend(parsed.quarantine)
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+        zone.write_partition(raw_table_name(asset_key), partition, frame)
+        record_quarantine(warehouse.get(), asset_key, quarantine, partition)
+        Reconciliation(seen, len(frame), len(quarantine)).check()
+        seen_total, out_total, quarantined_total = seen_total + seen, out_total + len(frame), quarantined_total + len(quarantine)
+        files_total += len(objects)
+        rows_by_institution[partition] = len(frame)
+        for record in quarantine:
+            by_reason[record.reason_code] = by_reason.get(record.reason_code, 0) + 1
+    recon = Reconciliation(seen_total, out_total, quarantined_total).check()
     context.log.info(f"{name}: {recon.records_in} in, {recon.records_out} out, {recon.quarantined} quarantined")
     return MaterializeResult(
         metadata={
-            **frame_metadata(frame, with_schema=False),
+            "partitions_in_run": MetadataValue.json(list(context.partition_keys)),
+            "dagster/row_count": out_total,
             **recon.as_metadata(),
-            **quarantine_meta,
-            "source_files": len(objects),
-            "rows_by_institution": counts_by(frame, "institution"),
-            "storage": "raw zone (envelope-encrypted Parquet)",
+            "quarantined": quarantined_total,
+            "quarantined_by_reason": MetadataValue.json(dict(sorted(by_reason.items()))),
+            "rows_by_institution": MetadataValue.json(rows_by_institution),
+            "source_files": files_total,
+            "storage": RAW_STORAGE,
             **versions_metadata(),
         }
     )
@@ -240,11 +323,13 @@ def _parse_objects_to_table(
     deps=[keys.LANDED_FILES],
     group_name=keys.INGEST,
     kinds={"python", "dicom"},
+    partitions_def=INSTITUTION_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
     description="DICOM Part-10 header index (one row per instance); pixels stay in the encrypted raw object.",
 )
 def dicom_instances(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
     columns = [*DICOM_INDEX_COLUMNS, "institution", "source_object"]
-    return _parse_objects_to_table(context, raw_zone, warehouse, keys.RAW_DICOM_INSTANCES, DICOM, columns)
+    return _parse_objects_to_partition(context, raw_zone, warehouse, keys.RAW_DICOM_INSTANCES, DICOM, columns)
 
 
 @asset(
@@ -252,11 +337,13 @@ def dicom_instances(context: AssetExecutionContext, raw_zone: RawZoneResource, w
     deps=[keys.LANDED_FILES],
     group_name=keys.INGEST,
     kinds={"python"},
+    partitions_def=INSTITUTION_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
     description="Pre-consultation dialogues (symptoms -> department), encrypted raw zone.",
 )
 def dialogues(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
     columns = ["dialogue_id", "patient_mrn", "language", "department", "turn_count", "turns_json", "institution", "source_object", "source_position"]
-    return _parse_objects_to_table(context, raw_zone, warehouse, keys.RAW_DIALOGUES, DIALOGUES, columns)
+    return _parse_objects_to_partition(context, raw_zone, warehouse, keys.RAW_DIALOGUES, DIALOGUES, columns)
 
 
 @asset(
@@ -264,11 +351,13 @@ def dialogues(context: AssetExecutionContext, raw_zone: RawZoneResource, warehou
     deps=[keys.LANDED_FILES],
     group_name=keys.INGEST,
     kinds={"python"},
+    partitions_def=INSTITUTION_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
     description="Annotators' labels (three annotators per item), encrypted raw zone.",
 )
 def annotations(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
     columns = ["item_id", "annotator_id", "label", "annotated_at", "tool", "guideline_version", "institution", "source_object", "source_position"]
-    return _parse_objects_to_table(context, raw_zone, warehouse, keys.RAW_ANNOTATIONS, ANNOTATIONS, columns)
+    return _parse_objects_to_partition(context, raw_zone, warehouse, keys.RAW_ANNOTATIONS, ANNOTATIONS, columns)
 
 
 ASSETS = [landed_files, fhir_resources, dicom_instances, dialogues, annotations]

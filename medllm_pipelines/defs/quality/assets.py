@@ -75,7 +75,7 @@ def clean_patients_asset(
     context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
 ) -> MaterializeResult:
     """Patients deduplicated (re-sent and superseded versions), birth dates checked, sex coded."""
-    patients = raw_zone.get().read_table(raw_table_name(keys.RAW_PATIENTS))
+    patients = raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS))
     result = clean_patients(patients, asset_name(keys.CLEAN_PATIENTS), dt.date.today(), load_rules())
     return _publish(context, keys.CLEAN_PATIENTS, result, raw_zone, warehouse)
 
@@ -96,7 +96,7 @@ def patient_linked_cleaning(source: AssetKey, target: AssetKey, clean: PatientLi
     def _clean(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
         zone = raw_zone.get()
         result = clean(
-            zone.read_table(raw_table_name(source)),
+            zone.read_partitions(raw_table_name(source)),
             zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
             asset_name(target),
         )

@@ -1,13 +1,22 @@
-"""Model specs: versioned YAML files declaring scenario, task, target and data needs."""
+"""Model specs: versioned YAML files declaring scenario, task, target, inputs, metrics and data needs.
+
+Clause 5.2.1.1 (row M1): every model is declared by a spec file in
+``lib/curate/specs``; the curate stage builds exactly the dataset a spec asks
+for (labelled set, inputs, split strategy, preprocessing) and shows the spec
+in the metadata of every asset built from it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from medllm_pipelines.lib.curate.preprocessing import PreprocessingSpec
+from medllm_pipelines.lib.curate.splits import GROUPED_STRATIFIED, SplitConfig
 
 SPECS_DIR = Path(__file__).with_name("specs")
 
@@ -19,7 +28,7 @@ class ModelSpec:
     scenario: str
     task: str
     description: str
-    target_icd10_category: str
+    target_icd10_category: str | None
     numeric_features: tuple[str, ...]
     categorical_features: tuple[str, ...]
     aggregation: str
@@ -29,6 +38,50 @@ class ModelSpec:
     metrics: tuple[str, ...]
     baseline: str
     min_rows: int
+    target: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
+    preprocessing_raw: dict[str, Any] | None = None
+    data_needs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def split_config(self) -> SplitConfig:
+        """How the curate stage splits this spec's dataset (grouped, stratified, optional time/external/k-fold)."""
+        return SplitConfig(
+            ratios=self.split_ratios,
+            seed=self.split_seed,
+            strategy=str(self.split.get("strategy", GROUPED_STRATIFIED)),
+            group_by=str(self.split.get("group_by", "patient_pseudonym")),
+            stratify_by=self.split.get("stratify_by", "label"),
+            together=tuple(self.split.get("together", ())),
+            time_column=self.split.get("time_column"),
+            external_institutions=tuple(self.split.get("external_institutions", ())),
+            k_folds=int(self.split.get("k_folds", 0)),
+        )
+
+    @property
+    def preprocessing(self) -> PreprocessingSpec | None:
+        if not self.preprocessing_raw:
+            return None
+        return PreprocessingSpec.from_dict(self.preprocessing_raw, self.numeric_features, self.categorical_features)
+
+    def describe(self) -> dict[str, Any]:
+        """The whole declaration (scenario, task, target, inputs, metrics, data needs) for metadata and cards."""
+        return {
+            "id": self.id,
+            "version": self.version,
+            "scenario": self.scenario,
+            "task": self.task,
+            "description": self.description,
+            "target": self.target,
+            "inputs": {"numeric": list(self.numeric_features), "categorical": list(self.categorical_features)},
+            "dataset": self.dataset,
+            "split": self.split_config.as_dict(),
+            "preprocessing": self.preprocessing.as_dict() if self.preprocessing else None,
+            "metrics": list(self.metrics),
+            "baseline": self.baseline,
+            "data_needs": self.data_needs,
+        }
 
     @property
     def feature_columns(self) -> list[str]:
@@ -39,8 +92,12 @@ class ModelSpec:
             "model_spec": f"{self.id} v{self.version}",
             "scenario": self.scenario,
             "task": self.task,
-            "target": f"ICD-10 {self.target_icd10_category}",
+            "target": f"ICD-10 {self.target_icd10_category}" if self.target_icd10_category else str(self.target.get("kind", "")),
         }
+
+
+def spec_ids() -> list[str]:
+    return sorted(path.stem for path in SPECS_DIR.glob("*.yaml"))
 
 
 @lru_cache(maxsize=None)
@@ -50,20 +107,31 @@ def load_spec(spec_id: str) -> ModelSpec:
     ratios = (float(split["train"]), float(split["validation"]), float(split["test"]))
     if abs(sum(ratios) - 1.0) > 1e-9:
         raise ValueError(f"spec {spec_id}: split ratios must sum to 1")
-    return ModelSpec(
+    inputs = raw.get("inputs") or {}
+    target = dict(raw.get("target") or {})
+    data_needs = dict(raw.get("data_needs") or {})
+    spec = ModelSpec(
         id=raw["id"],
         version=str(raw["version"]),
         scenario=raw["scenario"],
         task=raw["task"],
         description=" ".join(str(raw.get("description", "")).split()),
-        target_icd10_category=raw["target"]["icd10_category"],
-        numeric_features=tuple(raw["inputs"]["numeric"]),
-        categorical_features=tuple(raw["inputs"]["categorical"]),
-        aggregation=raw["inputs"].get("aggregation", "median"),
+        target_icd10_category=target.get("icd10_category"),
+        numeric_features=tuple(inputs.get("numeric") or ()),
+        categorical_features=tuple(inputs.get("categorical") or ()),
+        aggregation=inputs.get("aggregation", "median"),
         split_ratios=ratios,
         split_seed=int(split["seed"]),
-        training=dict(raw["training"]),
+        training=dict(raw.get("training") or {}),
         metrics=tuple(raw["metrics"]),
-        baseline=raw["baseline"],
-        min_rows=int(raw["data_needs"]["min_rows"]),
+        baseline=str(raw.get("baseline", "none")),
+        min_rows=int(data_needs.get("min_rows", 1)),
+        target=target,
+        dataset=dict(raw.get("dataset") or {}),
+        split={k: v for k, v in split.items() if k not in ("train", "validation", "test", "seed")},
+        preprocessing_raw=raw.get("preprocessing"),
+        data_needs=data_needs,
     )
+    spec.split_config  # validates strategy, k-folds
+    spec.preprocessing  # validates the preprocessing declaration
+    return spec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ def take_in(
     *,
     run_id: str,
     now: dt.datetime,
+    registered: Collection[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> IntakeOutcome:
     """Encrypt new files into the raw zone; return ledger rows and files to consume."""
@@ -93,6 +94,8 @@ def take_in(
         reason = None
         if landed.institution is None:
             reason = "unknown_source"
+        elif registered is not None and landed.institution not in registered:
+            reason = "unregistered_source"
         elif landed.kind == UNSUPPORTED:
             reason = "unsupported_file_type"
         outcome.ledger_rows.append(
@@ -117,6 +120,7 @@ def ledger_quarantine(ledger: pd.DataFrame, asset: str) -> list[QuarantineRecord
     """Quarantine log rows for files refused at intake (no source folder, unknown type)."""
     reasons = {
         "unknown_source": "file is not inside a source-institution folder",
+        "unregistered_source": "source folder is not a registered institution (no data agreement on record)",
         "unsupported_file_type": "file type is not an accepted feed (FHIR JSON/NDJSON, DICOM, JSONL)",
     }
     rows = ledger[ledger["status"] == QUARANTINED]

@@ -13,12 +13,31 @@ from pathlib import Path
 
 FHIR_BUNDLE = "fhir_bundle"
 FHIR_NDJSON = "fhir_ndjson"
+HL7V2 = "hl7v2"
 DICOM = "dicom"
 DIALOGUES = "dialogues"
-ANNOTATIONS = "annotations"
+ANNOTATIONS = "annotations"  # label JSONL: one annotator's label for one item per line
+BRAT_ANN = "brat_ann"  # BRAT standoff annotations (.ann), paired with BRAT_TEXT by file stem
+BRAT_TEXT = "brat_text"  # the text a .ann file annotates (.txt)
+NIFTI_MASK = "nifti_mask"  # image masks (.nii / .nii.gz)
+COCO = "coco"  # COCO box annotations (.json)
+DICOM_SEG = "dicom_seg"  # DICOM Segmentation objects (.dcm under annotations/)
 UNSUPPORTED = "unsupported"
 
-FILE_KINDS = (FHIR_BUNDLE, FHIR_NDJSON, DICOM, DIALOGUES, ANNOTATIONS)
+FILE_KINDS = (
+    FHIR_BUNDLE,
+    FHIR_NDJSON,
+    HL7V2,
+    DICOM,
+    DIALOGUES,
+    ANNOTATIONS,
+    BRAT_ANN,
+    BRAT_TEXT,
+    NIFTI_MASK,
+    COCO,
+    DICOM_SEG,
+)
+ANNOTATION_FILE_KINDS = (BRAT_ANN, BRAT_TEXT, NIFTI_MASK, COCO, DICOM_SEG)
 
 _INSTITUTION = re.compile(r"^[a-z0-9][a-z0-9_-]{1,31}$")
 
@@ -35,17 +54,32 @@ class LandedFile:
 
 
 def classify(relpath: str) -> str:
+    """File kind from the feed folder (``<institution>/<feed>/...``) and the extension."""
     parts = relpath.split("/")
     name = parts[-1].lower()
     feed = parts[1] if len(parts) > 2 else ""
+    if feed == "annotations":
+        if name.endswith(".jsonl"):
+            return ANNOTATIONS
+        if name.endswith(".ann"):
+            return BRAT_ANN
+        if name.endswith(".txt"):
+            return BRAT_TEXT
+        if name.endswith((".nii", ".nii.gz")):
+            return NIFTI_MASK
+        if name.endswith(".json"):
+            return COCO
+        if name.endswith(".dcm"):
+            return DICOM_SEG
+        return UNSUPPORTED
+    if feed == "hl7" or name.endswith(".hl7"):
+        return HL7V2
     if name.endswith(".ndjson"):
         return FHIR_NDJSON
     if name.endswith(".dcm") or feed == "dicom":
         return DICOM
     if name.endswith(".jsonl") and feed == "dialogues":
         return DIALOGUES
-    if name.endswith(".jsonl") and feed == "annotations":
-        return ANNOTATIONS
     if name.endswith(".json"):
         return FHIR_BUNDLE
     return UNSUPPORTED
@@ -62,13 +96,14 @@ def is_ignored(relpath: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relpath.split("/"))
 
 
-def scan_landing(root: Path) -> list[LandedFile]:
-    """Every ingestible file under ``root``, in a stable order."""
+def scan_landing(root: Path, under: str | None = None) -> list[LandedFile]:
+    """Every ingestible file under ``root`` (or only under ``root/under``), in a stable order."""
     root = Path(root)
-    if not root.exists():
+    start = root / under if under else root
+    if not start.exists():
         return []
     found: list[LandedFile] = []
-    for path in sorted(root.rglob("*")):
+    for path in sorted(start.rglob("*")):
         if not path.is_file():
             continue
         relpath = path.relative_to(root).as_posix()

@@ -17,6 +17,7 @@ import pandas as pd
 from medllm_pipelines.lib.security.envelope import DataKeyProvider, decrypt_bytes, encrypt_bytes
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
+_PARTITION = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -68,6 +69,40 @@ class RawZone:
 
     def has_table(self, name: str) -> bool:
         return self.table_path(name).exists()
+
+    # --- partitioned tables (one file per source institution) ---------------
+    def partition_path(self, name: str, partition: str) -> Path:
+        if not _NAME.fullmatch(name) or not _PARTITION.fullmatch(partition):
+            raise ValueError(f"invalid raw-zone partition {name!r}/{partition!r}")
+        return self.root / "tables" / name / f"{partition}.parquet.enc"
+
+    def write_partition(self, name: str, partition: str, frame: pd.DataFrame) -> Path:
+        """Replace one partition: re-materialising a partition never duplicates its rows."""
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        path = self.partition_path(name, partition)
+        _write_private(path, encrypt_bytes(buffer.getvalue(), self.keys, aad=f"table:{name}/{partition}".encode()))
+        return path
+
+    def partitions(self, name: str) -> list[str]:
+        folder = self.root / "tables" / name
+        if not _NAME.fullmatch(name) or not folder.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".parquet.enc") for p in folder.glob("*.parquet.enc"))
+
+    def read_partition(self, name: str, partition: str) -> pd.DataFrame:
+        path = self.partition_path(name, partition)
+        plaintext = decrypt_bytes(path.read_bytes(), self.keys, aad=f"table:{name}/{partition}".encode())
+        return pd.read_parquet(io.BytesIO(plaintext))
+
+    def read_partitions(self, name: str) -> pd.DataFrame:
+        """All partitions of a table, concatenated (the whole table as downstream stages see it)."""
+        parts = [self.read_partition(name, partition) for partition in self.partitions(name)]
+        parts = [frame for frame in parts if len(frame.columns)]
+        if not parts:
+            raise FileNotFoundError(f"raw-zone table {name!r} has no materialised partition")
+        non_empty = [frame for frame in parts if len(frame)]
+        return pd.concat(non_empty or parts[:1], ignore_index=True)
 
 
 def _write_private(path: Path, data: bytes) -> None:

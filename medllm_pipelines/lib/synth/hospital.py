@@ -29,6 +29,7 @@ import numpy as np
 
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.synth import dialogues as dialogue_module
+from medllm_pipelines.lib.synth.annotation_files import write_annotation_files
 from medllm_pipelines.lib.synth.defects import DefectRates
 from medllm_pipelines.lib.synth.determinism import stream
 from medllm_pipelines.lib.synth.dicom import (
@@ -43,6 +44,7 @@ from medllm_pipelines.lib.synth.dicom import (
 from medllm_pipelines.lib.synth.feeds import FeedOutput, write_fhir_feed
 from medllm_pipelines.lib.synth.fhir import RecordBuilder
 from medllm_pipelines.lib.synth.files import OutputTree, atomic_write_bytes, jsonl_bytes
+from medllm_pipelines.lib.synth.hl7 import write_hl7_feed
 from medllm_pipelines.lib.synth.ground_truth import (
     DIABETES_RULE,
     ClinicalProfile,
@@ -151,6 +153,7 @@ def generate_hospital(
         talk = dialogue_module.build_dialogues(code, institution.language, plans, stream(seed, "dialogues", code))
         tree.write(f"{code}/dialogues/dialogues.jsonl", jsonl_bytes(talk.dialogues))
         tree.write(f"{code}/annotations/annotations.jsonl", jsonl_bytes(talk.annotations))
+        write_annotation_files(tree, institution, plans, talk, imaging, seed, rates)  # brat, masks, SEG, COCO
 
         all_defects.extend(feed.defects + imaging.defects)
         counts[code] = _institution_counts(plans, feed, imaging, talk)
@@ -167,6 +170,7 @@ def generate_hospital(
                 identity_rows.append(_identity(plan.registration, imaging))
         image_rows.extend(image.as_dict() for image in imaging.images)
 
+    write_hl7_feed(tree, persons, profile_of, seed, rates, counts=counts, defects=all_defects)  # whsy: HL7 v2
     tree.write(PATIENT_TRUTH_PATH, jsonl_bytes(patient_rows))
     tree.write(IMAGE_TRUTH_PATH, jsonl_bytes(image_rows))
     if write_identities:

@@ -90,9 +90,9 @@ def test_unknown_write_mode_is_refused(warehouse, schema):
 
 
 def test_replace_rows_is_idempotent_and_leaves_other_rows_alone(warehouse, schema):
-    warehouse.replace_rows(schema, "quarantine", "institution", "h2", frame_of("h2", 2, start=100))
+    warehouse.replace_rows(schema, "quarantine", {"institution": "h2"}, frame_of("h2", 2, start=100))
     for _ in range(2):  # re-materialising the same asset twice
-        warehouse.replace_rows(schema, "quarantine", "institution", "h1", frame_of("h1", 3))
+        warehouse.replace_rows(schema, "quarantine", {"institution": "h1"}, frame_of("h1", 3))
 
     back = warehouse.read_table(schema, "quarantine")
 
@@ -103,14 +103,14 @@ def test_replace_rows_is_idempotent_and_leaves_other_rows_alone(warehouse, schem
 def test_replace_rows_with_nothing_clears_that_value_only(warehouse, schema):
     warehouse.write_table(schema, "quarantine", pd.concat([frame_of("h1", 3), frame_of("h2", 1, start=10)]))
 
-    warehouse.replace_rows(schema, "quarantine", "institution", "h1", frame_of("h1", 0))
+    warehouse.replace_rows(schema, "quarantine", {"institution": "h1"}, frame_of("h1", 0))
 
     back = warehouse.read_table(schema, "quarantine")
     assert back["institution"].tolist() == ["h2"]
 
 
 def test_replace_rows_with_an_empty_frame_creates_the_table(warehouse, schema):
-    warehouse.replace_rows(schema, "quarantine", "institution", "h1", frame_of("h1", 0))
+    warehouse.replace_rows(schema, "quarantine", {"institution": "h1"}, frame_of("h1", 0))
 
     assert warehouse.table_exists(schema, "quarantine")
     assert warehouse.read_table(schema, "quarantine").empty
@@ -149,7 +149,7 @@ def test_identifiers_that_could_inject_sql_are_refused(warehouse, schema, name):
     with pytest.raises(ValueError, match="invalid SQL identifier"):
         warehouse.read_table(schema, name)
     with pytest.raises(ValueError, match="invalid SQL identifier"):
-        warehouse.delete_where(schema, "labels", name, "h1")
+        warehouse.delete_where(schema, "labels", {name: "h1"})
     assert not [t for t in warehouse.list_tables() if t[0] == schema]
 
 
@@ -210,6 +210,28 @@ def test_query_binds_named_parameters(warehouse, schema):
 
 
 def test_delete_where_on_a_missing_table_is_a_no_op(warehouse, schema):
-    warehouse.delete_where(schema, "absent", "institution", "h1")
+    warehouse.delete_where(schema, "absent", {"institution": "h1"})
 
     assert not warehouse.table_exists(schema, "absent")
+
+
+def test_replace_rows_matches_several_columns_and_null(warehouse, schema):
+    """Partitioned assets replace exactly (asset, partition) rows; NULL matches an unpartitioned asset."""
+    first = frame_of("h1", 2).assign(part=None)
+    second = frame_of("h1", 1, start=50).assign(part="p1")
+    warehouse.write_table(schema, "quarantine", pd.concat([first, second], ignore_index=True).astype({"part": "string"}))
+
+    warehouse.replace_rows(schema, "quarantine", {"institution": "h1", "part": None}, frame_of("h1", 1, start=90).assign(part=None))
+
+    back = warehouse.read_table(schema, "quarantine")
+    assert sorted(back["position"].tolist()) == [50, 90]
+
+
+def test_replace_rows_is_atomic_when_the_insert_fails(warehouse, schema):
+    warehouse.write_table(schema, "quarantine", frame_of("h1", 3))
+    broken = frame_of("h1", 1).assign(unexpected_column=1)  # not in the table: the insert fails
+
+    with pytest.raises(Exception):  # noqa: B017 - DuckDB and psycopg2 raise their own types
+        warehouse.replace_rows(schema, "quarantine", {"institution": "h1"}, broken)
+
+    assert len(warehouse.read_table(schema, "quarantine")) == 3, "the delete must roll back with the failed insert"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -84,3 +85,91 @@ def test_files_that_are_not_dicom(content, code):
 
     assert row is None
     assert rejected.reason_code == code
+
+
+# --- lazy pixel data, offsets, study/series summaries ----------------------------------
+class CountingReader(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+
+def test_a_path_an_open_file_and_bytes_index_alike(tmp_path):
+    content = bundled_file("CT_small.dcm")
+    path = tmp_path / "ct.dcm"
+    path.write_bytes(content)
+
+    from_bytes, _ = index(content)
+    from_path, _ = index_dicom_object(path, institution="h1", source_object="f" * 64, asset="ingest/dicom")
+    with path.open("rb") as handle:
+        from_file, _ = index_dicom_object(handle, institution="h1", source_object="f" * 64, asset="ingest/dicom")
+
+    assert from_bytes == from_path == from_file
+    assert from_bytes["pixel_data_bytes"] == 128 * 128 * 2
+    assert from_bytes["file_bytes"] == len(content)
+
+
+def test_pixel_data_are_not_read_to_index_a_file():
+    content = bundled_file("CT_small.dcm")
+    reader = CountingReader(content)
+
+    row, _ = index_dicom_object(reader, institution="h1", source_object="f" * 64, asset="ingest/dicom")
+
+    assert row["pixel_data_offset"] + row["pixel_data_bytes"] <= len(content)
+    assert reader.bytes_read < row["pixel_data_offset"] + 64  # the header and the PixelData element header only
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "693_J2KI.dcm"])
+def test_encapsulated_pixel_data_are_checked_by_their_fragment_items(name):
+    content = bundled_file(name)
+
+    row, rejected = index(content)
+    cut_row, cut = index(content[:-9])  # inside the last fragment / before the sequence delimiter
+
+    assert rejected is None and row["pixel_data_bytes"] is None
+    assert cut_row is None and cut.reason_code == "truncated_file"
+
+
+def test_elements_after_the_pixel_data_must_be_whole():
+    padding = bytes.fromhex("fcfffcff") + b"OB" + b"\x00\x00" + (8).to_bytes(4, "little") + bytes(8)
+    whole = bundled_file("MR_small.dcm") + padding
+
+    assert index(whole)[1] is None
+    assert index(whole[:-3])[1].reason_code == "truncated_file"
+
+
+def _instance(study: str, series: str, number: int, patient: str = "P1", **extra) -> dict:
+    return {"institution": "h1", "study_uid": study, "series_uid": series, "sop_instance_uid": f"{series}.{number}",
+            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "modality": "CT", "rows": 64, "columns": 64,
+            "number_of_frames": 1, "patient_id": patient, "study_date": "20240305", "burned_in_annotation": None,
+            "instance_number": number, **extra}
+
+
+def test_study_and_series_summaries_flag_gaps_and_patient_mix_ups():
+    import pandas as pd
+
+    from medllm_pipelines.lib.ingest.dicom import summarise_dicom_index
+
+    instances = pd.DataFrame([
+        _instance("1.1", "1.1.1", 1), _instance("1.1", "1.1.1", 2), _instance("1.1", "1.1.1", 4),
+        _instance("1.1", "1.1.2", 1, modality="MR", burned_in_annotation="YES"),
+        _instance("2.2", "2.2.1", 1), _instance("2.2", "2.2.1", 2, patient="P2"),
+    ])
+
+    studies, series = summarise_dicom_index(instances)
+
+    by_series = series.set_index("series_uid")
+    assert by_series.loc["1.1.1", ["instances", "first_instance_number", "last_instance_number",
+                                   "missing_instance_numbers"]].tolist() == [3, 1, 4, 1]
+    assert bool(by_series.loc["1.1.2", "burned_in_annotation"]) is True
+    by_study = studies.set_index("study_uid")
+    assert by_study.loc["1.1", ["series", "instances", "modalities", "consistent_patient"]].tolist() == [
+        2, 4, "CT\\MR", True]
+    assert bool(by_study.loc["2.2", "consistent_patient"]) is False

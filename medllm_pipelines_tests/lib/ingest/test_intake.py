@@ -7,36 +7,15 @@ import hashlib
 import os
 
 import pytest
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medllm_pipelines.lib.ingest.intake import QUARANTINED, STORED, consume, ledger_quarantine, take_in
 from medllm_pipelines.lib.ingest.landing import scan_landing
-from medllm_pipelines.lib.security.errors import DataKeyUnwrapError
 from medllm_pipelines.lib.security.raw_zone import RawZone
+from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider
 
 TEST_WRAPPING_KEY = bytes(range(32))
 NOW = dt.datetime(2024, 3, 5, 10, 0, tzinfo=dt.UTC)
-
-
-class FakeDataKeys:
-    """DataKeyProvider double: random 32-byte data keys wrapped with a fixed AES key."""
-
-    key_ref = "test/raw-zone"
-
-    def __init__(self) -> None:
-        self._kek = AESGCM(TEST_WRAPPING_KEY)
-
-    def generate_data_key(self) -> tuple[bytes, str]:
-        key, nonce = os.urandom(32), os.urandom(12)
-        return key, "fake:v1:" + (nonce + self._kek.encrypt(nonce, key, None)).hex()
-
-    def unwrap_data_key(self, wrapped: str) -> bytes:
-        raw = bytes.fromhex(wrapped.removeprefix("fake:v1:"))
-        try:
-            return self._kek.decrypt(raw[:12], raw[12:], None)
-        except InvalidTag:
-            raise DataKeyUnwrapError("not wrapped by the test key") from None
 
 
 class FakeTransit:
@@ -83,7 +62,7 @@ def landing(tmp_path):
 
 @pytest.fixture
 def zone(tmp_path) -> RawZone:
-    return RawZone(tmp_path / "raw_zone", FakeDataKeys())
+    return RawZone(tmp_path / "raw_zone", LocalTestKeyProvider())
 
 
 def test_same_content_is_stored_once_and_every_file_is_accounted_for(landing, zone):

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 
 import pandas as pd
 import pytest
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from medllm_pipelines.lib.security.errors import DataKeyUnwrapError, EnvelopeIntegrityError
+from medllm_pipelines.lib.security.errors import EnvelopeIntegrityError
 from medllm_pipelines.lib.security.raw_zone import RawZone
+from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider
 
 TEST_WRAPPING_KEY = bytes(range(32))
-
-
-class FakeDataKeys:
-    """DataKeyProvider double: random 32-byte data keys wrapped with a fixed AES key."""
-
-    key_ref = "test/raw-zone"
-
-    def __init__(self) -> None:
-        self._kek = AESGCM(TEST_WRAPPING_KEY)
-
-    def generate_data_key(self) -> tuple[bytes, str]:
-        key, nonce = os.urandom(32), os.urandom(12)
-        return key, "fake:v1:" + (nonce + self._kek.encrypt(nonce, key, None)).hex()
-
-    def unwrap_data_key(self, wrapped: str) -> bytes:
-        raw = bytes.fromhex(wrapped.removeprefix("fake:v1:"))
-        try:
-            return self._kek.decrypt(raw[:12], raw[12:], None)
-        except InvalidTag:
-            raise DataKeyUnwrapError("not wrapped by the test key") from None
 
 
 SECRET_NOTE = "患者张三，身份证 11010519491231002X，电话 13812345678".encode()
@@ -46,7 +24,7 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture
 def zone(tmp_path) -> RawZone:
-    return RawZone(tmp_path / "raw_zone", FakeDataKeys())
+    return RawZone(tmp_path / "raw_zone", LocalTestKeyProvider())
 
 
 def test_object_round_trip_and_idempotent_put(zone):

@@ -14,6 +14,7 @@ ALLOWED = [
     re.compile(r"^(hzsf|rvic|jhsq)/dicom/study-\d{5}/IM\d{5}\.dcm$"),
     re.compile(r"^(hzsf|rvic|jhsq)/dialogues/dialogues\.jsonl$"),
     re.compile(r"^(hzsf|rvic|jhsq)/annotations/annotations\.jsonl$"),
+    re.compile(r"^whsy/hl7/(adt|oru)-\d{4}\.hl7$"),
     re.compile(r"^_truth/(manifest\.json|patients\.jsonl|images\.jsonl|identities\.jsonl)$"),
     re.compile(r"^_truth/masks/(hzsf|rvic|jhsq)/study-\d{5}/IM\d{5}\.npy$"),
 ]

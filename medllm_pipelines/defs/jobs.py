@@ -1,0 +1,22 @@
+"""Jobs: per-institution ingestion, the downstream refresh, and the whole lifecycle."""
+
+from dagster import AssetSelection, define_asset_job
+
+from medllm_pipelines.defs import keys
+
+ingest_job = define_asset_job(
+    keys.INGEST_JOB,
+    selection=AssetSelection.groups(keys.INGEST),
+    description="Take one institution's new landed files into the encrypted raw zone and parse them (partitioned).",
+)
+downstream_job = define_asset_job(
+    keys.DOWNSTREAM_JOB,
+    selection=AssetSelection.all() - AssetSelection.groups(keys.INGEST),
+    description="Everything after ingestion, over all institutions: quality -> deidentify -> label -> curate -> train -> evaluate.",
+)
+lifecycle_job = define_asset_job(
+    keys.LIFECYCLE_JOB,
+    selection=AssetSelection.all(),
+    description="One institution's ingestion and every downstream stage in one run (pick the partition).",
+)
+JOBS = [ingest_job, downstream_job, lifecycle_job]

@@ -1,0 +1,633 @@
+"""Annotation files an institution's labelling office delivers, with controlled disagreement.
+
+Per institution, under ``<inst>/annotations/``:
+
+- ``brat/<dialogue id>.txt`` and ``brat/<annotator>/<dialogue id>.ann``: brat
+  standoff entities (SYMPTOM, DISEASE, DRUG and the identifier types PERSON,
+  PHONE) and TREATS relations over about half of the triage dialogues, by
+  three annotators. Each ``.ann`` starts with a provenance note
+  ``#0<TAB>Provenance<TAB>annotator_id=...;annotated_at=...;tool=...;guideline_version=...``.
+- ``masks/<annotator>/study-NNNNN.nii.gz``: per-annotator lesion masks of every
+  non-defective study with a lesion, one NIfTI volume per study (axes column,
+  row, instance), perturbed from the ground-truth masks so that Dice varies.
+  A JSON header extension (NIfTI comment, ecode 6) names the SOPInstanceUID of
+  every slice and carries annotator id, time, tool and guideline version.
+- ``seg/ann-01/study-NNNNN.dcm``: for the first few such studies of each
+  institution, ann-01 works in 3D Slicer and delivers a DICOM Segmentation
+  (highdicom) referencing the source images, instead of a NIfTI file.
+- ``coco/boxes-<annotator>.json``: COCO boxes derived from each annotator's
+  masks; ``images[].sop_instance_uid`` names the image.
+- ``adjudication.jsonl`` (exp-01) and ``audit.jsonl`` (aud-01): label JSONL
+  lines like ``annotations.jsonl``: the expert's decisions on some of the
+  items the annotators disagree on (a label, or ``accept:<annotator>``), and
+  the auditor's labels for the hash-sampled audit items.
+
+Ground truth (gold entities, intended error rates, planted defects) goes to
+``_truth/annotations/<inst>.json``. Unless the hospital is generated clean,
+one institution also receives planted bad annotations (out-of-bounds and
+overlapping spans, an unknown label, an unregistered annotator, a guideline
+version that does not exist, a mask of the wrong shape, a box outside its
+image), each listed with the reason the importer must give.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medllm_pipelines.lib.synth.defects import DefectRates
+from medllm_pipelines.lib.synth.determinism import derived_uid, stream
+from medllm_pipelines.lib.synth.dialogues import GUIDELINE_VERSION as TRIAGE_GUIDELINE
+from medllm_pipelines.lib.synth.dialogues import ANNOTATION_TOOL as TRIAGE_TOOL
+from medllm_pipelines.lib.synth.dialogues import DialogueOutput
+from medllm_pipelines.lib.synth.dicom import ImagingOutput, ImageTruth
+from medllm_pipelines.lib.synth.files import OutputTree, json_bytes, jsonl_bytes
+from medllm_pipelines.lib.synth.institutions import Institution
+from medllm_pipelines.lib.synth.plans import PatientPlan
+
+ANNOTATORS = ("ann-01", "ann-02", "ann-03")
+EXPERT = "exp-01"
+AUDITOR = "aud-01"
+TEXT_GUIDELINE = "clinical-entities-v1.0"
+IMAGE_GUIDELINE = "lesion-annotation-v1.0"
+TEXT_TOOL = "brat v1.3"
+MASK_TOOL = "ITK-SNAP 4.2"
+SEG_TOOL = "3D Slicer 5.6 (highdicom)"
+BOX_TOOL = "CVAT 2.11"
+ADJUDICATION_TOOL = "adjudication console 1.0"
+AUDIT_TOOL = "audit console 1.0"
+MASK_SCHEMA = "medllm-mask/1"
+LESION_LABEL = "LESION"
+
+BRAT_DIALOGUE_RATE = 0.5
+SEG_STUDIES_PER_INSTITUTION = 2
+SEG_ANNOTATOR = "ann-01"
+ADJUDICATION_RATE = 0.7  # share of disagreements the expert has decided so far
+TRUTH_DIR = "_truth/annotations"
+
+
+@dataclass(frozen=True)
+class EntityErrors:
+    miss: float
+    boundary: float
+    swap: float
+    relation_miss: float
+
+
+@dataclass(frozen=True)
+class MaskErrors:
+    dilate: float
+    erode: float
+    shift: float
+    miss: float  # the whole lesion on a slice is overlooked
+
+
+ENTITY_ERRORS = {
+    "ann-01": EntityErrors(miss=0.03, boundary=0.05, swap=0.02, relation_miss=0.05),
+    "ann-02": EntityErrors(miss=0.06, boundary=0.10, swap=0.04, relation_miss=0.10),
+    "ann-03": EntityErrors(miss=0.12, boundary=0.20, swap=0.08, relation_miss=0.20),
+}
+MASK_ERRORS = {
+    "ann-01": MaskErrors(dilate=0.15, erode=0.10, shift=0.15, miss=0.0),
+    "ann-02": MaskErrors(dilate=0.25, erode=0.20, shift=0.30, miss=0.02),
+    "ann-03": MaskErrors(dilate=0.35, erode=0.30, shift=0.50, miss=0.06),
+}
+TYPE_SWAP = {"SYMPTOM": "DISEASE", "DISEASE": "SYMPTOM", "DRUG": "DISEASE"}
+IDENTIFIER_TYPES = ("PERSON", "PHONE")
+
+# Lexicon of the dialogue templates (lib/synth/dialogues.py): term -> entity type.
+LEXICON: dict[str, dict[str, str]] = {
+    "zh": {
+        **{t: "SYMPTOM" for t in (
+            "口渴", "喝水特别多", "上厕所", "体重好像也掉了几斤", "没什么力气", "尿多", "口干", "吃得也比以前多",
+            "口干舌燥", "小便次数明显增多", "视力最近也有点模糊", "胸口闷痛", "往左肩膀那边放射", "心慌",
+            "心跳很快很乱", "胸闷气短", "胸口像压了块石头一样", "咳嗽", "黄痰", "发烧到38度多", "喉咙也痛",
+            "浑身酸", "咳个不停", "有点喘", "痰比较多", "发热", "呼吸有点费力", "胃这里隐隐作痛", "反酸", "烧心",
+            "拉肚子", "肚子胀", "吃不下东西", "上腹部不舒服", "打嗝", "胃痛", "头痛得厉害", "眼前有闪光", "头晕",
+            "天旋地转", "发麻", "睡不着", "头昏脑胀", "记性也变差了", "膝盖疼", "关节有点僵", "腰疼", "弯腰都困难",
+            "扭了脚踝", "肿着", "红疹子", "很痒", "长了很多痘", "脱皮", "裂口子", "血糖有点高",
+        )},
+        **{t: "DISEASE" for t in ("高血压", "血压偏高", "感冒")},
+        **{t: "DRUG" for t in ("降压药", "药膏")},
+    },
+    "en": {
+        **{t: "SYMPTOM" for t in (
+            "thirsty all the time", "pee constantly", "lost a few pounds", "feel tired", "drinking a lot of water",
+            "urinating a lot", "blood sugar was high", "mouth is always dry", "vision has been a bit blurry",
+            "squeezing pain in my chest", "spreads to my left shoulder", "heart keeps racing", "short of breath",
+            "heavy pressure on my chest", "cough with yellow phlegm", "fever over 38", "throat hurts",
+            "ache all over", "can't stop coughing", "wheezy", "a lot of phlegm", "Fever and cough",
+            "breathing feels like hard work", "dull ache in my upper stomach", "heartburn", "acid coming up",
+            "diarrhoea", "belly is bloated", "can't eat", "upper abdomen feels uncomfortable", "keep burping",
+            "stomach pain", "throbbing headaches", "flashing lights", "dizzy", "room is spinning",
+            "hand goes numb", "can't sleep", "head feels foggy", "memory has got worse", "knee hurts",
+            "stiff in the mornings", "lower back has hurt", "bending is hard", "twisted my ankle", "swollen",
+            "hurts to walk", "itchy red patches", "acne", "peeling and cracking", "stings",
+        )},
+        **{t: "DISEASE" for t in ("high blood pressure", "blood pressure is high", "colds")},
+        **{t: "DRUG" for t in ("pills", "Creams")},
+    },
+}
+SPEAKER = {"zh": {"patient": "患者：", "assistant": "助手："}, "en": {"patient": "Patient: ", "assistant": "Assistant: "}}
+
+
+@dataclass(frozen=True)
+class Entity:
+    start: int
+    end: int
+    type: str
+
+
+@dataclass
+class AnnotationTruth:
+    """What was written for one institution (for the manifest side file and tests)."""
+
+    documents: int = 0
+    annotated_studies: int = 0
+    seg_objects: int = 0
+    mask_files: int = 0
+    coco_files: int = 0
+    adjudications: int = 0
+    audit_verdicts: int = 0
+    gold_entities: dict[str, list[list[Any]]] = field(default_factory=dict)  # dialogue id -> [start, end, type]
+    planted_defects: list[dict[str, Any]] = field(default_factory=list)
+    image_dice: dict[str, dict[str, float]] = field(default_factory=dict)  # annotator -> mean Dice vs truth
+
+
+# --- text ---------------------------------------------------------------------------
+def dialogue_text(dialogue: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
+    """The brat .txt of a dialogue and the (start, end) of each patient turn."""
+    language = dialogue["language"]
+    parts, patient_regions, offset = [], [], 0
+    for turn in dialogue["turns"]:
+        prefix = SPEAKER[language][turn["speaker"]]
+        line = prefix + turn["text"]
+        if turn["speaker"] == "patient":
+            patient_regions.append((offset + len(prefix), offset + len(line)))
+        parts.append(line)
+        offset += len(line) + 1
+    return "\n".join(parts) + "\n", patient_regions
+
+
+def _occurrences(text: str, needle: str, lo: int = 0, hi: int | None = None) -> list[int]:
+    found, hi = [], len(text) if hi is None else hi
+    start = text.find(needle, lo, hi)
+    while needle and start != -1:
+        found.append(start)
+        start = text.find(needle, start + len(needle), hi)
+    return found
+
+
+def gold_entities(text: str, patient_regions: list[tuple[int, int]], language: str, name: str | None,
+                  phone: str | None) -> list[Entity]:
+    """Identifier mentions first, then lexicon terms (longest first) that overlap nothing taken."""
+    taken: list[Entity] = []
+
+    def free(start: int, end: int) -> bool:
+        return all(end <= e.start or start >= e.end for e in taken)
+
+    for value, entity_type in ((name, "PERSON"), (phone, "PHONE")):
+        if value:
+            for start in _occurrences(text, value):
+                if free(start, start + len(value)):
+                    taken.append(Entity(start, start + len(value), entity_type))
+    for term, entity_type in sorted(LEXICON[language].items(), key=lambda kv: (-len(kv[0]), kv[0])):
+        for lo, hi in patient_regions:
+            for start in _occurrences(text, term, lo, hi):
+                if free(start, start + len(term)):
+                    taken.append(Entity(start, start + len(term), entity_type))
+    return sorted(taken, key=lambda e: (e.start, e.end))
+
+
+def gold_relations(entities: list[Entity], patient_regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """TREATS (drug index, disease index) for a drug and a disease in the same patient turn."""
+    relations = []
+    for lo, hi in patient_regions:
+        inside = [i for i, e in enumerate(entities) if lo <= e.start and e.end <= hi]
+        drugs = [i for i in inside if entities[i].type == "DRUG"]
+        diseases = [i for i in inside if entities[i].type == "DISEASE"]
+        if drugs and diseases:
+            relations.append((drugs[0], diseases[0]))
+    return relations
+
+
+def annotate_entities(gold: list[Entity], relations: list[tuple[int, int]], errors: EntityErrors,
+                      rng: np.random.Generator) -> tuple[list[Entity | None], list[tuple[int, int]]]:
+    """One annotator's version of the gold standard: misses, shrunk boundaries, swapped types.
+
+    Boundaries only ever shrink, so a non-identifier span never reaches into a
+    neighbouring name or phone number; identifiers are missed, never retyped.
+    """
+    marked: list[Entity | None] = []
+    for entity in gold:
+        if entity.type in IDENTIFIER_TYPES:
+            marked.append(None if rng.random() < errors.miss / 2 else entity)
+            continue
+        if rng.random() < errors.miss:
+            marked.append(None)
+            continue
+        start, end, entity_type = entity.start, entity.end, entity.type
+        if rng.random() < errors.boundary and end - start >= 3:
+            if rng.random() < 0.5:
+                start += 1
+            else:
+                end -= 1
+        if rng.random() < errors.swap:
+            entity_type = TYPE_SWAP[entity_type]
+        marked.append(Entity(start, end, entity_type))
+    kept = [
+        (drug, disease) for drug, disease in relations
+        if marked[drug] is not None and marked[disease] is not None
+        and marked[drug].type == "DRUG" and marked[disease].type == "DISEASE"  # type: ignore[union-attr]
+        and rng.random() >= errors.relation_miss
+    ]
+    return marked, kept
+
+
+def brat_ann(text: str, marked: list[Entity | None], relations: list[tuple[int, int]], provenance: dict[str, str]) -> str:
+    lines = ["#0\tProvenance\t" + ";".join(f"{k}={v}" for k, v in provenance.items())]
+    tid: dict[int, str] = {}
+    for index, entity in enumerate(marked):
+        if entity is None:
+            continue
+        tid[index] = f"T{len(tid) + 1}"
+        lines.append(f"{tid[index]}\t{entity.type} {entity.start} {entity.end}\t{text[entity.start:entity.end]}")
+    for number, (drug, disease) in enumerate(relations, start=1):
+        lines.append(f"R{number}\tTREATS Arg1:{tid[drug]} Arg2:{tid[disease]}")
+    return "\n".join(lines) + "\n"
+
+
+def span_f1(first: set[tuple[int, int, str]], second: set[tuple[int, int, str]]) -> float:
+    if not first and not second:
+        return math.nan
+    return 2.0 * len(first & second) / (len(first) + len(second))
+
+
+# --- images ---------------------------------------------------------------------------
+def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        out |= _shift(mask, dy, dx)
+    return out
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        out &= _shift(mask, dy, dx)
+    return out
+
+
+def perturb_mask(truth: np.ndarray, errors: MaskErrors, rng: np.random.Generator) -> np.ndarray:
+    """One annotator's outline of a slice's lesion (empty slices stay empty)."""
+    mask = truth.astype(bool)
+    if not mask.any():
+        return mask.astype(np.uint8)
+    if rng.random() < errors.miss:
+        return np.zeros_like(truth, dtype=np.uint8)
+    if rng.random() < errors.dilate:
+        mask = _dilate(mask)
+    elif rng.random() < errors.erode:
+        eroded = _erode(mask)
+        mask = eroded if eroded.any() else mask
+    if rng.random() < errors.shift:
+        mask = _shift(mask, int(rng.integers(-1, 2)), int(rng.integers(-1, 2)))
+    return mask.astype(np.uint8)
+
+
+def mask_box(mask: np.ndarray) -> list[int] | None:
+    """COCO bbox [x, y, width, height] of a mask's foreground, in pixels."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    return [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.astype(bool).sum()) + int(b.astype(bool).sum())
+    return math.nan if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def nifti_mask_bytes(slices: list[np.ndarray], uids: list[str], provenance: dict[str, Any]) -> bytes:
+    """A gzip'd NIfTI-1 label volume (column, row, instance) with a JSON provenance extension."""
+    import nibabel as nib
+    import orjson
+
+    data = np.stack([s.T for s in slices], axis=-1).astype(np.uint8)
+    spacing = 5.0
+    affine = np.diag([-spacing, -spacing, spacing, 1.0])
+    image = nib.Nifti1Image(data, affine)
+    image.header["descrip"] = MASK_SCHEMA.encode()
+    document = {"schema": MASK_SCHEMA, **provenance, "sop_instance_uids": uids,
+                "axes": ["column", "row", "instance"], "labels": {"1": LESION_LABEL}}
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", orjson.dumps(document)))
+    return gzip.compress(image.to_bytes(), mtime=0)
+
+
+def seg_bytes(sources: list[Any], slices: list[np.ndarray], provenance: dict[str, str], uid_parts: tuple) -> bytes:
+    """A DICOM Segmentation (highdicom) of one study, by one annotator."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=LESION_LABEL,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=np.stack(slices).astype(bool),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=derived_uid(*uid_parts, "seg-series"),
+        series_number=900,
+        sop_instance_uid=derived_uid(*uid_parts, "seg-instance"),
+        instance_number=1,
+        manufacturer="MEDLLM",
+        manufacturer_model_name="synthetic labelling office",
+        software_versions=provenance["tool"],
+        device_serial_number="0",
+        content_description=f"guideline_version={provenance['guideline_version']}",
+        content_creator_name=f"{provenance['annotator_id']}^",
+        content_label="LESION",
+        omit_empty_frames=True,
+    )
+    when = datetime.fromisoformat(provenance["annotated_at"])
+    # highdicom stamps the clock; the file must be byte-identical for a seed.
+    seg.InstanceCreationDate = seg.ContentDate = when.strftime("%Y%m%d")
+    seg.InstanceCreationTime = seg.ContentTime = when.strftime("%H%M%S")
+    seg.SeriesDate = when.strftime("%Y%m%d")
+    seg.SeriesTime = when.strftime("%H%M%S")
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return buffer.getvalue()
+
+
+# --- the writer -----------------------------------------------------------------------
+def _timestamp(base: datetime, days: int, rng: np.random.Generator) -> str:
+    return (base + timedelta(days=days, seconds=int(rng.integers(0, 8 * 3600)))).strftime("%Y-%m-%dT%H:%M:%S") + "+08:00"
+
+
+def _provenance(annotator: str, when: str, tool: str, guideline: str) -> dict[str, str]:
+    return {"annotator_id": annotator, "annotated_at": when, "tool": tool, "guideline_version": guideline}
+
+
+def _review_thresholds() -> tuple[float, float]:
+    """The review thresholds of the current guidelines (the expert decides what the pipeline will queue)."""
+    from medllm_pipelines.lib.label.registry import load_guidelines
+
+    guidelines = load_guidelines()
+    return (float(guidelines[TEXT_GUIDELINE].review["review_threshold"]),
+            float(guidelines[IMAGE_GUIDELINE].review["review_threshold_dice"]))
+
+
+def _audit_sample(institution: str, item_id: str) -> bool:
+    from medllm_pipelines.lib.label.audit import in_audit_sample
+    from medllm_pipelines.lib.label.registry import load_guidelines
+
+    audit = load_guidelines()[TRIAGE_GUIDELINE].audit
+    return in_audit_sample(str(audit["seed"]), "triage_labels", institution, item_id, float(audit["sample_rate"]))
+
+
+def write_annotation_files(tree: OutputTree, institution: Institution, plans: list[PatientPlan],
+                           talk: DialogueOutput, imaging: ImagingOutput, seed: int,
+                           rates: DefectRates | None = None) -> AnnotationTruth:
+    """Write every annotation file of one institution; return its ground truth (also written to _truth)."""
+    code = institution.code
+    truth = AnnotationTruth()
+    text_review, image_review = _review_thresholds()
+    decisions: list[dict[str, Any]] = []
+    decide_rng = stream(seed, "annotations", "adjudication", code)
+    base = datetime(2025, 11, 10, 9, 0)
+
+    # brat entities over a subset of dialogues
+    person_of = {plan.registration.mrn: plan.registration.person for plan in plans}
+    text_rng = stream(seed, "annotations", "brat", code)
+    documents: dict[str, str] = {}
+    for number, dialogue in enumerate(talk.dialogues):
+        if text_rng.random() >= BRAT_DIALOGUE_RATE:
+            continue
+        person = person_of[dialogue["patient_mrn"]]
+        name = person.display_name if dialogue["language"] == "zh" else person.name_en
+        text, regions = dialogue_text(dialogue)
+        gold = gold_entities(text, regions, dialogue["language"], name, person.phone)
+        relations = gold_relations(gold, regions)
+        doc = dialogue["dialogue_id"]
+        documents[doc] = text
+        tree.write(f"{code}/annotations/brat/{doc}.txt", text.encode("utf-8"))
+        truth.gold_entities[doc] = [[e.start, e.end, e.type] for e in gold]
+        spans: dict[str, set[tuple[int, int, str]]] = {}
+        for offset, annotator in enumerate(ANNOTATORS):
+            marked, kept = annotate_entities(gold, relations, ENTITY_ERRORS[annotator], text_rng)
+            when = _timestamp(base + timedelta(minutes=5 * number), offset, text_rng)
+            ann = brat_ann(text, marked, kept, _provenance(annotator, when, TEXT_TOOL, TEXT_GUIDELINE))
+            tree.write(f"{code}/annotations/brat/{annotator}/{doc}.ann", ann.encode("utf-8"))
+            spans[annotator] = {(e.start, e.end, e.type) for e in marked if e is not None}
+        truth.documents += 1
+        scores = [span_f1(spans[a], spans[b]) for a, b in combinations(ANNOTATORS, 2)]
+        valid = [s for s in scores if not math.isnan(s)]
+        if valid and min(valid) < text_review and decide_rng.random() < ADJUDICATION_RATE:
+            gold_set = {(e.start, e.end, e.type) for e in gold}
+            best = max(ANNOTATORS, key=lambda a: (span_f1(spans[a], gold_set), -ANNOTATORS.index(a)))
+            decisions.append({"item_id": doc, "annotator_id": EXPERT, "label": f"accept:{best}",
+                              "annotated_at": _timestamp(base, 20, decide_rng), "tool": ADJUDICATION_TOOL,
+                              "guideline_version": TEXT_GUIDELINE})
+
+    # lesion masks, DICOM SEG and COCO boxes
+    image_rng = stream(seed, "annotations", "images", code)
+    studies: dict[str, list[ImageTruth]] = {}
+    for image in imaging.images:
+        studies.setdefault(image.study, []).append(image)
+    annotated = [s for s, images in sorted(studies.items())
+                 if any(i.lesion for i in images) and not any(i.defect for i in images)]
+    coco: dict[str, dict[str, Any]] = {a: {"images": [], "annotations": []} for a in ANNOTATORS}
+    dice_vs_truth: dict[str, list[float]] = {a: [] for a in ANNOTATORS}
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for study_number, study in enumerate(annotated):
+        images = sorted(studies[study], key=lambda i: i.instance_number)
+        truths = [np.load(tree.root / i.mask_file) for i in images]
+        sources = [_read_dicom(tree.root / i.file) for i in images]
+        uids = [str(ds.SOPInstanceUID) for ds in sources]
+        shapes[study] = (int(sources[0].Rows), int(sources[0].Columns), len(images))
+        as_seg = study_number < SEG_STUDIES_PER_INSTITUTION
+        per_annotator: dict[str, list[np.ndarray]] = {}
+        for offset, annotator in enumerate(ANNOTATORS):
+            slices = [perturb_mask(t, MASK_ERRORS[annotator], image_rng) for t in truths]
+            per_annotator[annotator] = slices
+            when = _timestamp(base + timedelta(hours=study_number), offset + 3, image_rng)
+            if as_seg and annotator == SEG_ANNOTATOR:
+                provenance = _provenance(annotator, when, SEG_TOOL, IMAGE_GUIDELINE)
+                data = seg_bytes(sources, slices, provenance, ("medllm-synth", seed, code, study, annotator))
+                tree.write(f"{code}/annotations/seg/{annotator}/{study}.dcm", data)
+                truth.seg_objects += 1
+            else:
+                provenance = _provenance(annotator, when, MASK_TOOL, IMAGE_GUIDELINE)
+                tree.write(f"{code}/annotations/masks/{annotator}/{study}.nii.gz",
+                           nifti_mask_bytes(slices, uids, provenance))
+                truth.mask_files += 1
+            for image, uid, mask, gold_mask in zip(images, uids, slices, truths, strict=True):
+                image_id = len(coco[annotator]["images"]) + 1
+                coco[annotator]["images"].append({
+                    "id": image_id, "width": int(mask.shape[1]), "height": int(mask.shape[0]),
+                    "file_name": f"{study}/IM{image.instance_number:05d}.dcm", "sop_instance_uid": uid})
+                box = mask_box(mask)
+                if box is not None:
+                    coco[annotator]["annotations"].append({
+                        "id": len(coco[annotator]["annotations"]) + 1, "image_id": image_id, "category_id": 1,
+                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0, "annotated_at": when})
+                score = _dice(mask, gold_mask)
+                if not math.isnan(score):
+                    dice_vs_truth[annotator].append(score)
+        truth.annotated_studies += 1
+        for index, uid in enumerate(uids):
+            scores = [_dice(per_annotator[a][index], per_annotator[b][index]) for a, b in combinations(ANNOTATORS, 2)]
+            valid = [s for s in scores if not math.isnan(s)]
+            if valid and min(valid) < image_review and decide_rng.random() < ADJUDICATION_RATE:
+                best = max(ANNOTATORS, key=lambda a: (_nan_to(_dice(per_annotator[a][index], truths[index]), 1.0),
+                                                      -ANNOTATORS.index(a)))
+                decisions.append({"item_id": uid, "annotator_id": EXPERT, "label": f"accept:{best}",
+                                  "annotated_at": _timestamp(base, 21, decide_rng), "tool": ADJUDICATION_TOOL,
+                                  "guideline_version": IMAGE_GUIDELINE})
+    if annotated:
+        for offset, annotator in enumerate(ANNOTATORS):
+            document = {
+                "info": {"description": "lesion boxes", "tool": BOX_TOOL, "annotator_id": annotator,
+                         "guideline_version": IMAGE_GUIDELINE,
+                         "date_created": _timestamp(base, 10 + offset, image_rng)},
+                "licenses": [],
+                "categories": [{"id": 1, "name": LESION_LABEL, "supercategory": "finding"}],
+                **coco[annotator],
+            }
+            coco[annotator] = document
+        truth.coco_files = len(ANNOTATORS)
+    truth.image_dice = {a: round(float(np.mean(v)), 4) if v else None for a, v in dice_vs_truth.items()}  # type: ignore[misc]
+
+    # triage label adjudication and audit (label JSONL, like annotations.jsonl)
+    votes: dict[str, dict[str, str]] = {}
+    for row in talk.annotations:
+        votes.setdefault(row["item_id"], {})[row["annotator_id"]] = row["label"]
+    audit_rows = []
+    for item, given in sorted(votes.items()):
+        if len(set(given.values())) > 1 and decide_rng.random() < ADJUDICATION_RATE:
+            decisions.append({"item_id": item, "annotator_id": EXPERT, "label": talk.gold[item],
+                              "annotated_at": _timestamp(base, 22, decide_rng), "tool": ADJUDICATION_TOOL,
+                              "guideline_version": TRIAGE_GUIDELINE})
+        if _audit_sample(code, item):
+            audit_rows.append({"item_id": item, "annotator_id": AUDITOR, "label": talk.gold[item],
+                               "annotated_at": _timestamp(base, 30, decide_rng), "tool": AUDIT_TOOL,
+                               "guideline_version": TRIAGE_GUIDELINE})
+
+    if rates is not None and rates.as_dict() and any(v > 0 for v in rates.as_dict().values()):
+        _plant_defects(tree, code, documents, coco, shapes, seed, truth)
+    for annotator, document in coco.items():
+        if annotated:
+            tree.write(f"{code}/annotations/coco/boxes-{annotator}.json", json_bytes(document, pretty=True))
+    if decisions:
+        tree.write(f"{code}/annotations/adjudication.jsonl", jsonl_bytes(decisions))
+    if audit_rows:
+        tree.write(f"{code}/annotations/audit.jsonl", jsonl_bytes(audit_rows))
+    truth.adjudications, truth.audit_verdicts = len(decisions), len(audit_rows)
+    tree.write(f"{TRUTH_DIR}/{code}.json", json_bytes(_truth_document(truth), pretty=True))
+    return truth
+
+
+def _nan_to(value: float, replacement: float) -> float:
+    return replacement if math.isnan(value) else value
+
+
+def _read_dicom(path: Path) -> Any:
+    import pydicom
+
+    return pydicom.dcmread(path)
+
+
+def _plant_defects(tree: OutputTree, code: str, documents: dict[str, str], coco: dict[str, dict[str, Any]],
+                   shapes: dict[str, tuple[int, int, int]], seed: int, truth: AnnotationTruth) -> None:
+    """Bad annotations the importer must reject, each with the reason it must give."""
+    base = datetime(2025, 11, 28, 9, 0)
+    if documents:
+        doc = sorted(documents)[0]
+        text = documents[doc]
+        path = f"{code}/annotations/brat/ann-02/{doc}.ann"
+        existing = (tree.root / path).read_text("utf-8")
+        first = next((line for line in existing.splitlines()
+                      if line.startswith("T") and line.split("\t")[1].split(" ")[0] not in IDENTIFIER_TYPES), None)
+        extra = [f"T901\tSYMPTOM {len(text) + 5} {len(text) + 9}\tdrop"]
+        reasons = ["span_out_of_bounds"]
+        if first is not None:
+            _, rest, _ = first.split("\t")
+            _, start, end = rest.split(" ")
+            s, e = int(start), int(end)
+            if e + 1 <= len(text):
+                extra.append(f"T902\tSYMPTOM {s + 1} {e + 1}\t{text[s + 1:e + 1]}")
+                reasons.append("overlapping_span")
+            extra.append(f"T903\tVITAL_SIGN {s} {e}\t{text[s:e]}")
+            reasons.append("unknown_label")
+        tree.write(path, (existing + "\n".join(extra) + "\n").encode("utf-8"))
+        for number, reason in enumerate(reasons):
+            truth.planted_defects.append({"file": path, "line": len(existing.splitlines()) + number, "reason_code": reason})
+        when = (base.strftime("%Y-%m-%dT%H:%M:%S")) + "+08:00"
+        for folder, annotator, guideline, reason in (("ann-99", "ann-99", TEXT_GUIDELINE, "unknown_annotator"),
+                                                      ("rework", "ann-01", "clinical-entities-v0.9",
+                                                       "unknown_guideline_version")):
+            bad = brat_ann(text, [], [], _provenance(annotator, when, TEXT_TOOL, guideline))
+            bad += f"T1\tSYMPTOM 0 1\t{text[0:1]}\n"
+            bad_path = f"{code}/annotations/brat/{folder}/{doc}.ann"
+            tree.write(bad_path, bad.encode("utf-8"))
+            truth.planted_defects.append({"file": bad_path, "line": None, "reason_code": reason})
+    if shapes:
+        study = sorted(shapes)[-1]
+        rows, columns, count = shapes[study]
+        uids = [entry["sop_instance_uid"] for entry in coco["ann-02"]["images"]
+                if entry["file_name"].startswith(f"{study}/")]
+        wrong = [np.zeros((rows // 2, columns // 2), dtype=np.uint8) for _ in range(count)]
+        provenance = _provenance("ann-02", base.strftime("%Y-%m-%dT%H:%M:%S") + "+08:00", MASK_TOOL, IMAGE_GUIDELINE)
+        bad_path = f"{code}/annotations/masks/rework/{study}.nii.gz"
+        tree.write(bad_path, nifti_mask_bytes(wrong, uids, provenance))
+        truth.planted_defects.append({"file": bad_path, "line": None, "reason_code": "wrong_shape"})
+        document = coco["ann-03"]
+        if document.get("images"):
+            image = document["images"][0]
+            document["annotations"].append({
+                "id": len(document["annotations"]) + 1, "image_id": image["id"], "category_id": 1,
+                "bbox": [image["width"] - 4, 2, 10, 6], "area": 60, "iscrowd": 0,
+                "annotated_at": base.strftime("%Y-%m-%dT%H:%M:%S") + "+08:00"})
+            truth.planted_defects.append({"file": f"{code}/annotations/coco/boxes-ann-03.json",
+                                          "line": None, "reason_code": "box_out_of_bounds"})
+
+
+def _truth_document(truth: AnnotationTruth) -> dict[str, Any]:
+    return {
+        "counts": {"brat_documents": truth.documents, "annotated_studies": truth.annotated_studies,
+                   "nifti_mask_files": truth.mask_files, "dicom_seg_objects": truth.seg_objects,
+                   "coco_files": truth.coco_files, "adjudications": truth.adjudications,
+                   "audit_verdicts": truth.audit_verdicts},
+        "annotators": list(ANNOTATORS),
+        "guidelines": {"entities": TEXT_GUIDELINE, "images": IMAGE_GUIDELINE, "triage": TRIAGE_GUIDELINE},
+        "tools": {"brat": TEXT_TOOL, "nifti": MASK_TOOL, "dicom_seg": SEG_TOOL, "coco": BOX_TOOL,
+                  "triage": TRIAGE_TOOL},
+        "entity_errors": {a: vars(e) for a, e in ENTITY_ERRORS.items()},
+        "mask_errors": {a: vars(e) for a, e in MASK_ERRORS.items()},
+        "mask_dice_vs_truth": truth.image_dice,
+        "gold_entities": truth.gold_entities,
+        "planted_defects": truth.planted_defects,
+    }
