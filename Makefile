@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock 2>/dev/null | sha256sum | cut -c1-16)
 export MEDLLM_HOME ?= $(CURDIR)/.medllm
 PYTEST_ARGS ?=
+DBT_MANIFEST := dbt/target/manifest.json
+DBT_SOURCES := $(shell find dbt/dbt_project.yml dbt/models dbt/macros dbt/tests -type f 2>/dev/null)
 
-.PHONY: install demo test services-up services-down postgres run bench dbt-docs clean lock
+.PHONY: install demo test services-up services-down postgres run bench dbt-parse dbt-docs clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -18,7 +20,19 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(DBT_MANIFEST)
+
+# dbt: dagster-dbt builds the curate group's dbt assets from this manifest when
+# the definitions load; re-parsed whenever a file under dbt/ changes.
+$(DBT_MANIFEST): $(STAMP) $(DBT_SOURCES)
+	$(PY) -m medllm_pipelines.lib.curate.dbt_project parse
+
+dbt-parse: $(DBT_MANIFEST)
+
+# dbt docs against the warehouse the environment selects: by default the
+# embedded DuckDB file $(MEDLLM_HOME)/warehouse/medllm.duckdb (run `make run` first).
+dbt-docs: install
+	$(PY) -m medllm_pipelines.lib.curate.dbt_project docs
 
 # PostgreSQL is installed on these machines; start it when it is down.
 postgres:

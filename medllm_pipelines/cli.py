@@ -161,9 +161,11 @@ def _synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identitie
 def _summarise(result: LifecycleResult) -> int:
     from medllm_pipelines.defs import keys
 
-    for run, label in zip(result.runs, [*result.partitions, "downstream"], strict=False):
-        click.echo(f"  Dagster run {run.run_id} [{label}] {'succeeded' if run.success else 'FAILED'}")
-    click.echo(f"lifecycle {'succeeded' if result.success else 'FAILED'} ({len(result.runs)} Dagster runs)")
+    for run in result.runs:
+        click.echo(
+            f"Dagster run {run.run_id} ({run.job_def.name}, institutions {', '.join(result.partitions)}) "
+            f"{'succeeded' if run.success else 'FAILED'}"
+        )
     for check in result.failed_checks():
         click.echo(f"  failed check: {check}")
     report = next(iter(result.materializations(keys.DIABETES_EVALUATION)), None)
@@ -207,6 +209,21 @@ def demo(patients: int, seed: int) -> None:
     click.echo(f"  reports:     {settings.reports_dir}")
     click.echo(f"  warehouse:   {settings.warehouse_url}")
     sys.exit(code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def reconcile(as_json: bool) -> None:
+    """For the latest materialisations: records in, out, quarantined per stage, institution and reason."""
+    from medllm_pipelines.reconcile import format_report, reconciliation_report
+
+    report = reconciliation_report(_settings())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(format_report(report))
+    if any(row["reconciled"] is False for row in report["stages"]):
+        sys.exit(1)
 
 
 @main.command("scan-leaks")

@@ -12,6 +12,7 @@ from dagster import Definitions, in_process_executor
 from medllm_pipelines.defs.curate import assets as curate
 from medllm_pipelines.defs.deidentify import assets as deidentify
 from medllm_pipelines.defs.evaluate import assets as evaluate
+from medllm_pipelines.defs.ingest import arrivals
 from medllm_pipelines.defs.ingest import assets as ingest
 from medllm_pipelines.defs.ingest.sensors import landing_sensors, refresh_after_ingest
 from medllm_pipelines.defs.ingest.sources import load_sources
@@ -24,6 +25,7 @@ from medllm_pipelines.settings import Settings, load_settings
 
 ALL_ASSETS = [
     *ingest.ASSETS,
+    arrivals.daily_arrivals,
     *quality.ASSETS,
     *deidentify.ASSETS,
     *label.ASSETS,
@@ -40,7 +42,8 @@ def make_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=JOBS,
+        jobs=[*JOBS, arrivals.daily_arrivals_job],
+        schedules=[arrivals.daily_arrivals_schedule],
         sensors=[*landing_sensors(load_sources(settings.sources_file)), refresh_after_ingest],
         resources=build_resources(settings),
         # One process per run: the DuckDB warehouse has a single writer, and

@@ -9,10 +9,12 @@ single-partition `ingest_job` runs; the UI can backfill any subset.
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from medllm_pipelines.settings import Settings
 
@@ -30,7 +32,8 @@ class LifecycleResult:
 
     @property
     def run_id(self) -> str:
-        return self.runs[-1].run_id
+        """The lifecycle run (the first; a feed-summary run may follow it)."""
+        return self.runs[0].run_id
 
     @property
     def run_ids(self) -> list[str]:
@@ -111,6 +114,7 @@ def run_lifecycle(
 
     from medllm_pipelines.definitions import make_definitions
     from medllm_pipelines.defs import keys
+    from medllm_pipelines.defs.ingest.arrivals import DAILY_PARTITIONS
     from medllm_pipelines.defs.ingest.sources import UNROUTED, load_sources
 
     job_name = job_name or keys.LIFECYCLE_JOB
@@ -135,6 +139,14 @@ def run_lifecycle(
                     instance=instance, raise_on_error=False, run_config=run_config, tags=tags
                 )
             )
+            if job_name != keys.DOWNSTREAM_JOB and result.success:
+                # today's feed summary (the daily partitions fill the time axis)
+                today = dt.datetime.now(ZoneInfo(DAILY_PARTITIONS.timezone)).strftime("%Y-%m-%d")
+                result.runs.append(
+                    defs.resolve_job_def(keys.DAILY_ARRIVALS_JOB).execute_in_process(
+                        instance=instance, partition_key=today, raise_on_error=False, run_config=run_config
+                    )
+                )
         finally:
             if freeze_gc:
                 gc.unfreeze()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-SMALL_HOSPITAL_PATIENTS = 90
+SMALL_HOSPITAL_PATIENTS = 160  # a test split of ~25 persons: enough for a stable AUC
 SMALL_HOSPITAL_SEED = 11
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

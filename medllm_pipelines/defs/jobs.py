@@ -4,9 +4,12 @@ from dagster import AssetSelection, define_asset_job
 
 from medllm_pipelines.defs import keys
 
+# The daily feed summary has its own (time) partitions and job.
+_TIME_PARTITIONED = AssetSelection.assets(keys.DAILY_ARRIVALS)
+
 ingest_job = define_asset_job(
     keys.INGEST_JOB,
-    selection=AssetSelection.groups(keys.INGEST),
+    selection=AssetSelection.groups(keys.INGEST) - _TIME_PARTITIONED,
     description="Take one institution's new landed files into the encrypted raw zone and parse them (partitioned).",
 )
 downstream_job = define_asset_job(
@@ -16,7 +19,7 @@ downstream_job = define_asset_job(
 )
 lifecycle_job = define_asset_job(
     keys.LIFECYCLE_JOB,
-    selection=AssetSelection.all(),
+    selection=AssetSelection.all() - _TIME_PARTITIONED,
     description="One institution's ingestion and every downstream stage in one run (pick the partition).",
 )
-JOBS = [ingest_job, downstream_job, lifecycle_job]
+JOBS = [ingest_job, downstream_job, lifecycle_job]  # + daily_arrivals_job (defs/ingest/arrivals.py)

@@ -29,6 +29,7 @@ RAW_CONSENTS = key(INGEST, "consents")
 RAW_DICOM_INSTANCES = key(INGEST, "dicom_instances")
 RAW_DIALOGUES = key(INGEST, "dialogues")
 RAW_ANNOTATIONS = key(INGEST, "annotations")
+DAILY_ARRIVALS = key(INGEST, "daily_arrivals")
 # quality
 CLEAN_PATIENTS = key(QUALITY, "clean_patients")
 CLEAN_OBSERVATIONS = key(QUALITY, "clean_observations")
@@ -79,6 +80,7 @@ LABEL_AGREEMENT_TABLE = "agreement"  # label.agreement: one row per labelled set
 LIFECYCLE_JOB = "lifecycle_job"
 INGEST_JOB = "ingest_job"
 DOWNSTREAM_JOB = "downstream_job"
+DAILY_ARRIVALS_JOB = "daily_arrivals_job"
 LANDING_SENSOR = "landing_sensor"
 
 # warehouse schemas and audit tables

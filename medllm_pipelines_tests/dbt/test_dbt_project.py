@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -43,7 +44,12 @@ PATIENTS = pd.DataFrame(
     columns=["patient_pseudonym", "institution", "sex", "age_band"],
 )
 CONSENT = pd.DataFrame(
-    [("p_1", "granted", 2024, 1), ("p_2", "granted", 2023, 2), ("p_3", "withdrawn", 2025, 2), ("p_4", "refused", 2022, 1)],
+    [
+        ("p_1", "granted", 2024, 1),
+        ("p_2", "granted", 2023, 2),
+        ("p_3", "withdrawn", 2025, 2),
+        ("p_4", "refused", 2022, 1),
+    ],
     columns=REGISTRY_COLUMNS,
 )
 CONDITIONS = pd.DataFrame(
@@ -108,8 +114,12 @@ QUARANTINE = quarantine_frame(
         QuarantineRecord("ingest", "ingest/landed_files", "hzsf", "c" * 64, None, None, "unsupported_file_type", "r"),
         QuarantineRecord("ingest", "ingest/landed_files", None, "e" * 64, None, None, "unknown_source", "r"),
         QuarantineRecord("ingest", "ingest/fhir_resources", "hzsf", "a" * 64, 3, "Patient", "invalid_resource", "r"),
-        QuarantineRecord("ingest", "ingest/fhir_resources", "hzsf", "a" * 64, 7, "Observation", "invalid_resource", "r"),
-        QuarantineRecord("quality", "quality/clean_conditions", "rvic", "d" * 64, 2, "Condition", "unknown_patient", "r"),
+        QuarantineRecord(
+            "ingest", "ingest/fhir_resources", "hzsf", "a" * 64, 7, "Observation", "invalid_resource", "r"
+        ),
+        QuarantineRecord(
+            "quality", "quality/clean_conditions", "rvic", "d" * 64, 2, "Condition", "unknown_patient", "r"
+        ),
         QuarantineRecord("quality", "quality/clean_patients", "jhsq", "f" * 64, 1, "Patient", "a_new_reason", "r"),
     ]
 )
@@ -136,13 +146,6 @@ def write_sources(warehouse: Warehouse, overrides: dict[tuple[str, str], pd.Data
 def dbt_manifest() -> Path:
     """dbt/target/manifest.json, (re)generated when missing or older than the project."""
     return dbt_project.ensure_manifest(dbt_project.dbt_connection("duckdb:///unused.duckdb"))
-
-
-@pytest.fixture(scope="session")
-def dbt_target_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One dbt target folder per backend for the session, so dbt re-parses incrementally."""
-    root = tmp_path_factory.mktemp("dbt_targets")
-    return {backend: root / backend for backend in ("duckdb", "postgres")}
 
 
 @pytest.fixture(scope="module")
@@ -183,18 +186,41 @@ def dbt_build(url: str, target_dir: Path, *, check: bool = True) -> dict:
 
 
 @pytest.fixture(scope="module")
-def built_duckdb(tmp_path_factory: pytest.TempPathFactory, dbt_manifest: Path, dbt_target_dirs: dict[str, Path]) -> Warehouse:
-    warehouse = Warehouse(f"duckdb:///{tmp_path_factory.mktemp('wh') / 'medllm.duckdb'}")
+def dagster_duckdb_run(tmp_path_factory: pytest.TempPathFactory, dbt_manifest: Path) -> tuple[Warehouse, Any]:
+    """The DuckDB build goes through Dagster: the dbt assets materialised in-process, as a run does."""
+    from dagster import materialize
+
+    from medllm_pipelines.defs.marts import assets as marts
+    from medllm_pipelines.resources.warehouse import WarehouseResource
+    from medllm_pipelines.settings import load_settings
+
+    home = tmp_path_factory.mktemp("home")
+    url = f"duckdb:///{home / 'warehouse' / 'medllm.duckdb'}"
+    warehouse = Warehouse(url)
     write_sources(warehouse)
-    dbt_build(warehouse.url, dbt_target_dirs["duckdb"])
+    settings = load_settings({"MEDLLM_HOME": str(home), "MEDLLM_WAREHOUSE_URL": url})
+    result = materialize(
+        marts.ASSETS,
+        resources={**marts.build_dbt_resources(settings, environ={}), "warehouse": WarehouseResource(url=url)},
+        raise_on_error=False,
+    )
+    return warehouse, result
+
+
+@pytest.fixture(scope="module")
+def built_duckdb(dagster_duckdb_run: tuple[Warehouse, Any]) -> Warehouse:
+    warehouse, result = dagster_duckdb_run
+    assert result.success, "dbt build through Dagster failed"
     return warehouse
 
 
 @pytest.fixture(scope="module")
-def built_postgres(postgres_url: str, dbt_manifest: Path, dbt_target_dirs: dict[str, Path]) -> Iterator[Warehouse]:
+def built_postgres(
+    postgres_url: str, dbt_manifest: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Warehouse]:
     warehouse = Warehouse(postgres_url)
     write_sources(warehouse)
-    dbt_build(postgres_url, dbt_target_dirs["postgres"])
+    dbt_build(postgres_url, tmp_path_factory.mktemp("dbt_target"))
     yield warehouse
     warehouse.dispose()
 
@@ -323,10 +349,17 @@ def test_dbt_models_are_curate_assets_wired_to_the_python_assets(dbt_manifest: P
     )
     graph = defs.resolve_asset_graph()
     dbt_keys = {k.to_user_string() for k in marts.curate_dbt_models.keys}
-    models = {n["name"] for n in json.loads(dbt_manifest.read_text())["nodes"].values() if n["resource_type"] == "model"}
+    models = {
+        n["name"] for n in json.loads(dbt_manifest.read_text())["nodes"].values() if n["resource_type"] == "model"
+    }
     assert dbt_keys == {f"curate/{m}" for m in models}
-    assert {"curate/patient_features", "curate/institution_quality_summary", "curate/cohort_type2_diabetes",
-            "curate/cohort_hypertension", "curate/cohort_hyperlipidaemia"} <= dbt_keys
+    assert {
+        "curate/patient_features",
+        "curate/institution_quality_summary",
+        "curate/cohort_type2_diabetes",
+        "curate/cohort_hypertension",
+        "curate/cohort_hyperlipidaemia",
+    } <= dbt_keys
 
     defined = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable}
     parents = {k: sorted(p.to_user_string() for p in graph.get(k).parent_keys) for k in marts.curate_dbt_models.keys}
@@ -344,29 +377,19 @@ def test_dbt_models_are_curate_assets_wired_to_the_python_assets(dbt_manifest: P
     assert len(checks) >= 50 and all(c.blocking for c in checks)
 
 
-def test_materialising_the_dbt_assets_in_dagster(tmp_path: Path, dbt_manifest: Path) -> None:
-    from dagster import AssetKey, materialize
+def test_materialising_the_dbt_assets_in_dagster(dagster_duckdb_run: tuple[Warehouse, Any]) -> None:
+    from dagster import AssetKey
 
-    from medllm_pipelines.defs.marts import assets as marts
-    from medllm_pipelines.resources.warehouse import WarehouseResource
-    from medllm_pipelines.settings import load_settings
-
-    url = f"duckdb:///{tmp_path / 'warehouse' / 'medllm.duckdb'}"
-    write_sources(Warehouse(url))
-    settings = load_settings({"MEDLLM_HOME": str(tmp_path), "MEDLLM_WAREHOUSE_URL": url})
-
-    result = materialize(
-        marts.ASSETS,
-        resources={**marts.build_dbt_resources(settings, environ={}), "warehouse": WarehouseResource(url=url)},
-    )
-
+    _, result = dagster_duckdb_run
     assert result.success
-    features = AssetKey(["curate", "patient_features"])
-    meta = {m.asset_key: m.metadata for m in (e.materialization for e in result.get_asset_materialization_events())}
-    assert meta[features]["dagster/row_count"].value == PATIENTS["patient_pseudonym"].nunique()
-    assert meta[features]["warehouse_table"].value == "curate.patient_features"
+    materializations = [e.materialization for e in result.get_asset_materialization_events()]
+    meta = {m.asset_key: m.metadata for m in materializations}
+    features = meta[AssetKey(["curate", "patient_features"])]
+    assert features["dagster/row_count"].value == PATIENTS["patient_pseudonym"].nunique()
+    assert features["warehouse_table"].value == "curate.patient_features"
+    assert features["dbt_target"].value == "duckdb"
     evaluations = result.get_asset_check_evaluations()
-    assert evaluations and all(e.passed for e in evaluations)
+    assert len(evaluations) >= 50 and all(e.passed for e in evaluations)
     assert not any((dbt_project.DBT_PROJECT_DIR / "target" / "runs").glob(f"{result.run_id[:8]}-*"))  # cleaned up
 
 
@@ -379,3 +402,50 @@ def test_materialising_the_dbt_assets_in_dagster(tmp_path: Path, dbt_manifest: P
 def test_a_stage_can_rewrite_its_table_after_dbt_built_views_on_it(built_postgres: Warehouse) -> None:
     built_postgres.write_table("deidentify", "patients", PATIENTS)
     assert len(built_postgres.read_table("deidentify", "patients")) == len(PATIENTS)
+
+
+# --- connection mapping (no dbt run) ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "target", "expected"),
+    [
+        ("duckdb:////data/wh/medllm.duckdb", "duckdb", {dbt_project.DUCKDB_PATH_ENV: "/data/wh/medllm.duckdb"}),
+        (
+            "postgresql+psycopg2://medllm:p%40ss%2Fw0rd@db.internal:6543/warehouse?sslmode=require",
+            "postgres",
+            {
+                dbt_project.PG_HOST_ENV: "db.internal",
+                dbt_project.PG_PORT_ENV: "6543",
+                dbt_project.PG_USER_ENV: "medllm",
+                dbt_project.PG_PASSWORD_ENV: "p@ss/w0rd",
+                dbt_project.PG_DBNAME_ENV: "warehouse",
+                dbt_project.PG_SSLMODE_ENV: "require",
+            },
+        ),
+        (
+            "postgresql+psycopg2://postgres@127.0.0.1/medllm",
+            "postgres",
+            {dbt_project.PG_PORT_ENV: "5432", dbt_project.PG_PASSWORD_ENV: "", dbt_project.PG_SSLMODE_ENV: "prefer"},
+        ),
+    ],
+)
+def test_warehouse_url_maps_to_the_dbt_target_and_its_environment(url: str, target: str, expected: dict) -> None:
+    connection = dbt_project.dbt_connection(url)
+    assert connection.target == target
+    assert expected.items() <= connection.env.items()
+
+
+def test_the_password_never_shows_in_the_connection_repr() -> None:
+    connection = dbt_project.dbt_connection("postgresql+psycopg2://u:hunter2@h:5432/d")
+    assert "hunter2" not in repr(connection)
+
+
+def test_profiles_read_every_connection_variable_and_hold_no_value() -> None:
+    profiles = (dbt_project.DBT_PROJECT_DIR / "profiles.yml").read_text()
+    for name in dbt_project.CONNECTION_ENV_KEYS:
+        assert f"env_var('{name}'" in profiles, name
+    assert "password: \"{{ env_var('DBT_ENV_SECRET_" in profiles  # scrubbed from dbt's logs
+
+
+def test_missing_manifest_fails_with_the_command_that_creates_it(tmp_path: Path) -> None:
+    with pytest.raises(dbt_project.DbtManifestMissingError, match="make dbt-parse"):
+        dbt_project.require_manifest(tmp_path / "target" / "manifest.json")

@@ -173,3 +173,30 @@ def test_leak_scan_is_not_vacuous(embedded_run, tmp_path: Path) -> None:
     hits = scan_home(fake_home, embedded_run.hospital.identities)
     kinds = {h.identifier_kind for h in hits}
     assert {"name", "resident_id", "phone"} <= kinds
+
+
+def test_daily_arrivals_partition_summarises_the_ledger(embedded_run) -> None:
+    warehouse = Warehouse(embedded_run.settings.warehouse_url)
+    arrivals = warehouse.read_table(keys.AUDIT_SCHEMA, "daily_arrivals")
+    ledger = warehouse.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE)
+    assert arrivals["day"].nunique() == 1
+    assert int(arrivals["files"].sum()) == len(ledger)
+    quarantined = int(arrivals.loc[arrivals["status"] == "quarantined", "files"].sum())
+    assert quarantined == int((ledger["status"] == "quarantined").sum())
+
+
+def test_reconcile_report_accounts_for_every_stage(embedded_run) -> None:
+    from medllm_pipelines.reconcile import format_report, reconciliation_report
+    from medllm_pipelines_tests.conftest_lifecycle import scoped_env
+
+    with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home)}):
+        report = reconciliation_report(embedded_run.settings)
+    assets = {row["asset"] for row in report["stages"]}
+    assert {"ingest/landed_files", "quality/clean_observations", "deidentify/patients", "label/diabetes_labels"} <= assets
+    assert all(row["reconciled"] is not False for row in report["stages"])
+    observations = next(r for r in report["stages"] if r["asset"] == "quality/clean_observations")
+    per_institution = observations["by_institution"]
+    assert set(per_institution) >= {"hzsf", "rvic", "jhsq"}
+    assert sum(c["in"] for c in per_institution.values()) == observations["in"]
+    assert {row["reason_code"] for row in report["quarantine"]} >= {"malformed_json", "unknown_source"}
+    assert "quality/clean_observations" in format_report(report)

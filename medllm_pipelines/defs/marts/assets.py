@@ -119,7 +119,9 @@ class MedllmDbtCliResource(DbtCliResource):
     the dbt process, so no file ever holds the path or the password.
     """
 
-    warehouse_url: str = Field(description="duckdb:///<path> or postgresql+psycopg2://... (the warehouse resource's URL)")
+    warehouse_url: str = Field(
+        description="duckdb:///<path> or postgresql+psycopg2://... (the warehouse resource's URL)"
+    )
 
     def cli(self, args, **kwargs):  # type: ignore[override]
         connection = project.dbt_connection(self.warehouse_url)
@@ -184,8 +186,7 @@ def curate_dbt_models(context: AssetExecutionContext, dbt: MedllmDbtCliResource,
     events: list[Any] = []
     failure: Exception | None = None
     try:
-        for event in invocation.stream():
-            events.append(event)
+        events.extend(invocation.stream())  # extend keeps the events yielded before a failure
     except Exception as exc:  # noqa: BLE001  -- a failing model or test: report what did run, then fail
         failure = exc
     nodes = invocation.manifest.get("nodes", {})

@@ -24,6 +24,7 @@ from medllm_pipelines.defs.common import (
     counts_by,
     frame_metadata,
     raw_table_name,
+    reconciliation_by_institution,
     record_quarantine,
     versions_metadata,
 )
@@ -48,8 +49,10 @@ def _publish(
     result: CleaningResult,
     raw_zone: RawZoneResource,
     warehouse: WarehouseResource,
+    records_in: pd.DataFrame,
 ) -> MaterializeResult:
     raw_zone.get().write_table(raw_table_name(asset_key), result.frame)
+    by_institution = reconciliation_by_institution(records_in, result.frame, result.quarantine)
     quarantine_meta = record_quarantine(warehouse.get(), asset_key, result.quarantine)
     rules = load_rules()
     context.log.info(
@@ -64,6 +67,7 @@ def _publish(
             **quarantine_meta,
             **details,
             "rows_by_institution": counts_by(result.frame, "institution"),
+            "reconciliation_by_institution": MetadataValue.json(by_institution),
             "storage": STORAGE,
             **versions_metadata(cleaning_rules=rules.version),
         }
@@ -77,7 +81,7 @@ def clean_patients_asset(
     """Patients deduplicated (re-sent and superseded versions), birth dates checked, sex coded."""
     patients = raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS))
     result = clean_patients(patients, asset_name(keys.CLEAN_PATIENTS), dt.date.today(), load_rules())
-    return _publish(context, keys.CLEAN_PATIENTS, result, raw_zone, warehouse)
+    return _publish(context, keys.CLEAN_PATIENTS, result, raw_zone, warehouse, patients)
 
 
 PatientLinkedCleaner = Callable[[pd.DataFrame, pd.DataFrame, str], CleaningResult]
@@ -95,12 +99,9 @@ def patient_linked_cleaning(source: AssetKey, target: AssetKey, clean: PatientLi
     )
     def _clean(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
         zone = raw_zone.get()
-        result = clean(
-            zone.read_partitions(raw_table_name(source)),
-            zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)),
-            asset_name(target),
-        )
-        return _publish(context, target, result, raw_zone, warehouse)
+        records = zone.read_partitions(raw_table_name(source))
+        result = clean(records, zone.read_table(raw_table_name(keys.CLEAN_PATIENTS)), asset_name(target))
+        return _publish(context, target, result, raw_zone, warehouse, records)
 
     return _clean
 
@@ -163,9 +164,45 @@ def great_expectations_gate(asset_key: AssetKey, suite_name: str):
     return _gate
 
 
+def reconciliation_gate(asset_key: AssetKey):
+    """Blocking check: the latest materialisation accounted for every record, per institution too."""
+
+    @asset_check(
+        asset=asset_key,
+        name=keys.CHECK_RECONCILED,
+        blocking=True,
+        description="in = out + quarantined + removed-by-rule, for the stage and for each institution.",
+    )
+    def _reconciled(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        event = context.instance.get_latest_materialization_event(asset_key)
+        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else {}
+        per_institution = meta.get("reconciliation_by_institution") or {}
+        unbalanced = {
+            name: counts
+            for name, counts in per_institution.items()
+            if counts["in"] != counts["out"] + counts["quarantined"] + counts["removed"] or counts["removed"] < 0
+        }
+        passed = bool(meta.get("reconciled")) and not unbalanced and bool(per_institution or meta.get("records_in") == 0)
+        return AssetCheckResult(
+            passed=passed,
+            severity=AssetCheckSeverity.ERROR,
+            description="every record accounted for" if passed else "records were lost or invented",
+            metadata={
+                "records_in": meta.get("records_in", 0),
+                "records_out": meta.get("records_out", 0),
+                "records_quarantined": meta.get("records_quarantined", 0),
+                "institutions_checked": len(per_institution),
+                "unbalanced_institutions": MetadataValue.json(unbalanced),
+            },
+        )
+
+    return _reconciled
+
+
 ASSETS = [clean_patients_asset, clean_observations_asset, clean_conditions_asset, clean_consents_asset]
 CHECKS = [
     great_expectations_gate(keys.CLEAN_PATIENTS, "clean_patients"),
     great_expectations_gate(keys.CLEAN_OBSERVATIONS, "clean_observations"),
     great_expectations_gate(keys.CLEAN_CONDITIONS, "clean_conditions"),
+    *(reconciliation_gate(k) for k in (keys.CLEAN_PATIENTS, keys.CLEAN_OBSERVATIONS, keys.CLEAN_CONDITIONS, keys.CLEAN_CONSENTS)),
 ]

@@ -13,7 +13,7 @@ metadata, written as JSON and Markdown next to the data, and collected in
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,12 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         lines.append("|---|" + "---|" * len(classes))
         for split, per in counts["per_split_class"].items():
             lines.append(f"| {split} | " + " | ".join(str(per.get(c, 0)) for c in classes) + " |")
-    for title, key in (("Agreement", "agreement"), ("Leakage check", "leakage_check"), ("Known defects", "known_defects"),
-                       ("Guidelines", "guidelines"), ("Model spec", "model_spec")):
+    known = {"name", "kind", "version", "version_short", "description", "sources", "consent_basis", "counts", "agreement",
+             "guidelines", "model_spec", "leakage_check", "known_defects"}
+    sections = [("Agreement", "agreement"), ("Leakage check", "leakage_check"), ("Known defects", "known_defects")]
+    sections += [(key.replace("_", " ").capitalize(), key) for key in sorted(set(card) - known)]
+    sections += [("Guidelines", "guidelines"), ("Model spec", "model_spec")]
+    for title, key in sections:
         if card.get(key):
             lines += ["", f"## {title}", "", "```json", json.dumps(card[key], indent=2, ensure_ascii=False, sort_keys=True), "```"]
     return "\n".join(lines) + "\n"
@@ -141,3 +145,98 @@ def write_card(card: Mapping[str, Any], folder: Path) -> dict[str, str]:
     (target / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False, sort_keys=True))
     (target / "card.md").write_text(card_markdown(card))
     return {"json": str(target / "card.json"), "markdown": str(target / "card.md")}
+
+
+SET_DESCRIPTIONS = {
+    "label/diabetes_labels": ("type 2 diabetes (ICD-10 E11) per consented person: a weak label from coded diagnoses", "label"),
+    "label/triage_labels": ("department of a pre-consultation dialogue, accepted after agreement and adjudication", "label"),
+    "label/clinical_entities": ("clinical entities in pre-consultation dialogues (brat), accepted", "entity_type"),
+    "label/lesion_masks": ("lesion outlines on CT/MR slices, accepted", "lesion"),
+    "label/lesion_boxes": ("lesion bounding boxes on CT/MR slices, accepted", "lesion"),
+}
+SPLIT_DESCRIPTIONS = {
+    "curate/diabetes_splits": ("train/validation/test (+ k folds) of the t2d_risk dataset", "label"),
+    "curate/lesion_segmentation_splits": ("train/validation/test (+ k folds) of the lesion_segmentation dataset", "lesion"),
+}
+IMPORT_ASSETS = {
+    "label/triage_labels": "label/triage_annotations",
+    "label/clinical_entities": "label/entity_annotations",
+    "label/lesion_masks": "label/image_annotations",
+    "label/lesion_boxes": "label/image_annotations",
+}
+
+
+def build_card_set(
+    tables: Mapping[str, pd.DataFrame],
+    agreement: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    specs: Mapping[str, Any],
+    leakage_keys: Mapping[str, Sequence[str]],
+) -> list[dict[str, Any]]:
+    """Cards of every labelled set and split the catalog lists (from warehouse tables only)."""
+    from medllm_pipelines.lib.curate.splits import check_leakage
+
+    patients = tables.get("deidentify/patients")
+    agreement_of = {}
+    for row in agreement.itertuples(index=False) if len(agreement) else ():
+        agreement_of[f"label/{row.labelled_set}"] = {
+            "passed": bool(row.passed),
+            "guideline_versions": [v for v in str(row.guideline_versions).split(",") if v],
+            "thresholds": json.loads(row.thresholds_json),
+            **json.loads(row.statistics_json),
+        }
+    queue = tables.get("label/adjudication_queue")
+    audit = tables.get("label/label_audit")
+    weak = tables.get("label/weak_label_comparison")
+    cards = []
+    for name, (description, label_column) in SET_DESCRIPTIONS.items():
+        if name not in tables:
+            continue
+        frame = tables[name]
+        defects: dict[str, Any] = {}
+        source = IMPORT_ASSETS.get(name)
+        if source and len(quarantine):
+            rejected = quarantine[quarantine["asset"] == source]["reason_code"].value_counts().sort_index()
+            defects["annotations_rejected_at_import"] = {str(k): int(v) for k, v in rejected.items()}
+        if queue is not None and len(queue):
+            mine = queue[queue["labelled_set"] == name.split("/", 1)[1]]
+            defects["items_open_in_adjudication_queue"] = int((mine["status"] == "open").sum())
+            defects["items_resolved_by_adjudication"] = int((mine["status"] == "resolved").sum())
+        extra: dict[str, Any] = {}
+        if name == "label/triage_labels" and audit is not None and len(audit):
+            audited = audit[audit["audited"].astype(bool)]
+            errors = int((~audited["agrees"].astype(bool)).sum())
+            extra["audit"] = {"sampled": int(len(audit)), "audited": int(len(audited)), "errors": errors,
+                              "error_rate": round(errors / len(audited), 6) if len(audited) else None}
+        if name == "label/triage_labels" and weak is not None and len(weak):
+            covered = weak[weak["weak_label"] != "abstain"]
+            extra["weak_labels_from_codes"] = {
+                "coverage": round(len(covered) / len(weak), 4),
+                "accuracy_where_covered": round(float(covered["agrees"].astype(bool).mean()), 4) if len(covered) else None,
+            }
+        if name == "label/diabetes_labels":
+            extra["label_source"] = "weak label from codes: ICD-10 E11 at any institution (no human labels)"
+        cards.append(build_card(
+            name=name, kind=LABELLED_SET, frame=frame, description=description,
+            sources=[IMPORT_ASSETS.get(name, "deidentify/conditions"), "deidentify/consent_registry"],
+            label_column=label_column, patients=patients, agreement=agreement_of.get(name),
+            guidelines={"versions": agreement_of[name]["guideline_versions"]} if name in agreement_of else None,
+            known_defects=defects, extra=extra,
+        ))
+    for name, (description, label_column) in SPLIT_DESCRIPTIONS.items():
+        if name not in tables:
+            continue
+        frame = tables[name]
+        version = None
+        if name == "curate/diabetes_splits" and "curate/diabetes_features" in tables:
+            version = training_dataset_version(tables["curate/diabetes_features"], frame)
+        report = check_leakage(frame, leakage_keys.get(name, ("patient_pseudonym",)), label=label_column)
+        spec = specs.get(name)
+        folds = frame[frame["fold"] >= 0]["fold"].value_counts().sort_index() if "fold" in frame.columns else pd.Series(dtype=int)
+        cards.append(build_card(
+            name=name, kind=SPLIT, frame=frame, description=description, version=version,
+            sources=[f"model spec {spec.id} v{spec.version}"] if spec else [], label_column=label_column,
+            split_column="split", patients=patients, spec=spec.describe() if spec else None,
+            leakage=report.as_dict(), extra={"rows_per_fold": {str(k): int(v) for k, v in folds.items()}},
+        ))
+    return cards

@@ -87,7 +87,7 @@ def cross_validated(matrix: pd.DataFrame, human: pd.Series, seed: int) -> tuple[
     labelled = human.dropna()
     x, y = matrix.loc[labelled.index].to_numpy(dtype=float), labelled.astype(str).to_numpy()
     classes = sorted(set(y))
-    forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1)
+    forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=2, random_state=seed, n_jobs=1)
     tree = DecisionTreeClassifier(max_depth=5, min_samples_leaf=2, random_state=seed)
     if len(y) < 6 or len(classes) < 2:
         report = ClassifierReport(len(y), classes, 0, None, None, None, None,

@@ -130,6 +130,23 @@ def stratified_order(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return shuffled[np.argsort(key, kind="stable")]
 
 
+def group_strata(values: pd.Series, groups: np.ndarray, n_groups: int, bins: int = 4) -> np.ndarray:
+    """One stratum per group: the binned share of positives for a binary label, else the most common value.
+
+    A group of several rows (a patient's images) is stratified by its mix, so
+    that row-level label balance follows group-level balance.
+    """
+    unique = pd.unique(values.dropna())
+    binary = len(unique) <= 2 and (pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values))
+    if binary:
+        share = pd.Series(values.astype(float).to_numpy()).groupby(groups).mean().reindex(range(n_groups)).fillna(0.0)
+        return np.rint(share.to_numpy() * bins).astype(np.int64)
+    codes = pd.factorize(values.astype(str), sort=True)[0]
+    counts = pd.DataFrame({"group": groups, "code": codes}).value_counts().reset_index(name="n")
+    mode = counts.sort_values(["group", "n", "code"], ascending=[True, False, True]).drop_duplicates("group")
+    return mode.set_index("group")["code"].reindex(range(n_groups)).to_numpy()
+
+
 def assign_split_rows(frame: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     """``frame`` with ``split``, ``fold`` (k-fold index, -1 outside) and ``split_group`` columns."""
     keys = [config.group_by, *[k for k in config.together if k in frame.columns]]
@@ -137,8 +154,7 @@ def assign_split_rows(frame: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     rng = np.random.default_rng(config.seed)
     if config.stratify_by and config.stratify_by in frame.columns:
-        stratum_of_row = pd.factorize(frame[config.stratify_by].astype(str), sort=True)[0]
-        strata = pd.Series(stratum_of_row).groupby(groups).max().reindex(range(n_groups)).to_numpy()
+        strata = group_strata(frame[config.stratify_by], groups, n_groups)
     else:
         strata = np.zeros(n_groups, dtype=np.int64)
     split_of_group = np.full(n_groups, "", dtype=object)

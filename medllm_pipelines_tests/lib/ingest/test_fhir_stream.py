@@ -170,7 +170,7 @@ def test_memory_stays_flat_in_the_number_of_lines():
         tracemalloc.stop()
         return top
 
-    small, large = peak(2_000), peak(8_000)
+    small, large = peak(1_000), peak(4_000)
 
     assert large < small * 1.3, (small, large)
 

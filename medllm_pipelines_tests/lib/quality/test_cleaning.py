@@ -241,11 +241,12 @@ def cleaned_observations(rules):
             obs_row("o6", "4548-4", 6.0, "%", effective="1979-01-01"),  # before birth
             obs_row("o7", "4548-4", 6.0, "%", effective="2024-07-01T08:00:00+08:00"),  # after NOW
             obs_row("o8", "4548-4", 6.0, "%", patient="ghost"),
-            obs_row("o9", "99999-9", 1.0, "mg"),  # a code the platform does not use
+            obs_row("o9", "2345-7", 1.0, "mg"),  # a valid LOINC code the platform does not use
             obs_row("o10", "4548-4", None, "%"),
             obs_row("o11", "4548-4", 6.0, "%", effective="05/03/2024"),
             obs_row("o12", "XYZ", 6.0, "%", system=codes.local_lab_system("h2"), institution="h2", patient="p9"),
             obs_row("o13", "29463-7", 154, "[lb_av]"),  # weight in pounds
+            obs_row("o14", "4548-5", 6.0, "%"),  # LOINC form, wrong mod-10 check digit
         ]
     )
     return clean_observations(raw, CLEAN_PATIENTS, "quality/clean_observations", NOW, rules)
@@ -282,6 +283,7 @@ def test_bad_observations_are_quarantined_with_a_reason_code(cleaned_observation
         "o8": "unknown_patient",
         "o10": "missing_required_field",
         "o11": "unparseable_date",
+        "o14": "invalid_code",
     }
     assert sorted(cleaned_observations.frame["resource_key"]) == ["o1", "o13", "o2", "o3"]
 
@@ -290,7 +292,7 @@ def test_observation_results_reconcile(cleaned_observations):
     recon = cleaned_observations.reconciliation
 
     assert recon.balanced
-    assert (recon.records_in, recon.records_out, recon.quarantined) == (13, 4, 7)
+    assert (recon.records_in, recon.records_out, recon.quarantined) == (14, 4, 8)
     assert recon.removed_by_rule["out_of_scope_code"] == 2
 
 
