@@ -226,6 +226,21 @@ def reconcile(as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def datasets(as_json: bool) -> None:
+    """Every labelled set and split: version, counts per split and class, agreement, leakage check."""
+    from medllm_pipelines.lib.common.warehouse import Warehouse
+    from medllm_pipelines.lib.curate.catalog import format_datasets, list_datasets
+
+    warehouse = Warehouse(_settings().warehouse_url)
+    try:
+        found = list_datasets(warehouse)
+    finally:
+        warehouse.dispose()
+    click.echo(json.dumps(found, indent=2, ensure_ascii=False, default=str) if as_json else format_datasets(found))
+
+
 @main.command("scan-leaks")
 @click.option("--identities", type=click.Path(exists=True, path_type=Path), required=True,
               help="identities.jsonl written by `medllm synth --write-identities`")

@@ -18,6 +18,7 @@ from medllm_pipelines.defs.ingest.sensors import landing_sensors, refresh_after_
 from medllm_pipelines.defs.ingest.sources import load_sources
 from medllm_pipelines.defs.jobs import JOBS
 from medllm_pipelines.defs.label import assets as label
+from medllm_pipelines.defs.marts import assets as marts
 from medllm_pipelines.defs.quality import assets as quality
 from medllm_pipelines.defs.resources import build_resources
 from medllm_pipelines.defs.train import assets as train
@@ -30,10 +31,11 @@ ALL_ASSETS = [
     *deidentify.ASSETS,
     *label.ASSETS,
     *curate.ASSETS,
+    *marts.ASSETS,
     *train.ASSETS,
     *evaluate.ASSETS,
 ]
-ALL_CHECKS = [*quality.CHECKS, *deidentify.CHECKS, *curate.CHECKS]
+ALL_CHECKS = [*quality.CHECKS, *deidentify.CHECKS, *label.CHECKS, *curate.CHECKS]
 
 
 def make_definitions(settings: Settings | None = None) -> Definitions:
@@ -45,7 +47,7 @@ def make_definitions(settings: Settings | None = None) -> Definitions:
         jobs=[*JOBS, arrivals.daily_arrivals_job],
         schedules=[arrivals.daily_arrivals_schedule],
         sensors=[*landing_sensors(load_sources(settings.sources_file)), refresh_after_ingest],
-        resources=build_resources(settings),
+        resources={**build_resources(settings), **marts.build_dbt_resources(settings)},
         # One process per run: the DuckDB warehouse has a single writer, and
         # re-importing the code location per step costs more than it saves here.
         executor=in_process_executor,

@@ -11,7 +11,11 @@ where records_quarantined <> (
         {%- endfor %}
         quarantined_other_reason
     )
-    or records_quarantined <> records_quarantined_ingest + records_quarantined_quality
+    or records_quarantined <> (
+        {%- for stage in var('quarantine_stages') %}
+        records_quarantined_{{ stage }}{% if not loop.last %} +{% endif %}
+        {%- endfor %}
+    )
     or files_landed <> files_stored + files_quarantined
     or persons <> (
         {%- for status in var('consent_statuses') %}

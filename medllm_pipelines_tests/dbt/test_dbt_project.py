@@ -393,11 +393,6 @@ def test_materialising_the_dbt_assets_in_dagster(dagster_duckdb_run: tuple[Wareh
     assert not any((dbt_project.DBT_PROJECT_DIR / "target" / "runs").glob(f"{result.run_id[:8]}-*"))  # cleaned up
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Warehouse._pg_write drops a replaced table without CASCADE; PostgreSQL refuses while dbt's "
-    "staging views depend on it. Fix: DROP TABLE IF EXISTS ... CASCADE in lib/common/warehouse.py, then remove this mark.",
-)
 @pytest.mark.postgres
 def test_a_stage_can_rewrite_its_table_after_dbt_built_views_on_it(built_postgres: Warehouse) -> None:
     built_postgres.write_table("deidentify", "patients", PATIENTS)

@@ -64,8 +64,9 @@ records as (
     select
         institution,
         sum(records_quarantined) as records_quarantined,
-        sum(case when stage = 'ingest' then records_quarantined else 0 end) as records_quarantined_ingest,
-        sum(case when stage = 'quality' then records_quarantined else 0 end) as records_quarantined_quality,
+        {%- for stage in var('quarantine_stages') %}
+        sum(case when stage = '{{ stage }}' then records_quarantined else 0 end) as records_quarantined_{{ stage }},
+        {%- endfor %}
         {%- for reason in reasons %}
         sum(case when reason_code = '{{ reason }}' then records_quarantined else 0 end) as quarantined_{{ reason }},
         {%- endfor %}
@@ -108,8 +109,9 @@ final as (
         files.first_landed_at_utc,
         files.last_landed_at_utc,
         cast(coalesce(records.records_quarantined, 0) as {{ bigint }}) as records_quarantined,
-        cast(coalesce(records.records_quarantined_ingest, 0) as {{ bigint }}) as records_quarantined_ingest,
-        cast(coalesce(records.records_quarantined_quality, 0) as {{ bigint }}) as records_quarantined_quality,
+        {%- for stage in var('quarantine_stages') %}
+        cast(coalesce(records.records_quarantined_{{ stage }}, 0) as {{ bigint }}) as records_quarantined_{{ stage }},
+        {%- endfor %}
         {%- for reason in reasons %}
         cast(coalesce(records.quarantined_{{ reason }}, 0) as {{ bigint }}) as quarantined_{{ reason }},
         {%- endfor %}

@@ -356,7 +356,12 @@ ADJUDICATION_DEPS = [keys.TRIAGE_ANNOTATIONS, keys.ENTITY_ANNOTATIONS, keys.IMAG
     ],
 )
 def adjudication(context: AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
-    from medllm_pipelines.lib.curate.cards import LABELLED_SET, build_card, card_markdown, write_card
+    from medllm_pipelines.lib.curate.cards import (
+        LABELLED_SET,
+        build_card,
+        card_markdown,
+        write_card,
+    )
     from medllm_pipelines.lib.label.registry import load_guidelines
     from medllm_pipelines.lib.label.sets import (
         combine_queues,
@@ -370,7 +375,7 @@ def adjudication(context: AssetExecutionContext, warehouse: WarehouseResource, a
 
     wh = warehouse.get()
     guidelines = load_guidelines()
-    read = lambda key: wh.read_table(*warehouse_location(key))  # noqa: E731
+    read = lambda key: wh.read_table(*warehouse_location(key))
     triage, entities, images, decisions = (read(k) for k in ADJUDICATION_DEPS[:4])
     patients = read(keys.DEID_PATIENTS)
     triage_report, _ = triage_agreement(triage, guidelines)
@@ -491,7 +496,13 @@ def label_audit(context: AssetExecutionContext, warehouse: WarehouseResource) ->
     description="Weak department labels from codes (ICD-10 conditions, medications) against the accepted human labels.",
 )
 def weak_label_comparison(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
-    from medllm_pipelines.lib.label.weak import ICD10, compare_with_human, load_weak_rules, weak_labels, medication_codes
+    from medllm_pipelines.lib.label.weak import (
+        ICD10,
+        compare_with_human,
+        load_weak_rules,
+        medication_codes,
+        weak_labels,
+    )
 
     wh = warehouse.get()
     rules = load_weak_rules()
@@ -541,7 +552,11 @@ def agreement_gate(import_key: AssetKey):
     )
     def _agreement_gate(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
         from medllm_pipelines.lib.label.registry import load_guidelines
-        from medllm_pipelines.lib.label.sets import entity_agreement_report, image_agreement_reports, triage_agreement
+        from medllm_pipelines.lib.label.sets import (
+            entity_agreement_report,
+            image_agreement_reports,
+            triage_agreement,
+        )
 
         guidelines = load_guidelines()
         frame = warehouse.get().read_table(*warehouse_location(import_key))

@@ -93,7 +93,8 @@ class Warehouse:
         with engine.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
             if mode == "replace":
-                conn.execute(text(f"DROP TABLE IF EXISTS {schema}.{table}"))
+                # CASCADE: dbt staging views on this table are rebuilt by the next dbt build
+                conn.execute(text(f"DROP TABLE IF EXISTS {schema}.{table} CASCADE"))
             frame.head(0).to_sql(table, conn, schema=schema, if_exists="append", index=False)
             if len(frame):
                 self._pg_copy(conn, schema, table, frame)

@@ -79,7 +79,7 @@ def build_card(
 ) -> dict[str, Any]:
     """A dataset card as plain JSON-able data."""
     version = version or dataset_version(frame)
-    counts: dict[str, Any] = {"rows": int(len(frame))}
+    counts: dict[str, Any] = {"rows": len(frame)}
     if "patient_pseudonym" in frame.columns:
         counts["persons"] = int(frame["patient_pseudonym"].nunique())
     if label_column and label_column in frame.columns:
@@ -206,7 +206,7 @@ def build_card_set(
         if name == "label/triage_labels" and audit is not None and len(audit):
             audited = audit[audit["audited"].astype(bool)]
             errors = int((~audited["agrees"].astype(bool)).sum())
-            extra["audit"] = {"sampled": int(len(audit)), "audited": int(len(audited)), "errors": errors,
+            extra["audit"] = {"sampled": len(audit), "audited": len(audited), "errors": errors,
                               "error_rate": round(errors / len(audited), 6) if len(audited) else None}
         if name == "label/triage_labels" and weak is not None and len(weak):
             covered = weak[weak["weak_label"] != "abstain"]

@@ -9,7 +9,7 @@ in the metadata of every asset built from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def spec_ids() -> list[str]:
     return sorted(path.stem for path in SPECS_DIR.glob("*.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_spec(spec_id: str) -> ModelSpec:
     raw = yaml.safe_load((SPECS_DIR / f"{spec_id}.yaml").read_text())
     split = raw["split"]
@@ -132,6 +132,5 @@ def load_spec(spec_id: str) -> ModelSpec:
         preprocessing_raw=raw.get("preprocessing"),
         data_needs=data_needs,
     )
-    spec.split_config  # validates strategy, k-folds
-    spec.preprocessing  # validates the preprocessing declaration
+    _ = (spec.split_config, spec.preprocessing)  # both validate their declaration
     return spec

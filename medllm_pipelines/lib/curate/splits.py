@@ -104,8 +104,8 @@ def connected_groups(frame: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
 
 def _cut(count: int, ratios: tuple[float, float, float]) -> tuple[int, int]:
     """Group counts of train and validation (the rest is test); non-empty splits where possible."""
-    n_train = int(round(ratios[0] * count))
-    n_val = int(round(ratios[1] * count))
+    n_train = round(ratios[0] * count)
+    n_val = round(ratios[1] * count)
     if count >= 3:
         wanted = [r > 0 for r in ratios]
         if wanted[1] and n_val == 0:

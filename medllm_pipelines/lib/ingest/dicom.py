@@ -1,5 +1,8 @@
 """DICOM Part-10 files -> a header index row per instance, and study/series summaries.
 
+Dates in the index are ISO 8601 (``study_date`` ``YYYY-MM-DD``; ``study_datetime``
+with the ``TimezoneOffsetFromUTC`` offset when the file has one).
+
 Only headers are parsed (``stop_before_pixels=True``): pixel data stay in the
 encrypted raw object and are decoded lazily by the stage that needs them
 (:func:`read_pixels`). Completeness is still checked - from the PixelData
@@ -9,6 +12,7 @@ size - so a truncated file is quarantined, not half-ingested.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import struct
@@ -40,6 +44,7 @@ DICOM_INDEX_COLUMNS = [
     "institution_name",
     "accession_number",
     "study_date",
+    "study_datetime",
     "burned_in_annotation",
     "private_tag_count",
     "series_number",
@@ -242,7 +247,7 @@ def _index(
         ds = pydicom.dcmread(stream, stop_before_pixels=True)
     except InvalidDicomError:
         return reject("not_dicom", "no DICOM Part-10 preamble/DICM prefix")
-    except Exception as exc:  # pydicom raises many types for damaged streams
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged streams
         return reject("unreadable_dicom", f"DICOM parse failed: {type(exc).__name__}")
     header_end = stream.tell() - start
     at_pixel_data = False
@@ -281,7 +286,8 @@ def _index(
             return reject("missing_required_field", "image geometry (Rows/Columns/BitsAllocated) missing")
         if extent.declared_bytes < expected:
             return reject("truncated_file", f"pixel data truncated: {extent.declared_bytes} of {expected} bytes")
-    private_count = sum(1 for element in ds if element.tag.is_private)
+    # keys(), not iteration: iterating a Dataset converts every element's value.
+    private_count = sum(1 for tag in ds.keys() if tag.is_private)  # noqa: SIM118
     row = {
         "study_uid": str(ds.StudyInstanceUID),
         "series_uid": str(ds.SeriesInstanceUID),
@@ -295,11 +301,13 @@ def _index(
         "number_of_frames": int(ds.get("NumberOfFrames") or 1),
         "patient_id": _text(ds, "PatientID"),
         "patient_name": _text(ds, "PatientName"),
-        "patient_birth_date": _text(ds, "PatientBirthDate"),
+        "patient_birth_date": dicom_date(_text(ds, "PatientBirthDate")),
         "other_patient_ids": _other_ids(ds),
         "institution_name": _text(ds, "InstitutionName"),
         "accession_number": _text(ds, "AccessionNumber"),
-        "study_date": _text(ds, "StudyDate"),
+        "study_date": dicom_date(_text(ds, "StudyDate")),
+        "study_datetime": dicom_datetime(_text(ds, "StudyDate"), _text(ds, "StudyTime"),
+                                         _text(ds, "TimezoneOffsetFromUTC")),
         "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
         "private_tag_count": private_count,
         "series_number": _int(ds, "SeriesNumber"),
@@ -310,6 +318,37 @@ def _index(
         "file_bytes": size,
     }
     return row, None
+
+
+def dicom_date(value: str | None) -> str | None:
+    """DICOM DA (``YYYYMMDD``, or the old ``YYYY.MM.DD``) -> ISO 8601 ``YYYY-MM-DD``; None if not a date."""
+    if not value:
+        return None
+    digits = value.strip().replace(".", "")
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:])).isoformat()
+    except ValueError:
+        return None
+
+
+def dicom_datetime(date: str | None, time: str | None, offset: str | None) -> str | None:
+    """StudyDate + StudyTime (+ TimezoneOffsetFromUTC ``+HHMM``) -> ISO 8601, with the offset when known."""
+    day = dicom_date(date)
+    if day is None or not time:
+        return None
+    clock = time.strip().split(".", 1)[0]
+    if len(clock) < 2 or not clock.isdigit() or len(clock) % 2:
+        return None
+    hour, minute, second = int(clock[:2]), int(clock[2:4] or 0), int(clock[4:6] or 0)
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    text = f"{day}T{hour:02d}:{minute:02d}:{min(second, 59):02d}"
+    if offset and len(offset.strip()) == 5 and offset.strip()[0] in "+-" and offset.strip()[1:].isdigit():
+        zone = offset.strip()
+        text += f"{zone[0]}{zone[1:3]}:{zone[3:5]}"
+    return text
 
 
 def _int(ds: Any, keyword: str) -> int | None:

@@ -27,7 +27,11 @@ from typing import IO, Any
 import orjson
 
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation, sha256_bytes
+from medllm_pipelines.lib.common.records import (
+    QuarantineRecord,
+    Reconciliation,
+    sha256_bytes,
+)
 from medllm_pipelines.lib.ingest.fhir_validation import ResourceValidator, model_class
 from medllm_pipelines.lib.ingest.landing import FHIR_NDJSON
 
@@ -197,9 +201,6 @@ def default_validator() -> ResourceValidator:
         _default_validator = ResourceValidator()
     return _default_validator
 
-
-# Kept for callers of the former private name.
-_model_class = model_class
 
 
 def _string_leaves(value: Any) -> Iterator[str]:

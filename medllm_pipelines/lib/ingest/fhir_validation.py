@@ -10,18 +10,19 @@ while the *values* are checked leaf by leaf by the primitive types (``code``,
 
 So :class:`ResourceValidator`:
 
-1. computes the shape of a resource and the list of its leaf values in one walk;
-2. the first resource of a shape is validated in full by ``fhir.resources``; if
-   it passes, the shape is *compiled*: for each leaf position the pydantic
-   validator of that element's primitive type (taken from the model's field);
-3. every later resource of that shape passes iff each of its leaf values passes
-   its position's primitive validator (memoised per type and value: statuses,
+1. validates the first resource of a shape in full with ``fhir.resources``;
+2. if it passes, generates a *matcher* for that shape: straight-line code that
+   checks a resource has exactly the exemplar's shape and, for each leaf,
+   accepts a value equal to the exemplar's at that position or runs the
+   pydantic validator of that element's primitive type (taken from the
+   model's field), memoised per element, JSON type and value (statuses,
    systems and codes repeat);
-4. anything else - an unseen shape, a shape whose exemplar failed, a leaf that
-   fails, a shape holding ``contained`` resources (the model class depends on a
-   value) - goes to full ``fhir.resources`` validation, which is the arbiter
-   and produces the error. A resource is therefore only ever *rejected* by full
-   validation; the fast path can only accept.
+3. a later resource its matcher passes is valid;
+4. anything else - an unseen shape, a leaf that fails, a shape holding
+   ``contained`` resources (the model class depends on a value) - goes to
+   full ``fhir.resources`` validation, which is the arbiter and produces the
+   error. A resource is therefore only ever *rejected* by full validation;
+   the fast path can only accept.
 
 The equivalence is checked by a differential test (mutated resources: same
 accept/reject as full validation) in the unit tests and, larger, in
@@ -33,8 +34,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 FULL = "full"
@@ -44,7 +44,7 @@ VALIDATION_MODES = (FULL, SHAPE_CACHED)
 _ALWAYS_FULL = object()  # a compiled shape that cannot take the shortcut
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_class(resource_type: str) -> Any:
     """The ``fhir.resources.R4B`` model of a resource type (raises for unknown types)."""
     from fhir.resources.R4B import get_fhir_model_class
@@ -63,7 +63,7 @@ def shape_of(value: Any, leaves: list[Any]) -> Any:
     return kind
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields_by_alias(model: type) -> dict[str, Any]:
     return {(info.alias or name): info for name, info in model.model_fields.items()}
 
@@ -76,7 +76,7 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-@lru_cache(maxsize=None)
+@cache
 def _field_plan(model: type, alias: str) -> tuple[str, Any]:
     """('complex', nested model) | ('primitive', validator of the field) | ('unsupported', None)."""
     from fhir_core.types import FhirBase, FhirElementOrResourceBase
@@ -102,7 +102,7 @@ def _field_plan(model: type, alias: str) -> tuple[str, Any]:
 class _LeafCache:
     """Memoised validity of one primitive element's values of one JSON type."""
 
-    __slots__ = ("known", "validate", "in_list", "limit")
+    __slots__ = ("in_list", "known", "limit", "validate")
 
     def __init__(self, validate: Callable[[Any], Any], in_list: bool, limit: int) -> None:
         self.known: dict[Any, bool] = {}
@@ -222,7 +222,7 @@ class ResourceValidator:
         mode: str = SHAPE_CACHED,
         *,
         max_shapes: int = 20_000,
-        max_leaf_cache: int = 200_000,
+        max_leaf_cache: int = 50_000,
         max_matchers_per_key: int = 64,
     ) -> None:
         if mode not in VALIDATION_MODES:

@@ -49,7 +49,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import orjson
@@ -308,7 +308,7 @@ def _split_message(text: str) -> _Message:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _known_segment(segment_id: str, version: str) -> bool:
     from hl7apy import find_reference
     from hl7apy.core import Segment
@@ -366,7 +366,7 @@ def _validate_with_hl7apy(message: _Message) -> None:
         ) from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _required_fields(segment_id: str, version: str) -> frozenset[int]:
     from hl7apy import find_reference
     from hl7apy.core import Segment
@@ -528,7 +528,7 @@ class _Mapper:
     @staticmethod
     def _address(pid: _Fields) -> str | None:
         for rep in pid.repetitions(11):
-            street, other, city, state, postal, country = (pid.unescape(_component(rep, i)) for i in range(1, 7))
+            street, other, city, state, postal = (pid.unescape(_component(rep, i)) for i in range(1, 6))
             county = pid.unescape(_component(rep, 9))
             if _has_cjk(street + city + state):
                 head = state if state == city else f"{state}{city}"

@@ -273,7 +273,7 @@ class OverlapAgreement:
             "kind": self.kind,
             "items": self.items,
             "annotators": self.annotators,
-            "pairs_compared": int(len(self.compared)),
+            "pairs_compared": len(self.compared),
             "pairs_both_empty": int(len(self.pairs) - len(self.compared)),
             f"{self.kind}_mean_dice": _json_float(self.mean_dice),
             f"{self.kind}_mean_iou": _json_float(self.mean_iou),

@@ -125,7 +125,7 @@ def read_nifti_mask(content: bytes, shapes: ImageShapes, labels: tuple[str, ...]
         raw = gzip.decompress(content) if content[:2] == b"\x1f\x8b" else content
         image = nib.Nifti1Image.from_bytes(raw)
         data = np.asanyarray(image.dataobj)
-    except Exception:  # nibabel raises many types for a broken file
+    except Exception:  # noqa: BLE001 - nibabel raises many types for a broken file
         return _whole_file(result, MALFORMED_FILE, "not a readable NIfTI-1 file")
     document: dict[str, Any] = {}
     for extension in image.header.extensions:
@@ -173,7 +173,7 @@ def read_dicom_seg(content: bytes, shapes: ImageShapes, labels: tuple[str, ...] 
     try:
         seg = hd.seg.segread(io.BytesIO(content))
         references = [sop for _, _, sop in seg.get_source_image_uids()]
-    except Exception:  # pydicom/highdicom raise many types for a broken file
+    except Exception:  # noqa: BLE001 - pydicom/highdicom raise many types for a broken file
         return _whole_file(result, MALFORMED_FILE, "not a readable DICOM Segmentation")
     result.records_in = max(1, len(references))
     description = str(getattr(seg, "ContentDescription", "") or "")

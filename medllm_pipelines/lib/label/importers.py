@@ -22,6 +22,7 @@ quarantine row with a reason code and no value.
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -137,7 +138,7 @@ def _quarantine(asset: str, institution: str | None, source: str | None, positio
 
 
 def _position(value: Any) -> int | None:
-    return None if value is None or (isinstance(value, float) and value != value) else int(value)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
 
 
 # --- triage (label JSONL) -----------------------------------------------------------------
@@ -243,7 +244,7 @@ def import_brat(
         positions = brat_module.annotation_positions(ann_text)
         result.records_in += len(positions)
 
-        def reject_all(code: str, reason: str) -> None:
+        def reject_all(code: str, reason: str, positions: list[int] = positions, obj: RawObject = obj) -> None:
             for position in positions:
                 result.quarantine.append(_quarantine(asset, obj.institution, obj.sha256, position, "brat_ann", code, reason))
 

@@ -37,7 +37,13 @@ from medllm_pipelines.lib.label.consensus import (
     overlap_items,
 )
 from medllm_pipelines.lib.label.images import BOX, MASK, mask_to_rle, rle_to_mask
-from medllm_pipelines.lib.label.importers import BOX_SET, DOCUMENT, ENTITY_SET, MASK_SET, TRIAGE_SET
+from medllm_pipelines.lib.label.importers import (
+    BOX_SET,
+    DOCUMENT,
+    ENTITY_SET,
+    MASK_SET,
+    TRIAGE_SET,
+)
 from medllm_pipelines.lib.label.registry import ADJUDICATOR, Guideline
 
 AGREEMENT_COLUMNS = ["labelled_set", "guideline_versions", "statistics_json", "thresholds_json", "passed"]
@@ -119,7 +125,7 @@ def _entity_documents(annotations: pd.DataFrame) -> tuple[dict[str, tuple[int, d
         first = group.iloc[0]
         entities = group[group["kind"] == "entity"]
         spans = {(int(s), int(e), str(t)) for s, e, t in entities[["start", "end", "type"]].itertuples(index=False)}
-        length, by = documents.setdefault(item_key, (int(first["text_length"]), {}))
+        _, by = documents.setdefault(item_key, (int(first["text_length"]), {}))
         by[annotator] = spans
         items.setdefault(item_key, {"item_key": item_key, "patient_pseudonym": first["patient_pseudonym"],
                                     "institution": first["institution"]})

@@ -9,6 +9,7 @@ kappa, confusion) says how far they can be trusted.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -83,11 +84,11 @@ def compare_with_human(pairs: pd.DataFrame) -> dict[str, Any]:
         nested.setdefault(str(human), {})[str(weak)] = int(n)
     kappa = cohen_kappa(covered["weak_label"].tolist(), covered["human_label"].tolist()) if len(covered) else float("nan")
     return {
-        "items": int(len(pairs)),
-        "covered": int(len(covered)),
+        "items": len(pairs),
+        "covered": len(covered),
         "coverage": round(len(covered) / len(pairs), 4) if len(pairs) else None,
         "accuracy_where_covered": round(float(agree.mean()), 4) if len(covered) else None,
-        "cohen_kappa_where_covered": None if kappa != kappa else round(kappa, 4),
+        "cohen_kappa_where_covered": None if math.isnan(kappa) else round(kappa, 4),
         "confusion_human_to_weak": nested,
     }
 

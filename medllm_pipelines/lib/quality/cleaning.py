@@ -19,7 +19,11 @@ import yaml
 
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
-from medllm_pipelines.lib.quality.code_validation import SYSTEM_NAMES, loinc_is_valid, validate_icd10
+from medllm_pipelines.lib.quality.code_validation import (
+    SYSTEM_NAMES,
+    loinc_is_valid,
+    validate_icd10,
+)
 from medllm_pipelines.lib.quality.units import UnitConversion, build_conversions
 
 STAGE = "quality"

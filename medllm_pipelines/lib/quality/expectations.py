@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class SuiteOutcome:
         return f"{self.suite} v{self.suite_version}: " + "; ".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_suite(name: str) -> SuiteSpec:
     raw = json.loads((SUITES_DIR / f"{name}.json").read_text())
     return SuiteSpec(raw["name"], str(raw["version"]), raw.get("description", ""), tuple(raw["expectations"]))
@@ -94,11 +94,13 @@ def _gx_context() -> Any:
     return context
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validation_definition(name: str) -> Any:
     """The suite's validation definition in the shared context, built once per suite."""
     import great_expectations as gx
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
     spec = load_suite(name)
     context = _gx_context()

@@ -175,7 +175,7 @@ def _interpolate(frame: pd.DataFrame, column: str, time_column: str | None, grou
     times = pd.to_datetime(frame[time_column], errors="coerce")
     groups = frame[group_column] if group_column and group_column in frame.columns else pd.Series(0, index=frame.index)
     result = values.copy()
-    for _, index in groups.groupby(groups, sort=False).groups.items():
+    for index in groups.groupby(groups, sort=False).groups.values():
         part = pd.Series(values.loc[index].to_numpy(), index=pd.DatetimeIndex(times.loc[index]))
         order = np.argsort(part.index.to_numpy(), kind="stable")
         ordered = part.iloc[order]

@@ -51,7 +51,12 @@ class UnitError(ValueError):
 @lru_cache(maxsize=1)
 def _registry() -> tuple[Any, Any]:
     """(pint registry with UCUM definitions, UCUM code -> pint quantity)."""
-    from ucumvert import PintUcumRegistry, UcumToPintTransformer, get_ucum_parser, parse_ucum
+    from ucumvert import (
+        PintUcumRegistry,
+        UcumToPintTransformer,
+        get_ucum_parser,
+        parse_ucum,
+    )
 
     registry = PintUcumRegistry()
     parser = get_ucum_parser()

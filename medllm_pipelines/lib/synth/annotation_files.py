@@ -45,10 +45,10 @@ import numpy as np
 
 from medllm_pipelines.lib.synth.defects import DefectRates
 from medllm_pipelines.lib.synth.determinism import derived_uid, stream
-from medllm_pipelines.lib.synth.dialogues import GUIDELINE_VERSION as TRIAGE_GUIDELINE
 from medllm_pipelines.lib.synth.dialogues import ANNOTATION_TOOL as TRIAGE_TOOL
+from medllm_pipelines.lib.synth.dialogues import GUIDELINE_VERSION as TRIAGE_GUIDELINE
 from medllm_pipelines.lib.synth.dialogues import DialogueOutput
-from medllm_pipelines.lib.synth.dicom import ImagingOutput, ImageTruth
+from medllm_pipelines.lib.synth.dicom import ImageTruth, ImagingOutput
 from medllm_pipelines.lib.synth.files import OutputTree, json_bytes, jsonl_bytes
 from medllm_pipelines.lib.synth.institutions import Institution
 from medllm_pipelines.lib.synth.plans import PatientPlan
@@ -418,142 +418,156 @@ def write_annotation_files(tree: OutputTree, institution: Institution, plans: li
                            talk: DialogueOutput, imaging: ImagingOutput, seed: int,
                            rates: DefectRates | None = None) -> AnnotationTruth:
     """Write every annotation file of one institution; return its ground truth (also written to _truth)."""
-    code = institution.code
-    truth = AnnotationTruth()
-    text_review, image_review = _review_thresholds()
-    decisions: list[dict[str, Any]] = []
-    decide_rng = stream(seed, "annotations", "adjudication", code)
-    base = datetime(2025, 11, 10, 9, 0)
+    writer = _Writer(tree, institution.code, seed)
+    documents = writer.brat(plans, talk)
+    coco, shapes = writer.images(imaging)
+    audit_rows = writer.triage_decisions(talk)
+    if rates is not None and any(v > 0 for v in rates.as_dict().values()):
+        _plant_defects(tree, writer.code, documents, coco, shapes, seed, writer.truth)
+    for annotator, document in coco.items():
+        tree.write(f"{writer.code}/annotations/coco/boxes-{annotator}.json", json_bytes(document, pretty=True))
+    if writer.decisions:
+        tree.write(f"{writer.code}/annotations/adjudication.jsonl", jsonl_bytes(writer.decisions))
+    if audit_rows:
+        tree.write(f"{writer.code}/annotations/audit.jsonl", jsonl_bytes(audit_rows))
+    writer.truth.adjudications, writer.truth.audit_verdicts = len(writer.decisions), len(audit_rows)
+    tree.write(f"{TRUTH_DIR}/{writer.code}.json", json_bytes(_truth_document(writer.truth), pretty=True))
+    return writer.truth
 
-    # brat entities over a subset of dialogues
-    person_of = {plan.registration.mrn: plan.registration.person for plan in plans}
-    text_rng = stream(seed, "annotations", "brat", code)
-    documents: dict[str, str] = {}
-    for number, dialogue in enumerate(talk.dialogues):
-        if text_rng.random() >= BRAT_DIALOGUE_RATE:
-            continue
-        person = person_of[dialogue["patient_mrn"]]
-        name = person.display_name if dialogue["language"] == "zh" else person.name_en
-        text, regions = dialogue_text(dialogue)
-        gold = gold_entities(text, regions, dialogue["language"], name, person.phone)
-        relations = gold_relations(gold, regions)
-        doc = dialogue["dialogue_id"]
-        documents[doc] = text
-        tree.write(f"{code}/annotations/brat/{doc}.txt", text.encode("utf-8"))
-        truth.gold_entities[doc] = [[e.start, e.end, e.type] for e in gold]
-        spans: dict[str, set[tuple[int, int, str]]] = {}
-        for offset, annotator in enumerate(ANNOTATORS):
-            marked, kept = annotate_entities(gold, relations, ENTITY_ERRORS[annotator], text_rng)
-            when = _timestamp(base + timedelta(minutes=5 * number), offset, text_rng)
-            ann = brat_ann(text, marked, kept, _provenance(annotator, when, TEXT_TOOL, TEXT_GUIDELINE))
-            tree.write(f"{code}/annotations/brat/{annotator}/{doc}.ann", ann.encode("utf-8"))
-            spans[annotator] = {(e.start, e.end, e.type) for e in marked if e is not None}
-        truth.documents += 1
-        scores = [span_f1(spans[a], spans[b]) for a, b in combinations(ANNOTATORS, 2)]
-        valid = [s for s in scores if not math.isnan(s)]
-        if valid and min(valid) < text_review and decide_rng.random() < ADJUDICATION_RATE:
-            gold_set = {(e.start, e.end, e.type) for e in gold}
-            best = max(ANNOTATORS, key=lambda a: (span_f1(spans[a], gold_set), -ANNOTATORS.index(a)))
-            decisions.append({"item_id": doc, "annotator_id": EXPERT, "label": f"accept:{best}",
-                              "annotated_at": _timestamp(base, 20, decide_rng), "tool": ADJUDICATION_TOOL,
-                              "guideline_version": TEXT_GUIDELINE})
 
-    # lesion masks, DICOM SEG and COCO boxes
-    image_rng = stream(seed, "annotations", "images", code)
-    studies: dict[str, list[ImageTruth]] = {}
-    for image in imaging.images:
-        studies.setdefault(image.study, []).append(image)
-    annotated = [s for s, images in sorted(studies.items())
-                 if any(i.lesion for i in images) and not any(i.defect for i in images)]
-    coco: dict[str, dict[str, Any]] = {a: {"images": [], "annotations": []} for a in ANNOTATORS}
-    dice_vs_truth: dict[str, list[float]] = {a: [] for a in ANNOTATORS}
-    shapes: dict[str, tuple[int, int, int]] = {}
-    for study_number, study in enumerate(annotated):
-        images = sorted(studies[study], key=lambda i: i.instance_number)
-        truths = [np.load(tree.root / i.mask_file) for i in images]
-        sources = [_read_dicom(tree.root / i.file) for i in images]
-        uids = [str(ds.SOPInstanceUID) for ds in sources]
-        shapes[study] = (int(sources[0].Rows), int(sources[0].Columns), len(images))
-        as_seg = study_number < SEG_STUDIES_PER_INSTITUTION
-        per_annotator: dict[str, list[np.ndarray]] = {}
-        for offset, annotator in enumerate(ANNOTATORS):
-            slices = [perturb_mask(t, MASK_ERRORS[annotator], image_rng) for t in truths]
-            per_annotator[annotator] = slices
-            when = _timestamp(base + timedelta(hours=study_number), offset + 3, image_rng)
-            if as_seg and annotator == SEG_ANNOTATOR:
-                provenance = _provenance(annotator, when, SEG_TOOL, IMAGE_GUIDELINE)
-                data = seg_bytes(sources, slices, provenance, ("medllm-synth", seed, code, study, annotator))
-                tree.write(f"{code}/annotations/seg/{annotator}/{study}.dcm", data)
-                truth.seg_objects += 1
-            else:
-                provenance = _provenance(annotator, when, MASK_TOOL, IMAGE_GUIDELINE)
-                tree.write(f"{code}/annotations/masks/{annotator}/{study}.nii.gz",
-                           nifti_mask_bytes(slices, uids, provenance))
-                truth.mask_files += 1
-            for image, uid, mask, gold_mask in zip(images, uids, slices, truths, strict=True):
-                image_id = len(coco[annotator]["images"]) + 1
-                coco[annotator]["images"].append({
-                    "id": image_id, "width": int(mask.shape[1]), "height": int(mask.shape[0]),
-                    "file_name": f"{study}/IM{image.instance_number:05d}.dcm", "sop_instance_uid": uid})
-                box = mask_box(mask)
-                if box is not None:
-                    coco[annotator]["annotations"].append({
-                        "id": len(coco[annotator]["annotations"]) + 1, "image_id": image_id, "category_id": 1,
-                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0, "annotated_at": when})
-                score = _dice(mask, gold_mask)
-                if not math.isnan(score):
-                    dice_vs_truth[annotator].append(score)
-        truth.annotated_studies += 1
-        for index, uid in enumerate(uids):
-            scores = [_dice(per_annotator[a][index], per_annotator[b][index]) for a, b in combinations(ANNOTATORS, 2)]
-            valid = [s for s in scores if not math.isnan(s)]
-            if valid and min(valid) < image_review and decide_rng.random() < ADJUDICATION_RATE:
-                best = max(ANNOTATORS, key=lambda a: (_nan_to(_dice(per_annotator[a][index], truths[index]), 1.0),
-                                                      -ANNOTATORS.index(a)))
-                decisions.append({"item_id": uid, "annotator_id": EXPERT, "label": f"accept:{best}",
-                                  "annotated_at": _timestamp(base, 21, decide_rng), "tool": ADJUDICATION_TOOL,
-                                  "guideline_version": IMAGE_GUIDELINE})
-    if annotated:
-        for offset, annotator in enumerate(ANNOTATORS):
-            document = {
+class _Writer:
+    """One institution's labelling office: three annotators, an expert who decides some disagreements."""
+
+    def __init__(self, tree: OutputTree, code: str, seed: int) -> None:
+        self.tree, self.code, self.seed = tree, code, seed
+        self.truth = AnnotationTruth()
+        self.decisions: list[dict[str, Any]] = []
+        self.decide_rng = stream(seed, "annotations", "adjudication", code)
+        self.base = datetime(2025, 11, 10, 9, 0)
+        self.text_review, self.image_review = _review_thresholds()
+
+    def _decide(self, item_id: str, label: str, guideline: str, day: int) -> None:
+        self.decisions.append({"item_id": item_id, "annotator_id": EXPERT, "label": label,
+                               "annotated_at": _timestamp(self.base, day, self.decide_rng), "tool": ADJUDICATION_TOOL,
+                               "guideline_version": guideline})
+
+    def brat(self, plans: list[PatientPlan], talk: DialogueOutput) -> dict[str, str]:
+        """brat .txt/.ann over a subset of dialogues; returns the texts written (dialogue id -> text)."""
+        person_of = {plan.registration.mrn: plan.registration.person for plan in plans}
+        rng = stream(self.seed, "annotations", "brat", self.code)
+        documents: dict[str, str] = {}
+        for number, dialogue in enumerate(talk.dialogues):
+            if rng.random() >= BRAT_DIALOGUE_RATE:
+                continue
+            person = person_of[dialogue["patient_mrn"]]
+            name = person.display_name if dialogue["language"] == "zh" else person.name_en
+            text, regions = dialogue_text(dialogue)
+            gold = gold_entities(text, regions, dialogue["language"], name, person.phone)
+            relations = gold_relations(gold, regions)
+            doc = dialogue["dialogue_id"]
+            documents[doc] = text
+            self.tree.write(f"{self.code}/annotations/brat/{doc}.txt", text.encode("utf-8"))
+            self.truth.gold_entities[doc] = [[e.start, e.end, e.type] for e in gold]
+            spans: dict[str, set[tuple[int, int, str]]] = {}
+            for offset, annotator in enumerate(ANNOTATORS):
+                marked, kept = annotate_entities(gold, relations, ENTITY_ERRORS[annotator], rng)
+                when = _timestamp(self.base + timedelta(minutes=5 * number), offset, rng)
+                ann = brat_ann(text, marked, kept, _provenance(annotator, when, TEXT_TOOL, TEXT_GUIDELINE))
+                self.tree.write(f"{self.code}/annotations/brat/{annotator}/{doc}.ann", ann.encode("utf-8"))
+                spans[annotator] = {(e.start, e.end, e.type) for e in marked if e is not None}
+            self.truth.documents += 1
+            scores = [s for a, b in combinations(ANNOTATORS, 2) if not math.isnan(s := span_f1(spans[a], spans[b]))]
+            if scores and min(scores) < self.text_review and self.decide_rng.random() < ADJUDICATION_RATE:
+                gold_set = {(e.start, e.end, e.type) for e in gold}
+                best = max(ANNOTATORS, key=lambda a: (span_f1(spans[a], gold_set), -ANNOTATORS.index(a)))
+                self._decide(doc, f"accept:{best}", TEXT_GUIDELINE, 20)
+        return documents
+
+    def images(self, imaging: ImagingOutput) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[int, int, int]]]:
+        """Masks (NIfTI or DICOM SEG) of every non-defective study with a lesion; COCO documents and study shapes."""
+        rng = stream(self.seed, "annotations", "images", self.code)
+        studies: dict[str, list[ImageTruth]] = {}
+        for image in imaging.images:
+            studies.setdefault(image.study, []).append(image)
+        annotated = [s for s, images in sorted(studies.items())
+                     if any(i.lesion for i in images) and not any(i.defect for i in images)]
+        coco: dict[str, dict[str, Any]] = {a: {"images": [], "annotations": []} for a in ANNOTATORS}
+        dice_vs_truth: dict[str, list[float]] = {a: [] for a in ANNOTATORS}
+        shapes: dict[str, tuple[int, int, int]] = {}
+        for study_number, study in enumerate(annotated):
+            images = sorted(studies[study], key=lambda i: i.instance_number)
+            truths = [np.load(self.tree.root / i.mask_file) for i in images]
+            sources = [_read_dicom(self.tree.root / i.file) for i in images]
+            uids = [str(ds.SOPInstanceUID) for ds in sources]
+            shapes[study] = (int(sources[0].Rows), int(sources[0].Columns), len(images))
+            per_annotator: dict[str, list[np.ndarray]] = {}
+            for offset, annotator in enumerate(ANNOTATORS):
+                slices = [perturb_mask(t, MASK_ERRORS[annotator], rng) for t in truths]
+                per_annotator[annotator] = slices
+                when = _timestamp(self.base + timedelta(hours=study_number), offset + 3, rng)
+                if study_number < SEG_STUDIES_PER_INSTITUTION and annotator == SEG_ANNOTATOR:
+                    provenance = _provenance(annotator, when, SEG_TOOL, IMAGE_GUIDELINE)
+                    data = seg_bytes(sources, slices, provenance, ("medllm-synth", self.seed, self.code, study, annotator))
+                    self.tree.write(f"{self.code}/annotations/seg/{annotator}/{study}.dcm", data)
+                    self.truth.seg_objects += 1
+                else:
+                    provenance = _provenance(annotator, when, MASK_TOOL, IMAGE_GUIDELINE)
+                    self.tree.write(f"{self.code}/annotations/masks/{annotator}/{study}.nii.gz",
+                                    nifti_mask_bytes(slices, uids, provenance))
+                    self.truth.mask_files += 1
+                for image, uid, mask, gold_mask in zip(images, uids, slices, truths, strict=True):
+                    _coco_entry(coco[annotator], f"{study}/IM{image.instance_number:05d}.dcm", uid, mask, when)
+                    if not math.isnan(score := _dice(mask, gold_mask)):
+                        dice_vs_truth[annotator].append(score)
+            self.truth.annotated_studies += 1
+            for index, uid in enumerate(uids):
+                scores = [s for a, b in combinations(ANNOTATORS, 2)
+                          if not math.isnan(s := _dice(per_annotator[a][index], per_annotator[b][index]))]
+                if scores and min(scores) < self.image_review and self.decide_rng.random() < ADJUDICATION_RATE:
+                    best = max(ANNOTATORS, key=lambda a: (_nan_to(_dice(per_annotator[a][index], truths[index]), 1.0),
+                                                          -ANNOTATORS.index(a)))
+                    self._decide(uid, f"accept:{best}", IMAGE_GUIDELINE, 21)
+        self.truth.image_dice = {a: round(float(np.mean(v)), 4) if v else None for a, v in dice_vs_truth.items()}  # type: ignore[misc]
+        if not annotated:
+            return {}, shapes
+        self.truth.coco_files = len(ANNOTATORS)
+        documents = {
+            annotator: {
                 "info": {"description": "lesion boxes", "tool": BOX_TOOL, "annotator_id": annotator,
-                         "guideline_version": IMAGE_GUIDELINE,
-                         "date_created": _timestamp(base, 10 + offset, image_rng)},
+                         "guideline_version": IMAGE_GUIDELINE, "date_created": _timestamp(self.base, 10 + offset, rng)},
                 "licenses": [],
                 "categories": [{"id": 1, "name": LESION_LABEL, "supercategory": "finding"}],
                 **coco[annotator],
             }
-            coco[annotator] = document
-        truth.coco_files = len(ANNOTATORS)
-    truth.image_dice = {a: round(float(np.mean(v)), 4) if v else None for a, v in dice_vs_truth.items()}  # type: ignore[misc]
+            for offset, annotator in enumerate(ANNOTATORS)
+        }
+        return documents, shapes
 
-    # triage label adjudication and audit (label JSONL, like annotations.jsonl)
-    votes: dict[str, dict[str, str]] = {}
-    for row in talk.annotations:
-        votes.setdefault(row["item_id"], {})[row["annotator_id"]] = row["label"]
-    audit_rows = []
-    for item, given in sorted(votes.items()):
-        if len(set(given.values())) > 1 and decide_rng.random() < ADJUDICATION_RATE:
-            decisions.append({"item_id": item, "annotator_id": EXPERT, "label": talk.gold[item],
-                              "annotated_at": _timestamp(base, 22, decide_rng), "tool": ADJUDICATION_TOOL,
-                              "guideline_version": TRIAGE_GUIDELINE})
-        if _audit_sample(code, item):
-            audit_rows.append({"item_id": item, "annotator_id": AUDITOR, "label": talk.gold[item],
-                               "annotated_at": _timestamp(base, 30, decide_rng), "tool": AUDIT_TOOL,
-                               "guideline_version": TRIAGE_GUIDELINE})
+    def triage_decisions(self, talk: DialogueOutput) -> list[dict[str, Any]]:
+        """The expert decides most non-unanimous triage items; the auditor labels the hash-sampled ones."""
+        votes: dict[str, dict[str, str]] = {}
+        for row in talk.annotations:
+            votes.setdefault(row["item_id"], {})[row["annotator_id"]] = row["label"]
+        audit_rows = []
+        for item, given in sorted(votes.items()):
+            if len(set(given.values())) > 1 and self.decide_rng.random() < ADJUDICATION_RATE:
+                self._decide(item, talk.gold[item], TRIAGE_GUIDELINE, 22)
+            if _audit_sample(self.code, item):
+                audit_rows.append({"item_id": item, "annotator_id": AUDITOR, "label": talk.gold[item],
+                                   "annotated_at": _timestamp(self.base, 30, self.decide_rng), "tool": AUDIT_TOOL,
+                                   "guideline_version": TRIAGE_GUIDELINE})
+        return audit_rows
 
-    if rates is not None and rates.as_dict() and any(v > 0 for v in rates.as_dict().values()):
-        _plant_defects(tree, code, documents, coco, shapes, seed, truth)
-    for annotator, document in coco.items():
-        if annotated:
-            tree.write(f"{code}/annotations/coco/boxes-{annotator}.json", json_bytes(document, pretty=True))
-    if decisions:
-        tree.write(f"{code}/annotations/adjudication.jsonl", jsonl_bytes(decisions))
-    if audit_rows:
-        tree.write(f"{code}/annotations/audit.jsonl", jsonl_bytes(audit_rows))
-    truth.adjudications, truth.audit_verdicts = len(decisions), len(audit_rows)
-    tree.write(f"{TRUTH_DIR}/{code}.json", json_bytes(_truth_document(truth), pretty=True))
-    return truth
+
+def _coco_entry(document: dict[str, Any], file_name: str, uid: str, mask: np.ndarray, when: str) -> None:
+    """The image and (if the annotator outlined a lesion) its box, COCO style."""
+    image_id = len(document["images"]) + 1
+    document["images"].append({"id": image_id, "width": int(mask.shape[1]), "height": int(mask.shape[0]),
+                               "file_name": file_name, "sop_instance_uid": uid})
+    box = mask_box(mask)
+    if box is not None:
+        document["annotations"].append({"id": len(document["annotations"]) + 1, "image_id": image_id, "category_id": 1,
+                                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0, "annotated_at": when})
 
 
 def _nan_to(value: float, replacement: float) -> float:
@@ -571,7 +585,7 @@ def _plant_defects(tree: OutputTree, code: str, documents: dict[str, str], coco:
     """Bad annotations the importer must reject, each with the reason it must give."""
     base = datetime(2025, 11, 28, 9, 0)
     if documents:
-        doc = sorted(documents)[0]
+        doc = min(documents)
         text = documents[doc]
         path = f"{code}/annotations/brat/ann-02/{doc}.ann"
         existing = (tree.root / path).read_text("utf-8")
@@ -601,7 +615,7 @@ def _plant_defects(tree: OutputTree, code: str, documents: dict[str, str], coco:
             tree.write(bad_path, bad.encode("utf-8"))
             truth.planted_defects.append({"file": bad_path, "line": None, "reason_code": reason})
     if shapes:
-        study = sorted(shapes)[-1]
+        study = max(shapes)
         rows, columns, count = shapes[study]
         uids = [entry["sop_instance_uid"] for entry in coco["ann-02"]["images"]
                 if entry["file_name"].startswith(f"{study}/")]

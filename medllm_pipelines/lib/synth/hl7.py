@@ -42,7 +42,13 @@ from medllm_pipelines.lib.synth.defects import (
 from medllm_pipelines.lib.synth.determinism import random_uuid, stream
 from medllm_pipelines.lib.synth.files import OutputTree
 from medllm_pipelines.lib.synth.ground_truth import ClinicalProfile
-from medllm_pipelines.lib.synth.institutions import LABORATORY, LOCAL_OFFSET, VITAL_SIGNS, Institution, ObservationSpec
+from medllm_pipelines.lib.synth.institutions import (
+    LABORATORY,
+    LOCAL_OFFSET,
+    VITAL_SIGNS,
+    Institution,
+    ObservationSpec,
+)
 from medllm_pipelines.lib.synth.people import Person, Registration
 from medllm_pipelines.lib.synth.plans import PatientPlan, plan_patients
 from medllm_pipelines.lib.synth.units import from_canonical
@@ -281,7 +287,7 @@ def write_hl7_feed(
     """Write whsy's two HL7 files; add its counts and defects to the manifest's collections."""
     rng = stream(seed, "hl7", WHSY.code)
     candidates = [person for person in persons if person.resident_id is not None]
-    wanted = min(len(candidates), max(MIN_REGISTRATIONS, int(round(REGISTRATION_RATE * len(candidates)))))
+    wanted = min(len(candidates), max(MIN_REGISTRATIONS, round(REGISTRATION_RATE * len(candidates))))
     chosen = sorted(int(i) for i in rng.choice(len(candidates), size=wanted, replace=False)) if wanted else []
     registrations = []
     for ordinal, candidate in enumerate(chosen):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +19,13 @@ from medllm_pipelines.lib.curate.cards import (
     training_dataset_version,
     write_card,
 )
-from medllm_pipelines.lib.curate.catalog import CATALOG_SCHEMA, CATALOG_TABLE, catalog_frame, format_datasets, list_datasets
+from medllm_pipelines.lib.curate.catalog import (
+    CATALOG_SCHEMA,
+    CATALOG_TABLE,
+    catalog_frame,
+    format_datasets,
+    list_datasets,
+)
 from medllm_pipelines.lib.curate.spec import load_spec
 
 PATIENTS = pd.DataFrame({"patient_pseudonym": ["p1", "p2", "p3", "p4"], "institution": ["a", "a", "b", "b"],
@@ -47,7 +54,7 @@ def test_a_card_counts_per_class_split_site_sex_and_age_band(tmp_path):
     assert counts["per_site"] == {"a": 2, "b": 2} and counts["per_age_band"]["40-44"] == 2
     assert card["version"] == frame_content_hash(_splits())
     paths = write_card(card, tmp_path)
-    assert json.loads(open(paths["json"]).read())["version"] == card["version"]
+    assert json.loads(Path(paths["json"]).read_text())["version"] == card["version"]
     assert "## Leakage check" in card_markdown(card) and "| train |" in card_markdown(card)
 
 

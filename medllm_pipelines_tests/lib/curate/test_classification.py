@@ -6,7 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.curate.classification import HUMAN, RANDOM_FOREST, class_counts, classify_persons
+from medllm_pipelines.lib.curate.classification import (
+    HUMAN,
+    RANDOM_FOREST,
+    class_counts,
+    classify_persons,
+)
 
 AREAS = {"J06": "Respiratory Medicine", "K29": "Gastroenterology", "M54": "Orthopedics", "E11": "Endocrinology"}
 
@@ -38,7 +43,7 @@ def classified(population):
 
 
 def test_trees_learn_the_human_classes_better_than_the_majority(classified):
-    frame, report = classified
+    _, report = classified
     assert report.labelled == 160 and report.folds >= 2
     assert report.random_forest_accuracy > report.majority_class_accuracy + 0.3
     assert report.decision_tree_accuracy > report.majority_class_accuracy + 0.3

@@ -84,7 +84,7 @@ def test_tiny_single_class_sets_still_split():
 
 
 # --- grouped, time-based, external and k-fold splits; the leakage check -----------------------
-from medllm_pipelines.lib.curate.splits import (  # noqa: E402
+from medllm_pipelines.lib.curate.splits import (
     EXTERNAL,
     SplitConfig,
     assign_split_rows,

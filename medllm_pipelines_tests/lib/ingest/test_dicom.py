@@ -173,3 +173,25 @@ def test_study_and_series_summaries_flag_gaps_and_patient_mix_ups():
     assert by_study.loc["1.1", ["series", "instances", "modalities", "consistent_patient"]].tolist() == [
         2, 4, "CT\\MR", True]
     assert bool(by_study.loc["2.2", "consistent_patient"]) is False
+
+
+@pytest.mark.parametrize(
+    ("date", "time", "offset", "iso_date", "iso_datetime"),
+    [
+        ("20240305", "093015.123", "+0800", "2024-03-05", "2024-03-05T09:30:15+08:00"),
+        ("20240305", "0930", None, "2024-03-05", "2024-03-05T09:30:00"),
+        ("2024.03.05", None, None, "2024-03-05", None),
+        ("20241305", "0930", None, None, None),
+        ("", "0930", None, None, None),
+    ],
+)
+def test_dicom_dates_become_iso_8601(date, time, offset, iso_date, iso_datetime):
+    from medllm_pipelines.lib.ingest.dicom import dicom_date, dicom_datetime
+
+    assert (dicom_date(date), dicom_datetime(date, time, offset)) == (iso_date, iso_datetime)
+
+
+def test_indexed_dates_are_iso():
+    row, _ = index(bundled_file("CT_small.dcm"))
+
+    assert row["study_date"] == "2004-01-19" and row["study_datetime"].startswith("2004-01-19T")

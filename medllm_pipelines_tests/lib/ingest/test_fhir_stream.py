@@ -18,10 +18,19 @@ from medllm_pipelines.lib.ingest.fhir import (
     rows_to_frame,
     table_columns,
 )
-from medllm_pipelines.lib.ingest.fhir_validation import FULL, ResourceValidator, differential_check
+from medllm_pipelines.lib.ingest.fhir_validation import (
+    FULL,
+    ResourceValidator,
+    differential_check,
+)
 from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE, FHIR_NDJSON
 from medllm_pipelines.lib.security.envelope import decrypt_stream, encrypt_bytes
-from medllm_pipelines_tests.lib.ingest.test_fhir import NAME_ZH, SENSITIVE, observation, patient
+from medllm_pipelines_tests.lib.ingest.test_fhir import (
+    NAME_ZH,
+    SENSITIVE,
+    observation,
+    patient,
+)
 from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider
 
 SOURCE = "b" * 64

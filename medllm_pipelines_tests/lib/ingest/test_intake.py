@@ -9,7 +9,13 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from medllm_pipelines.lib.ingest.intake import QUARANTINED, STORED, consume, ledger_quarantine, take_in
+from medllm_pipelines.lib.ingest.intake import (
+    QUARANTINED,
+    STORED,
+    consume,
+    ledger_quarantine,
+    take_in,
+)
 from medllm_pipelines.lib.ingest.landing import scan_landing
 from medllm_pipelines.lib.security.raw_zone import RawZone
 from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider

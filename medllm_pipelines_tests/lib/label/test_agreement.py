@@ -94,7 +94,7 @@ def test_label_agreement_matches_the_reference_implementations(seed):
     result = label_agreement(long)
     wide = long.pivot(index="annotator_id", columns="item_key", values="label")
     codes = {c: i for i, c in enumerate(sorted(long["label"].unique()))}
-    reliability = wide.apply(lambda col: col.map(codes)).to_numpy(dtype=float)
+    reliability = wide.apply(lambda col, codes=codes: col.map(codes)).to_numpy(dtype=float)
     assert result.krippendorff_alpha == pytest.approx(
         krippendorff.alpha(reliability_data=reliability, level_of_measurement="nominal"), abs=1e-9
     )

@@ -5,8 +5,20 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.label.audit import audit_accepted_labels, in_audit_sample, wilson_interval
-from medllm_pipelines.lib.label.weak import ABSTAIN, WeakRule, WeakRules, compare_with_human, load_weak_rules, medication_codes, weak_labels
+from medllm_pipelines.lib.label.audit import (
+    audit_accepted_labels,
+    in_audit_sample,
+    wilson_interval,
+)
+from medllm_pipelines.lib.label.weak import (
+    ABSTAIN,
+    WeakRule,
+    WeakRules,
+    compare_with_human,
+    load_weak_rules,
+    medication_codes,
+    weak_labels,
+)
 
 
 def test_audit_sample_is_reproducible_and_close_to_its_rate():

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from medllm_pipelines.lib.label.brat import annotation_positions, parse_ann, read_provenance
+from medllm_pipelines.lib.label.brat import (
+    annotation_positions,
+    parse_ann,
+    read_provenance,
+)
 from medllm_pipelines.lib.label.registry import load_guidelines
 
 TEXT = "Patient: I have high blood pressure and take pills for it. My head aches.\n"

@@ -9,7 +9,6 @@ import pytest
 from medllm_pipelines.lib.label.agreement import mask_agreement
 from medllm_pipelines.lib.label.consensus import (
     ADJUDICATED,
-    PENDING,
     UNANIMOUS,
     Decision,
     classify_items,
@@ -18,7 +17,12 @@ from medllm_pipelines.lib.label.consensus import (
     overlap_items,
     parse_decision,
 )
-from medllm_pipelines.lib.label.importers import import_brat, import_expert_decisions, import_images, import_triage_annotations
+from medllm_pipelines.lib.label.importers import (
+    import_brat,
+    import_expert_decisions,
+    import_images,
+    import_triage_annotations,
+)
 from medllm_pipelines.lib.label.registry import load_guidelines, load_registry
 from medllm_pipelines.lib.label.sets import (
     entity_agreement_report,
@@ -107,7 +111,7 @@ def test_the_synthetic_hospital_meets_every_threshold_and_feeds_the_queue(import
     triage = triage_set(imported["triage"], imported["decisions"])
     assert triage.by_basis["adjudicated"] > 0 and triage.by_basis["unanimous"] > 0
     assert {"open", "resolved"} == set(triage.queue["status"])
-    entity_outcome, entities = entity_set(imported["entities"], imported["decisions"], guidelines, entity_stats)
+    _, entities = entity_set(imported["entities"], imported["decisions"], guidelines, entity_stats)
     assert len(entities) and entities.loc[entities["entity_type"].isin(["PERSON", "PHONE"]), "text"].isna().all()
     images = image_sets(imported["images"], imported["decisions"], guidelines, image_reports)
     masks, boxes = images["lesion_masks"][1], images["lesion_boxes"][1]

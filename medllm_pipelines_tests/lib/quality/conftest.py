@@ -20,9 +20,18 @@ class ParsedHospital:
 
 @pytest.fixture(scope="session")
 def parsed_hospital(tmp_path_factory: pytest.TempPathFactory) -> ParsedHospital:
-    from medllm_pipelines.lib.ingest.fhir import ParsedFhir, parse_fhir_object, rows_to_frame
+    from medllm_pipelines.lib.ingest.fhir import (
+        ParsedFhir,
+        parse_fhir_object,
+        rows_to_frame,
+    )
     from medllm_pipelines.lib.ingest.hl7 import parse_hl7_object
-    from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE, FHIR_NDJSON, HL7V2, classify
+    from medllm_pipelines.lib.ingest.landing import (
+        FHIR_BUNDLE,
+        FHIR_NDJSON,
+        HL7V2,
+        classify,
+    )
     from medllm_pipelines.lib.quality.cleaning import clean_patients, load_rules
     from medllm_pipelines.lib.synth import DefectRates, generate_hospital
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.quality.code_validation import loinc_check_digit, loinc_is_valid, validate_icd10
+from medllm_pipelines.lib.quality.code_validation import (
+    loinc_check_digit,
+    loinc_is_valid,
+    validate_icd10,
+)
 from medllm_pipelines.lib.synth import catalog
 
 

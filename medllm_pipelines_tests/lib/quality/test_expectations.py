@@ -149,7 +149,11 @@ def test_instants_without_an_offset_fail_the_iso_8601_expectation():
 def test_parsed_and_cleaned_synthetic_feeds_pass_every_suite(parsed_hospital):
     import datetime as dt
 
-    from medllm_pipelines.lib.quality.cleaning import clean_conditions, clean_observations, load_rules
+    from medllm_pipelines.lib.quality.cleaning import (
+        clean_conditions,
+        clean_observations,
+        load_rules,
+    )
 
     raw, patients, rules = parsed_hospital.raw, parsed_hospital.patients, load_rules()
     frames = {

@@ -12,7 +12,12 @@ import pytest
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.quality import units
 from medllm_pipelines.lib.quality.cleaning import clean_observations, load_rules
-from medllm_pipelines.lib.quality.units import EQUATION, UnitError, pint_conversion, ucum_quantity
+from medllm_pipelines.lib.quality.units import (
+    EQUATION,
+    UnitError,
+    pint_conversion,
+    ucum_quantity,
+)
 
 NOW = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC)
 # The hand-written factors of cleaning_rules.yaml 1.0.0 (value * scale + offset).

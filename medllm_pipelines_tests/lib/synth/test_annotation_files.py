@@ -44,7 +44,7 @@ def test_every_brat_annotation_pairs_with_its_text_and_names_its_provenance(clea
         assert provenance["guideline_version"] in guidelines
         for line in lines[1:]:
             if line.startswith("T"):
-                ident, spec, surface = line.split("\t")
+                _, spec, surface = line.split("\t")
                 entity_type, start, end = spec.split(" ")
                 assert text[int(start):int(end)] == surface
                 assert entity_type in guidelines[provenance["guideline_version"]].entity_types
@@ -57,7 +57,7 @@ def test_non_identifier_spans_never_contain_a_name_or_phone(clean_hospital: Hosp
     marked = 0
     for ann in _files(clean_hospital, "*/annotations/brat/*/*.ann"):
         for line in ann.read_text("utf-8").splitlines()[1:]:
-            ident, spec, surface = line.split("\t") if line.startswith("T") else ("", "", "")
+            _, spec, surface = line.split("\t") if line.startswith("T") else ("", "", "")
             if spec.startswith(("PERSON", "PHONE")):
                 marked += 1
             elif surface:

@@ -42,21 +42,18 @@ def test_a_clean_feed_parses_without_quarantine_and_as_counted(clean_hospital: H
 
 def test_patients_are_second_registrations_with_identifiers_in_pid(clean_hospital: Hospital) -> None:
     counts = clean_hospital.manifest.counts["whsy"]
-    identities = {row["person_index"]: row for row in clean_hospital.identities if row["primary_registration"]} \
-        if "primary_registration" in clean_hospital.identities[0] else None
-    people = {}
+    people = {}  # identities are per registration: a whsy patient is found by name and birth date
     for row in clean_hospital.identities:
         people.setdefault((row["name_zh"], row["birth_date"]), row)
     rows = {row["resource_key"]: row for row in _parse(clean_hospital, ADT_FILE).rows["patients"]}
 
-    assert identities is None  # identities are per registration; persons are matched by name and birth date
     assert len(rows) == counts["patient_records"] >= 4
     without_id = 0
     for row in rows.values():
         person = people[(row["name_zh"], row["birth_date"])]
         assert person["institution"] != "whsy" and row["mrn"].startswith("WS") and row["mrn"] != person["mrn"]
         assert (row["phone"], row["email"], row["address"]) == (person["phone"], person["email"], person["address"])
-        assert row["name_en"] in person["name_en"] or row["name_en"]
+        assert row["name_en"] == person["name_en"]
         if row["resident_id"] is None:
             without_id += 1
         else:

@@ -1,0 +1,195 @@
+"""The free-text identifier detector: validated patterns union learned tagger.
+
+Spans from both sources are merged so that nothing either found stays in
+clear text:
+
+1. strong spans (validated patterns, score >= 0.95) are merged among
+   themselves: overlapping spans become their union, typed by the most
+   confident (then most specific) member;
+2. weaker spans (cue patterns, the tagger) that overlap a strong span of the
+   same type are absorbed by it (its validated boundaries win); a different
+   type keeps only its part outside the strong span, when long enough;
+3. the remaining weak spans are merged like the strong ones.
+
+Then every name found is looked for again in the same text (a note names
+its patient several times, once with a cue and later without), and, when
+the caller knows the patient's identifiers (a DICOM header, the structured
+record), their occurrences are added as well.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from medllm_pipelines.lib.deidentify.text.patterns import PatternConfig, PatternRecogniser, load_pattern_config
+from medllm_pipelines.lib.deidentify.text.spans import (
+    ENTITY_TYPES,
+    NAME,
+    TYPE_PRIORITY,
+    Span,
+    normalise,
+)
+from medllm_pipelines.lib.deidentify.text.tagger import Tagger
+
+STRONG = 0.95
+_MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 15, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 6}
+_DIGIT_TYPES = frozenset({"ID_NUMBER", "PHONE", "MRN"})
+_LATIN_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]+")
+
+
+def _rank(span: Span) -> tuple[float, int, int]:
+    return (span.score, TYPE_PRIORITY.get(span.label, 0), len(span))
+
+
+def merge_overlapping(spans: Iterable[Span]) -> list[Span]:
+    """Union of overlapping spans, typed by the best-ranked member."""
+    ordered = sorted(spans, key=lambda s: (s.start, -s.end))
+    merged: list[Span] = []
+    group: list[Span] = []
+    end = -1
+    for span in ordered:
+        if group and span.start < end:
+            group.append(span)
+            end = max(end, span.end)
+            continue
+        if group:
+            merged.append(_union(group))
+        group, end = [span], span.end
+    if group:
+        merged.append(_union(group))
+    return merged
+
+
+def _union(group: list[Span]) -> Span:
+    best = max(group, key=_rank)
+    if len(group) == 1:
+        return best
+    return Span(min(s.start for s in group), max(s.end for s in group), best.label, best.score, best.source)
+
+
+def resolve(spans: Iterable[Span], strong: float = STRONG) -> list[Span]:
+    """Non-overlapping spans from possibly overlapping candidates (see module doc)."""
+    candidates = list(spans)
+    strong_spans = merge_overlapping(s for s in candidates if s.score >= strong)
+    weak: list[Span] = []
+    for span in (s for s in candidates if s.score < strong):
+        pieces = [span]
+        for anchor in strong_spans:
+            next_pieces = []
+            for piece in pieces:
+                if not piece.overlaps(anchor):
+                    next_pieces.append(piece)
+                    continue
+                if piece.label == anchor.label:
+                    continue
+                for start, end in ((piece.start, anchor.start), (anchor.end, piece.end)):
+                    if end - start >= _MIN_LENGTH.get(piece.label, 2):
+                        next_pieces.append(Span(start, end, piece.label, piece.score, piece.source))
+            pieces = next_pieces
+        weak.extend(pieces)
+    return sorted(strong_spans + merge_overlapping(weak))
+
+
+@dataclass(frozen=True)
+class KnownIdentifiers:
+    """Identifiers of the person a text is about, when the caller has them (label -> values)."""
+
+    values: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def patterns(self) -> list[tuple[str, re.Pattern[str]]]:
+        out = []
+        for label, values in self.values.items():
+            for value in values:
+                value = normalise(str(value)).text.strip()
+                if len(value) < 2:
+                    continue
+                if label in _DIGIT_TYPES and sum(ch.isalnum() for ch in value) >= 5:
+                    chars = [ch for ch in value if ch.isalnum()]  # any separators between characters
+                    body = r"[ \-.()]?".join(re.escape(ch) for ch in chars)
+                    out.append((label, re.compile(rf"(?<![0-9A-Za-z]){body}(?![0-9A-Za-z])", re.IGNORECASE)))
+                else:
+                    out.append((label, re.compile(re.escape(value), re.IGNORECASE)))
+        return out
+
+
+@dataclass
+class Detector:
+    """Patterns (always) and a trained tagger (optional), with name propagation."""
+
+    patterns: PatternRecogniser
+    tagger: Tagger | None = None
+    propagate_names: bool = True
+    labels: tuple[str, ...] = ENTITY_TYPES
+
+    @property
+    def version(self) -> dict[str, Any]:
+        return {"recognisers": self.patterns.config.version,
+                "tagger": None if self.tagger is None else self.tagger.meta.get("sha256")
+                or self.tagger.meta.get("training_texts_sha256")}
+
+    def detect(self, text: str, *, known: KnownIdentifiers | None = None) -> list[Span]:
+        """Identifier spans of ``text``, offsets in the original text, no overlaps."""
+        return self.detect_many([text], known=[known] if known is not None else None)[0]
+
+    def detect_many(self, texts: Sequence[str], *,
+                    known: Sequence[KnownIdentifiers | None] | None = None) -> list[list[Span]]:
+        """Batched detection: the tagger scores all texts in one pass."""
+        views = [normalise(text) for text in texts]
+        tagged = self.tagger.spans_many([v.text for v in views]) if self.tagger is not None else None
+        results: list[list[Span]] = []
+        for i, view in enumerate(views):
+            spans = self.patterns.find(view.text)
+            if tagged is not None:
+                spans.extend(tagged[i])
+            person = known[i] if known is not None else None
+            if person is not None:
+                for label, pattern in person.patterns():
+                    spans.extend(Span(m.start(), m.end(), label, 1.0, "known") for m in pattern.finditer(view.text))
+            resolved = resolve(spans)
+            if self.propagate_names:
+                resolved = self._propagate(view.text, resolved)
+            resolved = [s for s in resolved if s.label in self.labels]
+            if view.starts is not None:
+                resolved = [Span(*view.to_original(s.start, s.end), s.label, s.score, s.source) for s in resolved]
+            results.append(resolved)
+        return results
+
+    @staticmethod
+    def _propagate(text: str, spans: list[Span]) -> list[Span]:
+        names = {text[s.start:s.end] for s in spans if s.label == NAME}
+        if not names:
+            return spans
+        extra: list[Span] = []
+        taken = [(s.start, s.end) for s in spans]
+        needles: set[str] = set()
+        for name in names:
+            if name.isascii():
+                needles.update(t for t in _LATIN_TOKEN.findall(name) if len(t) >= 3 and t[0].isupper())
+                if " " in name:
+                    needles.add(name)
+            elif len(name) >= 2:
+                needles.add(name)
+        for needle in sorted(needles, key=len, reverse=True):
+            latin = needle.isascii()
+            at = text.find(needle)
+            while at >= 0:
+                end = at + len(needle)
+                bounded = not latin or ((at == 0 or not text[at - 1].isalnum())
+                                        and (end == len(text) or not text[end].isalnum()))
+                if bounded and not any(s < end and at < e for s, e in taken):
+                    extra.append(Span(at, end, NAME, 0.9, "propagated"))
+                    taken.append((at, end))
+                at = text.find(needle, end)
+        return sorted(spans + extra) if extra else spans
+
+
+def build_detector(*, tagger: Tagger | None = None, config: PatternConfig | None = None,
+                   institutions: Iterable[str] | None = None,
+                   extra_mrn_patterns: Mapping[str, Iterable[Mapping[str, Any]]] | None = None) -> Detector:
+    """A detector from the recogniser data file (optionally narrowed to some institutions' MRNs)."""
+    if config is None:
+        config = load_pattern_config(institutions=institutions, extra_mrn_patterns=extra_mrn_patterns)
+    return Detector(PatternRecogniser(config), tagger)

@@ -1,0 +1,596 @@
+"""Tamper-evident audit log of data access (clause 5.4.2.1, row S6).
+
+An append-only JSON Lines file. Each entry carries the SHA-256 of the entry
+before it (``prev_hash``) and its own hash over its canonical JSON, so editing,
+deleting, reordering or inserting an entry breaks the chain at a position
+:func:`verify` names. A hash chain alone cannot stop someone with write access
+from rewriting *every* entry after the one they changed, nor notice entries cut
+from the end; two keyed anchors close those gaps:
+
+* **checkpoints**: every ``checkpoint_every`` entries a ``audit.checkpoint``
+  entry carries an HMAC of the chain head, keyed by a key the writer cannot
+  read (Vault transit ``hmac``; :class:`TransitChainKey`). A rewritten chain
+  has no valid checkpoints, and removing them leaves a gap that verify flags.
+* **head file** (``<log>.head``): seq and hash of the last entry, rewritten
+  atomically after every append and MACed with the same key. Cutting entries
+  off the end leaves the log shorter than its head.
+
+Rolling back *both* files to an older consistent state is undetectable
+locally; ship the head to storage the writer cannot rewrite (asset metadata,
+WORM bucket) when that matters.
+
+Entries must not carry patient identifiers: ``details``, ``resource`` and
+``reason`` are screened for identifier-like keys and values (see
+:func:`check_no_identifiers`) and an entry that fails is refused, not redacted.
+
+Writes: ``O_APPEND`` + one ``write`` per line + ``fsync``, under an exclusive
+``flock`` on ``<log>.lock`` so concurrent appenders (threads or processes)
+serialise; the head is replaced via temp file + rename.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from medllm_pipelines.lib.security.errors import SecurityError
+
+__all__ = [
+    "CHECKPOINT_ACTION",
+    "GENESIS_HASH",
+    "OUTCOMES",
+    "AuditEntry",
+    "AuditIdentifierError",
+    "AuditIntegrityError",
+    "AuditLog",
+    "ChainKey",
+    "LocalChainKey",
+    "TransitChainKey",
+    "VerifyResult",
+    "append",
+    "check_no_identifiers",
+    "entry_hash",
+    "read_entries",
+    "verify",
+]
+
+FORMAT_TAG = b"medllm-audit-v1\n"
+GENESIS_HASH = "0" * 64
+CHECKPOINT_ACTION = "audit.checkpoint"
+OUTCOMES = frozenset({"allowed", "denied", "succeeded", "failed", "recorded"})
+ENTRY_FIELDS = (
+    "seq", "time", "actor", "role", "action", "resource", "outcome", "reason", "details", "prev_hash", "hash",
+)
+MAX_ENTRY_BYTES = 16 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,128}$")
+
+# --- identifier screen ----------------------------------------------------------
+# Keys that name a direct identifier (lib/security/leak_scan.IDENTIFIER_COLUMNS and
+# their usual spellings), and value shapes that are identifiers whatever the key.
+_IDENTIFIER_KEYS = frozenset(
+    {
+        "mrn", "resident_id", "id_number", "name", "name_zh", "name_en", "patient_name", "family", "given",
+        "phone", "telephone", "mobile", "email", "address", "birth_date", "dob", "patient_id", "patient_key",
+    }
+)
+_IDENTIFIER_VALUES = (
+    ("e-mail address", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")),
+    ("resident ID number", re.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])")),
+    ("mobile phone number", re.compile(r"(?<!\d)(?:\+?86[- ]?)?1[3-9]\d{9}(?!\d)")),
+    ("phone number", re.compile(r"(?<!\d)\(?\d{3}\)?[- .]\d{3}[- .]\d{4}(?!\d)")),
+    ("all-digit identifier", re.compile(r"^\d{6,}$")),
+)
+_HEX_TOKEN = re.compile(r"[0-9a-f]{16,}")
+_HEX_LETTER = re.compile(r"[a-f]")
+
+
+class AuditIntegrityError(SecurityError):
+    """The log or its head is damaged or was tampered with; appending stops."""
+
+
+class AuditIdentifierError(SecurityError, ValueError):
+    """An entry would have put something identifier-like into the log."""
+
+
+class ChainKey(Protocol):
+    """A MAC key the log writer can use but not read (normally Vault transit)."""
+
+    key_ref: str
+
+    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
+        """Hex MAC of ``data`` and the key version used (``None`` if unversioned)."""
+        ...
+
+
+class TransitChainKey:
+    """HMAC-SHA-256 by a Vault transit ``hmac`` key (e.g. ``medllm-audit``).
+
+    Wraps a ``TransitKeyService`` whose *pseudonym* key slot names the audit key:
+    ``TransitKeyService(addr, token, pseudonym_key_name="medllm-audit")``. Use a
+    key of its own: the pseudonym key must stay dedicated to pseudonyms.
+    The key version is stored with each MAC, so rotating the key keeps old
+    checkpoints verifiable.
+    """
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+        self.key_ref = f"{service.transit_mount}/{service.pseudonym_key_name}"
+
+    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
+        digests = self._service.hmac_many([hashlib.sha256(data).hexdigest()], key_version=key_version)
+        return digests[0], digests.key_version
+
+
+class LocalChainKey:
+    """HMAC-SHA-256 with a key held in memory: tests and offline tools only."""
+
+    def __init__(self, secret: bytes, key_ref: str = "local/audit") -> None:
+        if len(secret) < 16:
+            raise ValueError("a chain key needs at least 128 bits")
+        self._secret = secret
+        self.key_ref = key_ref
+
+    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
+        return hmac.new(self._secret, data, hashlib.sha256).hexdigest(), None
+
+    def __repr__(self) -> str:
+        return f"LocalChainKey(key_ref={self.key_ref!r})"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time: str
+    actor: str
+    role: str
+    action: str
+    resource: str
+    outcome: str
+    reason: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ENTRY_FIELDS}
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :func:`verify`; ``first_bad_seq`` is the first seq that fails."""
+
+    ok: bool
+    entries: int
+    last_seq: int | None
+    last_hash: str
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    checkpoints_verified: int = 0
+    checkpoints_unverified: int = 0
+    head_verified: bool = False
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Plain values for asset metadata (no entry content)."""
+        return {
+            "audit_ok": self.ok,
+            "audit_entries": self.entries,
+            "audit_last_seq": self.last_seq if self.last_seq is not None else -1,
+            "audit_last_hash": self.last_hash,
+            "audit_first_bad_seq": self.first_bad_seq if self.first_bad_seq is not None else -1,
+            "audit_problem": self.problem or "",
+            "audit_checkpoints_verified": self.checkpoints_verified,
+        }
+
+
+# --- canonical form ---------------------------------------------------------------
+def _canonical(fields: Mapping[str, Any]) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def entry_hash(fields: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of every field but ``hash`` (``prev_hash`` included)."""
+    body = {k: v for k, v in fields.items() if k != "hash"}
+    return hashlib.sha256(FORMAT_TAG + _canonical(body)).hexdigest()
+
+
+def _checkpoint_message(seq: int, chain_hash: str) -> bytes:
+    return f"medllm-audit-checkpoint-v1:{seq}:{chain_hash}".encode("ascii")
+
+
+def _head_message(seq: int, chain_hash: str) -> bytes:
+    return f"medllm-audit-head-v1:{seq}:{chain_hash}".encode("ascii")
+
+
+def check_no_identifiers(where: str, value: Any) -> None:
+    """Refuse identifier-like keys or values anywhere inside ``value``.
+
+    A screen, not a guarantee: callers must still only pass counts, codes,
+    pseudonyms, hashes and names of things, never patient data.
+    """
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditIdentifierError(f"{where}: keys must be strings")
+            if key.lower() in _IDENTIFIER_KEYS:
+                raise AuditIdentifierError(f"{where}: key {key!r} names a direct identifier; audit entries must not hold one")
+            check_no_identifiers(f"{where}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_no_identifiers(f"{where}[{index}]", item)
+    elif isinstance(value, str):
+        # Hex digests and pseudonyms (hex with at least one letter) are not
+        # identifiers but can contain digit runs that look like one.
+        screened = _HEX_TOKEN.sub(lambda m: "#" if _HEX_LETTER.search(m.group()) else m.group(), value)
+        for kind, pattern in _IDENTIFIER_VALUES:
+            if pattern.search(screened):
+                raise AuditIdentifierError(f"{where}: value looks like a {kind}; audit entries must not hold one")
+    elif value is None or isinstance(value, (bool, int, float)):
+        return
+    else:
+        raise AuditIdentifierError(f"{where}: unsupported value type {type(value).__name__}")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --- the log ----------------------------------------------------------------------
+class AuditLog:
+    """One hash-chained JSONL audit log with optional keyed checkpoints.
+
+    Args:
+        path: the ``.jsonl`` file; ``<path>.head`` and ``<path>.lock`` live beside it.
+        chain_key: MAC key for checkpoints and the head (:class:`TransitChainKey`
+            in production). Without it the chain detects edits but not a full rewrite.
+        checkpoint_every: add a checkpoint after this many entries (needs ``chain_key``).
+        clock: returns the current UTC time (tests pin it).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        chain_key: ChainKey | None = None,
+        checkpoint_every: int | None = None,
+        clock: Callable[[], dt.datetime] = _utc_now,
+    ) -> None:
+        if checkpoint_every is not None:
+            if checkpoint_every < 1:
+                raise ValueError("checkpoint_every must be at least 1")
+            if chain_key is None:
+                raise ValueError("checkpoints need a chain_key (e.g. TransitChainKey)")
+        self.path = Path(path)
+        self.head_path = self.path.with_name(self.path.name + ".head")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.chain_key = chain_key
+        self.checkpoint_every = checkpoint_every
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"AuditLog({str(self.path)!r}, checkpoint_every={self.checkpoint_every})"
+
+    def append(
+        self,
+        *,
+        actor: str,
+        role: str,
+        action: str,
+        resource: str,
+        outcome: str,
+        reason: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append one entry (durably, before returning) and return it.
+
+        Raises AuditIdentifierError for identifier-like content and
+        AuditIntegrityError if the log no longer matches its head (it was
+        edited or truncated): the log is then frozen until an operator looks.
+        """
+        for name, value in (("actor", actor), ("role", role), ("action", action)):
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
+                raise ValueError(f"audit {name} must match {_NAME.pattern}, got {value!r}")
+        if action == CHECKPOINT_ACTION:
+            raise ValueError(f"{CHECKPOINT_ACTION!r} entries are written by the log itself")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"audit outcome must be one of {sorted(OUTCOMES)}, got {outcome!r}")
+        if not isinstance(resource, str) or not isinstance(reason, str):
+            raise ValueError("audit resource and reason must be strings")
+        payload = dict(details or {})
+        check_no_identifiers("resource", resource)
+        check_no_identifiers("reason", reason)
+        check_no_identifiers("details", payload)
+        with self._locked():
+            last_seq, last_hash, since_checkpoint = self._tail_state()
+            entry = self._write_entry(last_seq + 1, last_hash, actor, role, action, resource, outcome, reason, payload)
+            last, since_checkpoint = entry, since_checkpoint + 1
+            if self.checkpoint_every and since_checkpoint >= self.checkpoint_every:
+                last, since_checkpoint = self._write_checkpoint(entry), 0
+            self._write_head(last.seq, last.hash, since_checkpoint)
+        return entry
+
+    def verify(self) -> VerifyResult:
+        return verify(self.path, chain_key=self.chain_key, checkpoint_every=self.checkpoint_every)
+
+    def entries(self) -> Iterator[AuditEntry]:
+        return read_entries(self.path)
+
+    # --- internals ------------------------------------------------------------------
+    def _write_entry(
+        self, seq: int, prev_hash: str, actor: str, role: str, action: str, resource: str, outcome: str,
+        reason: str, details: dict[str, Any],
+    ) -> AuditEntry:
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "time": self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "resource": resource,
+            "outcome": outcome,
+            "reason": reason,
+            "details": details,
+            "prev_hash": prev_hash,
+        }
+        fields["hash"] = entry_hash(fields)
+        line = _canonical(fields) + b"\n"
+        if len(line) > MAX_ENTRY_BYTES:
+            raise ValueError(f"audit entry of {len(line)} bytes exceeds {MAX_ENTRY_BYTES}; keep details small")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise AuditIntegrityError("short write to the audit log (disk full?); the log needs repair")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return AuditEntry(**fields)
+
+    def _write_checkpoint(self, covered: AuditEntry) -> AuditEntry:
+        assert self.chain_key is not None
+        mac, version = self.chain_key.mac(_checkpoint_message(covered.seq, covered.hash))
+        details = {"covers_seq": covered.seq, "covers_hash": covered.hash, "mac": mac,
+                   "key_ref": self.chain_key.key_ref, "key_version": version}
+        return self._write_entry(covered.seq + 1, covered.hash, "system", "system", CHECKPOINT_ACTION,
+                                 self.path.name, "recorded", "periodic keyed checkpoint", details)
+
+    def _write_head(self, seq: int, chain_hash: str, since_checkpoint: int) -> None:
+        # since_checkpoint only paces checkpoints; verify re-derives it from the log.
+        head: dict[str, Any] = {"seq": seq, "hash": chain_hash, "since_checkpoint": since_checkpoint}
+        if self.chain_key is not None:
+            mac, version = self.chain_key.mac(_head_message(seq, chain_hash))
+            head.update(mac=mac, key_ref=self.chain_key.key_ref, key_version=version)
+        _atomic_write(self.head_path, _canonical(head) + b"\n")
+
+    def _tail_state(self) -> tuple[int, str, int]:
+        """(seq, hash) of the last entry, checked against the head file, and entries since a checkpoint."""
+        head = _read_head(self.head_path)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            if head is not None:
+                raise AuditIntegrityError(
+                    f"audit log {self.path.name} is missing or empty but its head records seq {head.get('seq')}: "
+                    "entries were removed; appending is refused until an operator investigates"
+                )
+            return -1, GENESIS_HASH, 0
+        last_line = _last_line(self.path)
+        try:
+            last = json.loads(last_line)
+            seq, chain_hash = int(last["seq"]), str(last["hash"])
+        except (ValueError, KeyError, TypeError):
+            raise AuditIntegrityError(
+                f"audit log {self.path.name} ends with a damaged entry; run `verify` before appending"
+            ) from None
+        if entry_hash(last) != chain_hash:
+            raise AuditIntegrityError(f"audit log {self.path.name}: last entry (seq {seq}) fails its hash")
+        if head is None or head.get("seq") != seq or head.get("hash") != chain_hash:
+            raise AuditIntegrityError(
+                f"audit log {self.path.name} does not match its head (log ends at seq {seq}, head says "
+                f"{None if head is None else head.get('seq')}); appending is refused until an operator investigates"
+            )
+        since = head.get("since_checkpoint", 0)
+        return seq, chain_hash, since if isinstance(since, int) and since >= 0 else 0
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def append(path: str | os.PathLike[str], *, chain_key: ChainKey | None = None,
+           checkpoint_every: int | None = None, **entry: Any) -> AuditEntry:
+    """One-shot :meth:`AuditLog.append` (see there for the entry fields)."""
+    return AuditLog(path, chain_key=chain_key, checkpoint_every=checkpoint_every).append(**entry)
+
+
+def read_entries(path: str | os.PathLike[str]) -> Iterator[AuditEntry]:
+    """Entries as written, without verifying them (use :func:`verify` for that)."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                fields = json.loads(line)
+                yield AuditEntry(**{name: fields[name] for name in ENTRY_FIELDS})
+
+
+# --- verification -----------------------------------------------------------------
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    chain_key: ChainKey | None = None,
+    checkpoint_every: int | None = None,
+    require_head: bool = True,
+) -> VerifyResult:
+    """Check the whole chain, the checkpoints and the head; stop at the first fault.
+
+    Detects an edited, deleted, reordered, inserted or appended-by-hand entry
+    (the chain breaks there), a truncated tail (the head is ahead of the log),
+    and, with ``chain_key``, a chain rewritten from some point on (its
+    checkpoint MACs and the head MAC fail) or stripped of checkpoints (a gap
+    longer than ``checkpoint_every``).
+    """
+    path = Path(path)
+    head_path = path.with_name(path.name + ".head")
+    result = VerifyResult(ok=True, entries=0, last_seq=None, last_hash=GENESIS_HASH)
+
+    def fail(seq: int | None, problem: str) -> VerifyResult:
+        result.ok, result.first_bad_seq, result.problem = False, seq, problem
+        return result
+
+    expected_seq, prev_hash = 0, GENESIS_HASH
+    since_checkpoint = 0
+    if path.exists():
+        with open(path, "rb") as handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    return fail(expected_seq, f"entry {expected_seq} is cut short (truncated mid-write or by hand)")
+                try:
+                    fields = json.loads(raw)
+                except ValueError:
+                    return fail(expected_seq, f"entry {expected_seq} is not valid JSON")
+                if not isinstance(fields, dict) or set(fields) != set(ENTRY_FIELDS):
+                    return fail(expected_seq, f"entry {expected_seq} has missing or unexpected fields")
+                seq = fields["seq"]
+                if seq != expected_seq:
+                    return fail(
+                        expected_seq,
+                        f"expected seq {expected_seq} but found {seq!r}: an entry was deleted, inserted or reordered",
+                    )
+                if entry_hash(fields) != fields["hash"]:
+                    return fail(seq, f"entry {seq} does not match its hash: it was edited")
+                if fields["prev_hash"] != prev_hash:
+                    return fail(
+                        seq, f"entry {seq} does not chain to entry {seq - 1}: an entry before it was edited, "
+                        "deleted or replaced"
+                    )
+                if fields["action"] == CHECKPOINT_ACTION and fields["actor"] == "system":
+                    problem = _check_checkpoint(fields, prev_hash, chain_key)
+                    if problem:
+                        return fail(seq, problem)
+                    if chain_key is None:
+                        result.checkpoints_unverified += 1
+                    else:
+                        result.checkpoints_verified += 1
+                    since_checkpoint = 0
+                else:
+                    since_checkpoint += 1
+                    if checkpoint_every and since_checkpoint > checkpoint_every:
+                        return fail(seq, f"no keyed checkpoint within {checkpoint_every} entries before entry {seq}: "
+                                    "checkpoints were removed or the chain was rewritten")
+                prev_hash, expected_seq = fields["hash"], expected_seq + 1
+                result.entries += 1
+    result.last_seq = expected_seq - 1 if expected_seq else None
+    result.last_hash = prev_hash
+
+    head = _read_head(head_path) if head_path.exists() else None
+    if head_path.exists() and head is None:
+        return fail(None, "the head file is damaged")
+    if head is None:
+        if result.entries and require_head:
+            return fail(None, f"the head file {head_path.name} is missing, so truncation cannot be ruled out")
+        return result
+    head_seq = head.get("seq")
+    if not isinstance(head_seq, int):
+        return fail(None, "the head file is damaged")
+    if head_seq > expected_seq - 1:
+        return fail(expected_seq, f"the log ends at seq {expected_seq - 1} but its head records seq {head_seq}: "
+                    "entries were cut from the end")
+    if head_seq < expected_seq - 1:
+        return fail(head_seq + 1, f"entries after seq {head_seq} were added without updating the head")
+    if head.get("hash") != prev_hash:
+        return fail(head_seq, f"entry {head_seq} differs from the one the head recorded: the chain was rewritten")
+    if chain_key is not None:
+        if "mac" not in head:
+            return fail(None, "the head carries no MAC although a chain key is configured")
+        expected, _ = chain_key.mac(_head_message(head_seq, prev_hash), key_version=head.get("key_version"))
+        if not hmac.compare_digest(str(head["mac"]), expected):
+            return fail(head_seq, "the head MAC does not verify: the log and its head were rewritten")
+        result.head_verified = True
+    return result
+
+
+def _check_checkpoint(fields: Mapping[str, Any], prev_hash: str, chain_key: ChainKey | None) -> str | None:
+    details = fields["details"]
+    seq = fields["seq"]
+    if not isinstance(details, dict) or details.get("covers_seq") != seq - 1 or details.get("covers_hash") != prev_hash:
+        return f"checkpoint {seq} does not cover the entry before it"
+    if chain_key is None:
+        return None
+    if details.get("key_ref") != chain_key.key_ref:
+        return f"checkpoint {seq} was made with key {details.get('key_ref')!r}, not {chain_key.key_ref!r}"
+    expected, _ = chain_key.mac(_checkpoint_message(seq - 1, prev_hash), key_version=details.get("key_version"))
+    if not hmac.compare_digest(str(details.get("mac")), expected):
+        return f"checkpoint {seq} MAC does not verify: the chain up to it was rewritten"
+    return None
+
+
+# --- file helpers -----------------------------------------------------------------
+def _read_head(path: Path) -> dict[str, Any] | None:
+    try:
+        head = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise AuditIntegrityError(f"audit head {path.name} is damaged") from None
+    return head if isinstance(head, dict) else None
+
+
+def _last_line(path: Path, block: int = 8192) -> bytes:
+    """The last complete line (refusing a file whose last line is cut short)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        handle.seek(end - 1)
+        if handle.read(1) != b"\n":
+            raise AuditIntegrityError(f"audit log {path.name} ends with a partial entry; run `verify`")
+        data = b""
+        position = end
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+            if data.count(b"\n") >= 2 or position == 0:
+                break
+        return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+

@@ -1,0 +1,204 @@
+"""Gold identifier spans of the synthetic hospital's free text (notes, dialogues).
+
+A learned de-identification tagger needs character offsets of every
+identifier; the generator knows the identifiers (``_truth/identities.jsonl``,
+written with ``write_identities=True``) and the templates it filled, so the
+spans are recovered here by locating each identity string in the delivered
+text, plus the two template slots that are not the patient's own identity:
+the visit date in the first line and the signing clinician's name in the
+last (``医师：…`` / ``Signed: …, MD``). Nothing is written: the spans are
+computed from the delivered files, so they can never drift from them.
+
+Labels: NAME, ID_NUMBER (身份证号), MRN, PHONE, EMAIL, ADDRESS, DATE.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from medllm_pipelines.lib.synth.manifest import IDENTITIES_PATH
+
+_DATE = re.compile(r"(?<!\d)(?:19|20)\d{2}-\d{2}-\d{2}(?!\d)")
+_DOCTOR_ZH = re.compile(r"^医师：(.+?)\s*$", re.MULTILINE)
+_DOCTOR_EN = re.compile(r"^Signed: (.+?), MD\s*$", re.MULTILINE)
+_TITLE = re.compile(r"^(?:Dr\.|Mr\.|Mrs\.|Ms\.|Miss|Prof\.)\s+")
+_SUFFIX = re.compile(r"(?:,?\s+(?:Jr\.|Sr\.|II|III|IV|V|MD|DDS|DVM|PhD))+$")
+
+
+@dataclass(frozen=True)
+class GoldSpan:
+    start: int
+    end: int
+    label: str
+
+
+@dataclass(frozen=True)
+class AnnotatedText:
+    """One delivered free text with its gold identifier spans."""
+
+    text_id: str  # institution/source/position: no identifier in it
+    institution: str
+    person_index: int  # the person the text is about (split and surrogate scope key)
+    language: str
+    kind: str  # note | dialogue
+    text: str
+    spans: tuple[GoldSpan, ...]
+
+
+def _occurrences(text: str, needle: str | None, label: str, *, whole_word: bool = False) -> list[GoldSpan]:
+    if not needle:
+        return []
+    if whole_word:
+        pattern = re.compile(rf"(?<![\w]){re.escape(needle)}(?![\w])")
+        return [GoldSpan(m.start(), m.end(), label) for m in pattern.finditer(text)]
+    found, at = [], text.find(needle)
+    while at >= 0:
+        found.append(GoldSpan(at, at + len(needle), label))
+        at = text.find(needle, at + len(needle))
+    return found
+
+
+def _clean_person_name(raw: str) -> tuple[int, int]:
+    """Offsets of the bare name inside ``raw`` (titles and degrees are not identifiers)."""
+    start = 0
+    title = _TITLE.match(raw)
+    if title:
+        start = title.end()
+    suffix = _SUFFIX.search(raw, start)
+    end = suffix.start() if suffix else len(raw)
+    return start, end
+
+
+def gold_spans(text: str, identity: dict[str, Any], kind: str) -> tuple[GoldSpan, ...]:
+    """Gold spans of one text about the person in ``identity``, without overlaps."""
+    found: list[GoldSpan] = []
+    for key, label in (("resident_id", "ID_NUMBER"), ("mrn", "MRN"), ("phone", "PHONE"), ("email", "EMAIL"),
+                       ("address", "ADDRESS")):
+        found += _occurrences(text, identity.get(key), label)
+    for key in ("name_zh", "name_en"):
+        found += _occurrences(text, identity.get(key), "NAME", whole_word=key == "name_en")
+    name_en = identity.get("name_en")
+    if name_en:  # "Discussed results with Michael by phone"
+        found += _occurrences(text, name_en.split()[0], "NAME", whole_word=True)
+    if kind == "note":
+        found += [GoldSpan(m.start(), m.end(), "DATE") for m in _DATE.finditer(text)]
+        for pattern in (_DOCTOR_ZH, _DOCTOR_EN):
+            for match in pattern.finditer(text):
+                start, end = _clean_person_name(match.group(1))
+                found.append(GoldSpan(match.start(1) + start, match.start(1) + end, "NAME"))
+    # a shorter hit inside a longer one (a given name inside the full name) is dropped
+    found.sort(key=lambda s: (s.start, -(s.end - s.start)))
+    kept: list[GoldSpan] = []
+    for span in found:
+        if kept and span.start < kept[-1].end:
+            continue
+        kept.append(span)
+    return tuple(kept)
+
+
+def _decode_note(resource: dict[str, Any]) -> str | None:
+    for content in resource.get("content") or []:
+        data = (content.get("attachment") or {}).get("data")
+        if data:
+            try:
+                return base64.b64decode(data, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+    return None
+
+
+def _mrn_of(patient: dict[str, Any]) -> str | None:
+    for identifier in patient.get("identifier") or []:
+        if identifier.get("system", "").endswith(":mrn"):
+            return identifier.get("value")
+    return None
+
+
+def _resources(path: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(resource, fullUrl) of a Bundle file or an NDJSON file; unreadable content is skipped."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return
+    if path.suffix == ".ndjson":
+        for line in raw.splitlines():
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(resource, dict):
+                yield resource, None
+        return
+    try:
+        bundle = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(bundle, dict):
+        return
+    for entry in bundle.get("entry") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            yield entry["resource"], entry.get("fullUrl")
+
+
+def load_identities(hospital_dir: Path) -> list[dict[str, Any]]:
+    path = Path(hospital_dir) / IDENTITIES_PATH
+    if not path.exists():
+        raise FileNotFoundError(f"{IDENTITIES_PATH} missing: generate the hospital with write_identities=True")
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def annotated_texts(hospital_dir: Path, *, include_dialogues: bool = True) -> list[AnnotatedText]:
+    """Every clinical note (and triage dialogue) of the hospital with gold spans, in file order."""
+    root = Path(hospital_dir)
+    identities = {(row["institution"], row["mrn"]): row for row in load_identities(root)}
+    texts: list[AnnotatedText] = []
+    for institution_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        code = institution_dir.name
+        files = sorted((institution_dir / "fhir").glob("**/*.json")) + sorted(
+            (institution_dir / "fhir").glob("**/*.ndjson"))
+        mrn_by_ref: dict[str, str] = {}
+        notes: list[tuple[str, dict[str, Any]]] = []
+        for path in files:
+            for resource, full_url in _resources(path):
+                kind = resource.get("resourceType")
+                if kind == "Patient":
+                    mrn = _mrn_of(resource)
+                    if mrn:
+                        mrn_by_ref[f"Patient/{resource.get('id')}"] = mrn
+                        if full_url:
+                            mrn_by_ref[full_url] = mrn
+                elif kind == "DocumentReference":
+                    notes.append((path.relative_to(root).as_posix(), resource))
+        for position, (relpath, resource) in enumerate(notes):
+            reference = (resource.get("subject") or {}).get("reference", "")
+            identity = identities.get((code, mrn_by_ref.get(reference, "")))
+            text = _decode_note(resource)
+            if identity is None or text is None:
+                continue
+            language = "zh" if "zh" in str(((resource.get("content") or [{}])[0].get("attachment") or {})
+                                            .get("language", "")) else "en"
+            texts.append(AnnotatedText(f"{code}/note/{position:05d}", code, int(identity["person_index"]),
+                                       language, "note", text, gold_spans(text, identity, "note")))
+        dialogue_file = institution_dir / "dialogues" / "dialogues.jsonl"
+        if include_dialogues and dialogue_file.exists():
+            for position, line in enumerate(dialogue_file.read_bytes().splitlines()):
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                identity = identities.get((code, row.get("patient_mrn", "")))
+                if identity is None:
+                    continue
+                text = "\n".join(turn.get("text", "") for turn in row.get("turns") or [])
+                texts.append(AnnotatedText(f"{code}/dialogue/{position:05d}", code, int(identity["person_index"]),
+                                           str(row.get("language", "zh")), "dialogue", text,
+                                           gold_spans(text, identity, "dialogue")))
+    return texts
