@@ -3,7 +3,8 @@
 Spans from both sources are merged so that nothing either found stays in
 clear text:
 
-1. strong spans (validated patterns, score >= 0.95) are merged among
+1. strong spans (validated patterns or known identifiers, score >= 0.95;
+   never the tagger's) are merged among
    themselves: overlapping spans become their union, typed by the most
    confident (then most specific) member;
 2. weaker spans (cue patterns, the tagger) that overlap a strong span of the
@@ -73,9 +74,13 @@ def _union(group: list[Span]) -> Span:
 def resolve(spans: Iterable[Span], strong: float = STRONG) -> list[Span]:
     """Non-overlapping spans from possibly overlapping candidates (see module doc)."""
     candidates = list(spans)
-    strong_spans = merge_overlapping(s for s in candidates if s.score >= strong)
+
+    def is_strong(span: Span) -> bool:  # validated boundaries: a tagger span never is
+        return span.score >= strong and span.source in ("pattern", "known")
+
+    strong_spans = merge_overlapping(s for s in candidates if is_strong(s))
     weak: list[Span] = []
-    for span in (s for s in candidates if s.score < strong):
+    for span in (s for s in candidates if not is_strong(s)):
         pieces = [span]
         for anchor in strong_spans:
             next_pieces = []
