@@ -201,6 +201,7 @@ def demo(patients: int, seed: int) -> None:
     ensure_services(settings)
     click.echo(f"generating a synthetic hospital of {patients} patients into {settings.landing_dir}")
     _synth(settings.landing_dir, patients, seed, clean=False, write_identities=False)
+    record_demo_approval(settings)
     result = run_lifecycle(settings)
     code = _summarise(result)
     click.echo("\nwhere to look:")
@@ -239,6 +240,77 @@ def datasets(as_json: bool) -> None:
     finally:
         warehouse.dispose()
     click.echo(json.dumps(found, indent=2, ensure_ascii=False, default=str) if as_json else format_datasets(found))
+
+
+@main.group()
+def governance() -> None:
+    """Ethics approvals (clause 4.1.2): a model is trained only under a valid approval."""
+
+
+def record_demo_approval(settings: Settings) -> None:
+    """The demo's synthetic data needs no committee, but the gate is real: record a visibly
+    synthetic approval for the demo project unless one is on file."""
+    import datetime as dt
+
+    from medllm_pipelines.lib.curate.spec import load_spec
+    from medllm_pipelines.lib.security.governance import ApprovalError, EthicsApproval, GovernanceStore
+
+    spec = load_spec("t2d_risk")
+    store = GovernanceStore(settings.governance_dir)
+    today = dt.date.today()
+    try:
+        store.require_valid_approval(spec.project, spec.id, today, spec_version=spec.version)
+    except ApprovalError:
+        store.record_approval(
+            EthicsApproval(
+                id="demo-synthetic-data",
+                project=spec.project,
+                purpose="demonstration on synthetic data only (no real patient)",
+                scope=("t2d_risk", "lesion_segmentation"),
+                approved_on=today,
+                expires_on=today + dt.timedelta(days=30),
+                committee="none: synthetic demo data",
+            ),
+            recorded_by="medllm demo",
+        )
+        click.echo("recorded a 30-day demo ethics approval for synthetic data (medllm governance list)")
+
+
+@governance.command("approve")
+@click.option("--id", "approval_id", required=True)
+@click.option("--project", required=True)
+@click.option("--scope", multiple=True, required=True, help="model spec id, optionally @version (repeatable)")
+@click.option("--purpose", required=True)
+@click.option("--committee", required=True)
+@click.option("--approved-on", type=click.DateTime(formats=["%Y-%m-%d"]), required=True)
+@click.option("--expires-on", type=click.DateTime(formats=["%Y-%m-%d"]), required=True)
+@click.option("--recorded-by", required=True)
+def governance_approve(approval_id, project, scope, purpose, committee, approved_on, expires_on, recorded_by) -> None:
+    """Record an ethics committee's approval (versioned; revocation keeps history)."""
+    from medllm_pipelines.lib.security.governance import EthicsApproval, GovernanceStore
+
+    GovernanceStore(_settings().governance_dir).record_approval(
+        EthicsApproval(
+            id=approval_id,
+            project=project,
+            purpose=purpose,
+            scope=tuple(scope),
+            approved_on=approved_on.date(),
+            expires_on=expires_on.date(),
+            committee=committee,
+        ),
+        recorded_by=recorded_by,
+    )
+    click.echo(f"approval {approval_id} recorded for project {project}")
+
+
+@governance.command("list")
+def governance_list() -> None:
+    from medllm_pipelines.lib.security.governance import GovernanceStore
+
+    for approval in GovernanceStore(_settings().governance_dir).approvals():
+        state = f"revoked {approval.revoked_on}" if approval.revoked_on else f"expires {approval.expires_on}"
+        click.echo(f"{approval.id}: project {approval.project}, scope {', '.join(approval.scope)}, {state}, by {approval.committee}")
 
 
 @main.command("scan-leaks")

@@ -85,6 +85,11 @@ class Settings:
         return self.home / "reports"
 
     @property
+    def governance_dir(self) -> Path:
+        """Ethics approvals and data-sharing agreements (versioned records)."""
+        return self.home / "governance"
+
+    @property
     def warehouse_is_postgres(self) -> bool:
         return self.warehouse_url.startswith("postgresql")
 

@@ -148,6 +148,9 @@ def run_lifecycle_in(home: Path, hospital: Hospital, extra_env: dict[str, str] |
         start_local_server(settings.services_dir, port=0)  # what `medllm services up` starts
         hospital.copy_landing_to(settings.landing_dir)
         plant_bad_input(settings.landing_dir)
+        from medllm_pipelines.cli import record_demo_approval
+
+        record_demo_approval(settings)  # training refuses to run without a valid ethics approval
         result = run_lifecycle(settings)  # the function `medllm run` calls
         return LifecycleRun(settings, make_definitions(settings), result, hospital)
 

@@ -65,6 +65,7 @@ DATASET_CATALOG = key(CURATE, "dataset_catalog")
 DIABETES_FEATURES = key(CURATE, "diabetes_features")
 DIABETES_SPLITS = key(CURATE, "diabetes_splits")
 DIABETES_MODEL = key(TRAIN, "diabetes_model")
+RETRAINING_REQUIRED = key(TRAIN, "retraining_required")
 DIABETES_EVALUATION = key(EVALUATE, "diabetes_evaluation_report")
 
 # asset checks

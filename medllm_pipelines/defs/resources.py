@@ -51,5 +51,6 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
             deidentified_dir=str(settings.deidentified_dir),
             models_dir=str(settings.models_dir),
             reports_dir=str(settings.reports_dir),
+            governance_dir=str(settings.governance_dir),
         ),
     }

@@ -17,9 +17,15 @@ class ArtifactStoreResource(ConfigurableResource):
     deidentified_dir: str
     models_dir: str
     reports_dir: str
+    governance_dir: str = ""
 
     def folder(self, kind: str, *parts: str) -> Path:
-        base = {"deidentified": self.deidentified_dir, "models": self.models_dir, "reports": self.reports_dir}[kind]
+        base = {
+            "deidentified": self.deidentified_dir,
+            "models": self.models_dir,
+            "reports": self.reports_dir,
+            "governance": self.governance_dir,
+        }[kind]
         path = Path(base, *parts)
         path.mkdir(parents=True, exist_ok=True)
         return path

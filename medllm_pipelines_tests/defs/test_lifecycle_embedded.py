@@ -93,7 +93,7 @@ def test_no_identifier_in_plaintext_anywhere_under_home(embedded_run) -> None:
     needles = load_identity_needles(embedded_run.hospital.identities)
     assert {"name", "resident_id", "phone", "email", "address"} <= set(needles)
     hits = scan_home(embedded_run.settings, embedded_run.hospital.identities)
-    assert hits == [], [(h.location, h.identifier_kind, h.count) for h in hits]
+    assert hits == [], [(h.location, h.identifier_kind, h.count, h.context) for h in hits]
 
 
 def test_raw_zone_holds_only_ciphertext(embedded_run) -> None:

@@ -9,7 +9,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.common import code_version, package_versions, run_id_of, versions_metadata
 from medllm_pipelines.defs.label.assets import SPEC_ID
-from medllm_pipelines.defs.train.assets import TRAINING_RECORD, model_folder, training_frame
+from medllm_pipelines.defs.train.assets import TRAINING_RECORD, impute_declared, model_folder, training_frame
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
@@ -42,6 +42,7 @@ def diabetes_evaluation_report(
 
     spec = load_spec(SPEC_ID)
     frame, dataset_version = training_frame(warehouse, spec)
+    frame, _ = impute_declared(frame)  # the same declared, train-fitted imputation the model was trained with
     record = model_folder(artifacts, spec, dataset_version) / TRAINING_RECORD
     if not record.exists():
         raise RuntimeError(

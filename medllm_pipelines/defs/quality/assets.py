@@ -36,8 +36,11 @@ from medllm_pipelines.lib.quality.cleaning import (
     clean_patients,
     load_rules,
 )
-from medllm_pipelines.lib.quality.expectations import load_suite, run_suite
+from medllm_pipelines.lib.quality.accuracy import MATCH_RULE, find_disagreements, link_patients
+from medllm_pipelines.lib.quality.expectations import build_data_docs, load_suite, run_suite
+from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.raw_zone import RawZoneResource
+from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
 STORAGE = "raw zone (envelope-encrypted Parquet)"
@@ -76,11 +79,17 @@ def _publish(
 
 @asset(key=keys.CLEAN_PATIENTS, deps=[keys.RAW_PATIENTS], group_name=keys.QUALITY, kinds={"python"})
 def clean_patients_asset(
-    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
+    context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource, vault: VaultResource
 ) -> MaterializeResult:
     """Patients deduplicated (re-sent and superseded versions), birth dates checked, sex coded."""
     patients = raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS))
     result = clean_patients(patients, asset_name(keys.CLEAN_PATIENTS), dt.date.today(), load_rules())
+    # Near-duplicate persons across institutions, matched on keyed hashes (match rule in lib/quality/accuracy.py).
+    links = link_patients(result.frame, vault.hmac_many)
+    result.details["near_duplicate_pairs_by_status"] = {
+        str(k): int(v) for k, v in (links["status"].value_counts().items() if "status" in links else [])
+    }
+    result.details["near_duplicate_match_rule"] = MATCH_RULE
     return _publish(context, keys.CLEAN_PATIENTS, result, raw_zone, warehouse, patients)
 
 
@@ -106,10 +115,45 @@ def patient_linked_cleaning(source: AssetKey, target: AssetKey, clean: PatientLi
     return _clean
 
 
+SAFE_DISAGREEMENT_COLUMNS = (
+    "concept",
+    "unit",
+    "record_a",
+    "record_b",
+    "institution_a",
+    "institution_b",
+    "days_apart",
+    "abs_difference",
+    "tolerance",
+)
+
+
+def _clean_and_double_verify(records: pd.DataFrame, patients: pd.DataFrame, name: str) -> CleaningResult:
+    """Clean, then list repeated measurements of one concept that disagree beyond the declared
+    tolerance (clause 5.1.2.2 double verification): listed by record address, never averaged away."""
+    rules = load_rules()
+    result = clean_observations(records, patients, name, dt.datetime.now(dt.UTC), rules)
+    verification = rules.double_verification
+    disagreements = find_disagreements(
+        result.frame, verification.get("tolerances", {}), window_days=int(verification.get("window_days", 0))
+    )
+    result.details["double_verification_disagreements"] = len(disagreements)
+    result.details["double_verification_examples"] = {
+        "tolerances": verification.get("tolerances", {}),
+        # record addresses (source hash#position) and sizes only: no patient key, no value
+        "records": disagreements.head(20)[[c for c in SAFE_DISAGREEMENT_COLUMNS if c in disagreements.columns]]
+        .astype(str)
+        .to_dict(orient="records")
+        if len(disagreements)
+        else [],
+    }
+    return result
+
+
 clean_observations_asset = patient_linked_cleaning(
     keys.RAW_OBSERVATIONS,
     keys.CLEAN_OBSERVATIONS,
-    lambda records, patients, name: clean_observations(records, patients, name, dt.datetime.now(dt.UTC), load_rules()),
+    _clean_and_double_verify,
     "Observations mapped to LOINC concepts, converted to one UCUM unit each, range- and date-checked.",
 )
 clean_conditions_asset = patient_linked_cleaning(
@@ -136,9 +180,13 @@ def great_expectations_gate(asset_key: AssetKey, suite_name: str):
         blocking=True,
         description=f"Great Expectations suite '{suite.name}' v{suite.version}: {suite.description}",
     )
-    def _gate(context: AssetCheckExecutionContext, raw_zone: RawZoneResource) -> AssetCheckResult:
+    def _gate(
+        context: AssetCheckExecutionContext, raw_zone: RawZoneResource, artifacts: ArtifactStoreResource
+    ) -> AssetCheckResult:
         frame = raw_zone.get().read_table(raw_table_name(asset_key))
         outcome = run_suite(suite_name, frame)
+        # Browsable GX Data Docs for this validation (records by source hash#position, never values).
+        docs_index = build_data_docs([outcome], artifacts.folder("reports", "data_docs", suite_name))
         failures = {
             f"{o.expectation}({o.column})": {
                 "unexpected_count": o.unexpected_count,
@@ -158,6 +206,7 @@ def great_expectations_gate(asset_key: AssetKey, suite_name: str):
                 "expectations_failed": len(outcome.failed),
                 "rows_validated": outcome.rows,
                 "failures": MetadataValue.json(failures),
+                "data_docs": MetadataValue.path(str(docs_index)),
             },
         )
 

@@ -1,6 +1,7 @@
 """Train stage: a Lightning model per model spec, tracked in MLflow."""
 
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -12,12 +13,25 @@ from medllm_pipelines.defs.common import code_version, run_id_of, versions_metad
 from medllm_pipelines.defs.label.assets import SPEC_ID
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.curate.spec import ModelSpec, load_spec
+from medllm_pipelines.lib.deidentify.withdrawal import load_memberships, models_needing_retraining, save_membership
+from medllm_pipelines.lib.security.governance import GovernanceStore
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
 
 TRAINING_RECORD = "training_run.json"
+NEEDS_RETRAINING_TAG = "medllm.needs_retraining"
+
+
+def membership_folder(artifacts: ArtifactStoreResource) -> Path:
+    return artifacts.folder("models", "memberships")
+
+
+def training_records(artifacts: ArtifactStoreResource, spec: ModelSpec) -> list[dict]:
+    """Every model version trained for ``spec`` (one record per dataset version)."""
+    folder = artifacts.folder("models", spec.id)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"*/{TRAINING_RECORD}"))]
 
 
 def model_folder(artifacts: ArtifactStoreResource, spec: ModelSpec, dataset_version: str) -> Path:
@@ -33,6 +47,15 @@ def training_frame(warehouse: WarehouseResource, spec: ModelSpec) -> tuple[pd.Da
     frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
     frame = frame.sort_values("patient_pseudonym").reset_index(drop=True)
     return frame, frame_content_hash(frame)
+
+
+def impute_declared(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Missing values per the declared per-column policy (lib/quality/missing_values.yaml, row D5),
+    with statistics and imputation models fitted on the training split only."""
+    from medllm_pipelines.lib.quality.imputation import apply_missing_value_policy
+
+    result = apply_missing_value_policy(frame, reference=frame[frame["split"] == "train"])
+    return result.frame, result.report()
 
 
 @asset(
@@ -52,10 +75,18 @@ def diabetes_model(
     from medllm_pipelines.lib.train.tracking import log_training, make_mlflow_epoch_logger
 
     spec = load_spec(SPEC_ID)
+    # Clause 4.1.2 (row E1): no model is trained for a project without a valid ethics approval.
+    approval = GovernanceStore(artifacts.folder("governance")).require_valid_approval(
+        spec.project, spec.id, dt.date.today(), spec_version=spec.version
+    )
     frame, dataset_version = training_frame(warehouse, spec)
+    # Who is in this dataset version: what a later consent withdrawal is checked against (row S5).
+    save_membership(membership_folder(artifacts), dataset_version, frame["patient_pseudonym"])
+    frame, imputation = impute_declared(frame)
     config = TrainConfig.from_dict(spec.training)
     output_dir = model_folder(artifacts, spec, dataset_version)
     tags = {
+        "ethics_approval": approval.id,
         "dagster_run_id": run_id_of(context),
         "dagster_asset": "/".join(keys.DIABETES_MODEL.path),
         "model_spec": f"{spec.id}@{spec.version}",
@@ -104,6 +135,8 @@ def diabetes_model(
             "n_validation": result.n_val,
             "validation_metrics": MetadataValue.json(result.val_metrics),
             "training_config": MetadataValue.json(config.to_dict()),
+            "ethics_approval": MetadataValue.json(approval.as_metadata()),
+            "missing_value_policy": MetadataValue.json(imputation),
             "missing_values": MetadataValue.json(result.missing_values),
             **spec.as_metadata(),
             **versions_metadata(),
@@ -111,4 +144,42 @@ def diabetes_model(
     )
 
 
-ASSETS = [diabetes_model]
+@asset(
+    key=keys.RETRAINING_REQUIRED,
+    deps=[keys.CONSENT_REGISTRY, keys.DIABETES_MODEL],
+    group_name=keys.TRAIN,
+    kinds={"python", "mlflow"},
+    description=(
+        "Model versions trained on persons whose consent has since been withdrawn (clause 5.4.1.5-6): "
+        "listed here and tagged in MLflow as needing retraining."
+    ),
+)
+def retraining_required(
+    context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource, artifacts: ArtifactStoreResource
+) -> MaterializeResult:
+    from mlflow.tracking import MlflowClient
+
+    spec = load_spec(SPEC_ID)
+    registry = warehouse.get().read_table(*warehouse_location(keys.CONSENT_REGISTRY))
+    records = training_records(artifacts, spec)
+    needs = models_needing_retraining(
+        registry,
+        load_memberships(membership_folder(artifacts)),
+        {r["mlflow_run_id"]: r["dataset_version"] for r in records},
+    )
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri)
+    for need in needs:
+        client.set_tag(need.model_version, NEEDS_RETRAINING_TAG, "true")
+        client.set_tag(need.model_version, "medllm.withdrawn_members", str(need.withdrawn))
+    context.log.info(f"{len(needs)} of {len(records)} model versions need retraining after consent withdrawals")
+    return MaterializeResult(
+        metadata={
+            "model_versions_checked": len(records),
+            "model_versions_needing_retraining": len(needs),
+            "needing_retraining": MetadataValue.json([n.as_metadata() for n in needs]),
+            "persons_withdrawn": int((registry["consent_status"] == "withdrawn").sum()),
+        }
+    )
+
+
+ASSETS = [diabetes_model, retraining_required]

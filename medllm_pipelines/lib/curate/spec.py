@@ -43,6 +43,8 @@ class ModelSpec:
     split: dict[str, Any] = field(default_factory=dict)
     preprocessing_raw: dict[str, Any] | None = None
     data_needs: dict[str, Any] = field(default_factory=dict)
+    # The research project whose ethics approval must cover this spec (clause 4.1.2, row E1).
+    project: str = ""
 
     @property
     def split_config(self) -> SplitConfig:
@@ -131,6 +133,7 @@ def load_spec(spec_id: str) -> ModelSpec:
         split={k: v for k, v in split.items() if k not in ("train", "validation", "test", "seed")},
         preprocessing_raw=raw.get("preprocessing"),
         data_needs=data_needs,
+        project=str(raw.get("project", "")),
     )
     _ = (spec.split_config, spec.preprocessing)  # both validate their declaration
     return spec

@@ -7,6 +7,7 @@ reports *where* (table.column or file) and how many, never the value found.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ class LeakHit:
     location: str
     identifier_kind: str
     count: int
+    context: str = ""  # surrounding bytes, the identifier masked
 
 
 def identifier_needles(patients: pd.DataFrame) -> dict[str, set[str]]:
@@ -56,9 +58,9 @@ def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]], location: str)
         values = frame[column].dropna().astype(str)
         if values.empty:
             continue
-        joined = "\x00".join(values.tolist())
+        joined = "\x00".join(values.tolist()).encode("utf-8")
         for kind, candidates in needles.items():
-            count = sum(joined.count(needle) for needle in candidates if needle in joined)
+            count = sum(_count_bytes(joined, needle.encode("utf-8")) for needle in candidates)
             if count:
                 hits.append(LeakHit(f"{location}.{column}", kind, count))
     return hits
@@ -66,11 +68,35 @@ def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]], location: str)
 
 def scan_text(text: str, needles: dict[str, set[str]], location: str) -> list[LeakHit]:
     hits = []
+    data = text.encode("utf-8")
     for kind, candidates in needles.items():
-        count = sum(text.count(needle) for needle in candidates if needle in text)
+        count = sum(_count_bytes(data, needle.encode("utf-8")) for needle in candidates)
         if count:
             hits.append(LeakHit(location, kind, count))
     return hits
+
+
+def _count_bytes(data: bytes, needle: bytes) -> int:
+    """Occurrences of ``needle``; an all-digit needle (an MRN, a phone) must not sit inside a longer
+    number, or every byte count and timestamp would eventually "contain" some MRN."""
+    if needle not in data:
+        return 0
+    if needle.isdigit():
+        # not inside a longer integer, not in a fractional part; 13812345678.0 still counts
+        pattern = rb"(?<![0-9])(?<![0-9]\.)" + re.escape(needle) + rb"(?![0-9])"
+        return len(re.findall(pattern, data))
+    return data.count(needle)
+
+
+def _masked_context(data: bytes, needle: bytes, all_needles: dict[str, set[bytes]], width: int = 40) -> str:
+    """Where the first hit sits, every known identifier in the window masked by its kind."""
+    index = data.find(needle)
+    window = data[max(0, index - width) : index + len(needle) + width]
+    for kind, candidates in all_needles.items():
+        for candidate in sorted(candidates, key=len, reverse=True):
+            if candidate in window:
+                window = window.replace(candidate, f"<{kind}>".encode())
+    return window.decode("utf-8", errors="replace")
 
 
 def scan_files(paths: Iterable[Path], needles: dict[str, set[str]], root: Path) -> list[LeakHit]:
@@ -83,7 +109,11 @@ def scan_files(paths: Iterable[Path], needles: dict[str, set[str]], root: Path) 
         except OSError:
             continue
         for kind, candidates in encoded.items():
-            count = sum(data.count(needle) for needle in candidates if needle in data)
-            if count:
-                hits.append(LeakHit(str(path.relative_to(root)), kind, count))
+            counts = {needle: _count_bytes(data, needle) for needle in candidates}
+            found = {needle: n for needle, n in counts.items() if n}
+            if found:
+                first = next(iter(found))
+                hits.append(
+                    LeakHit(str(path.relative_to(root)), kind, sum(found.values()), _masked_context(data, first, encoded))
+                )
     return hits

@@ -115,3 +115,13 @@ def test_scan_files_finds_utf8_identifiers_in_any_file(tmp_path, needles):
         ("reports/summary.html", "name_zh", 1),
     ]
     _assert_no_values(hits, needles)
+
+
+def test_an_all_digit_identifier_inside_a_longer_number_is_not_a_hit(tmp_path):
+    from medllm_pipelines.lib.security.leak_scan import scan_files
+
+    (tmp_path / "metrics.json").write_text('{"bytes_encrypted": 120000028, "ts": 1764.20000028}')
+    (tmp_path / "log.txt").write_text("patient MRN 20000028 admitted")
+    hits = scan_files(sorted(tmp_path.iterdir()), {"mrn": {"20000028"}}, tmp_path)
+    assert [(h.location, h.count) for h in hits] == [("log.txt", 1)]
+    assert "20000028" not in hits[0].context and "<mrn>" in hits[0].context

@@ -25,7 +25,12 @@ from medllm_pipelines.lib.deidentify.text.detector import (
     merge_overlapping,
     resolve,
 )
-from medllm_pipelines.lib.deidentify.text.evaluate import evaluate_detector, score_spans, split_by_person
+from medllm_pipelines.lib.deidentify.text.evaluate import (
+    evaluate_detector,
+    perturbed,
+    score_spans,
+    split_by_person,
+)
 from medllm_pipelines.lib.deidentify.text.patterns import (
     PatternConfig,
     PatternRecogniser,
@@ -43,7 +48,11 @@ from medllm_pipelines.lib.deidentify.text.surrogates import (
     shift_date_text,
     surrogate_vocabulary_version,
 )
-from medllm_pipelines.lib.deidentify.text.tagger import Tagger, TaggerConfig, train_tagger
+from medllm_pipelines.lib.deidentify.text.tagger import (
+    Tagger,
+    TaggerConfig,
+    train_tagger,
+)
 
 
 def deidentify_text(text: str, *, detector: Detector, surrogate_for: SurrogateFor,
@@ -81,6 +90,7 @@ __all__ = [
     "merge_overlapping",
     "normalise",
     "patient_date_shift",
+    "perturbed",
     "placeholder",
     "replace_spans",
     "resident_id_check_char",

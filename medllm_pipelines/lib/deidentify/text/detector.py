@@ -23,9 +23,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from medllm_pipelines.lib.deidentify.text.patterns import PatternConfig, PatternRecogniser, load_pattern_config
+from medllm_pipelines.lib.deidentify.text.patterns import (
+    PatternConfig,
+    PatternRecogniser,
+    load_pattern_config,
+)
 from medllm_pipelines.lib.deidentify.text.spans import (
     ENTITY_TYPES,
     NAME,
@@ -42,7 +47,7 @@ _LATIN_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]+")
 
 
 def _rank(span: Span) -> tuple[float, int, int]:
-    return (span.score, TYPE_PRIORITY.get(span.label, 0), len(span))
+    return (span.score, TYPE_PRIORITY.get(span.label, 0), span.end - span.start)
 
 
 def merge_overlapping(spans: Iterable[Span]) -> list[Span]:
@@ -83,9 +88,13 @@ def resolve(spans: Iterable[Span], strong: float = STRONG) -> list[Span]:
     for span in (s for s in candidates if not is_strong(s)):
         pieces = [span]
         for anchor in strong_spans:
+            if anchor.start >= span.end:
+                break
+            if anchor.end <= span.start:
+                continue
             next_pieces = []
             for piece in pieces:
-                if not piece.overlaps(anchor):
+                if not (piece.start < anchor.end and anchor.start < piece.end):
                     next_pieces.append(piece)
                     continue
                 if piece.label == anchor.label:
@@ -94,7 +103,11 @@ def resolve(spans: Iterable[Span], strong: float = STRONG) -> list[Span]:
                     if end - start >= _MIN_LENGTH.get(piece.label, 2):
                         next_pieces.append(Span(start, end, piece.label, piece.score, piece.source))
             pieces = next_pieces
+            if not pieces:
+                break
         weak.extend(pieces)
+    if not weak:
+        return strong_spans
     return sorted(strong_spans + merge_overlapping(weak))
 
 
@@ -104,30 +117,65 @@ class KnownIdentifiers:
 
     values: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
-    def patterns(self) -> list[tuple[str, re.Pattern[str]]]:
-        out = []
+    @cached_property
+    def _needles(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(label, casefolded value) to find as is, and (label, alphanumerics) to find across separators."""
+        plain: list[tuple[str, str]] = []
+        compact: list[tuple[str, str]] = []
         for label, values in self.values.items():
             for value in values:
                 value = normalise(str(value)).text.strip()
                 if len(value) < 2:
                     continue
                 if label in _DIGIT_TYPES and sum(ch.isalnum() for ch in value) >= 5:
-                    chars = [ch for ch in value if ch.isalnum()]  # any separators between characters
-                    body = r"[ \-.()]?".join(re.escape(ch) for ch in chars)
-                    out.append((label, re.compile(rf"(?<![0-9A-Za-z]){body}(?![0-9A-Za-z])", re.IGNORECASE)))
+                    compact.append((label, "".join(ch for ch in value if ch.isalnum()).casefold()))
                 else:
-                    out.append((label, re.compile(re.escape(value), re.IGNORECASE)))
-        return out
+                    plain.append((label, value.casefold()))
+        by_length = lambda item: -len(item[1])
+        return sorted(set(plain), key=by_length), sorted(set(compact), key=by_length)
+
+    def find(self, text: str) -> list[Span]:
+        """Occurrences in ``text`` (normalised): names as written, numbers with any separators."""
+        plain, compact = self._needles
+        found: list[Span] = []
+        if plain:
+            folded = text.casefold()
+            if len(folded) == len(text):
+                for label, needle in plain:
+                    at = folded.find(needle)
+                    while at >= 0:
+                        found.append(Span(at, at + len(needle), label, 1.0, "known"))
+                        at = folded.find(needle, at + len(needle))
+        if compact:
+            positions = [i for i, ch in enumerate(text) if ch.isalnum()]
+            squeezed = "".join(text[i] for i in positions).casefold()
+            if len(squeezed) == len(positions):
+                for label, needle in compact:
+                    at = squeezed.find(needle)
+                    while at >= 0:
+                        start, end = positions[at], positions[at + len(needle) - 1] + 1
+                        bounded = ((start == 0 or not text[start - 1].isalnum())
+                                   and (end == len(text) or not text[end].isalnum()))
+                        if bounded:
+                            found.append(Span(start, end, label, 1.0, "known"))
+                        at = squeezed.find(needle, at + 1)
+        return found
 
 
 @dataclass
 class Detector:
-    """Patterns (always) and a trained tagger (optional), with name propagation."""
+    """Patterns (always) and a trained tagger (optional), with name propagation.
+
+    Results for short texts (DICOM descriptors repeat across files) are cached.
+    """
 
     patterns: PatternRecogniser
     tagger: Tagger | None = None
     propagate_names: bool = True
     labels: tuple[str, ...] = ENTITY_TYPES
+    cache_max_chars: int = 256
+    cache_size: int = 8192
+    _cache: dict[str, tuple[Span, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> dict[str, Any]:
@@ -141,26 +189,47 @@ class Detector:
 
     def detect_many(self, texts: Sequence[str], *,
                     known: Sequence[KnownIdentifiers | None] | None = None) -> list[list[Span]]:
-        """Batched detection: the tagger scores all texts in one pass."""
+        """Batched detection: the tagger scores all (uncached) texts in one pass."""
+        found: list[tuple[Span, ...] | None] = [self._cache.get(t) for t in texts]
+        missing = [i for i, spans in enumerate(found) if spans is None]
+        if missing:
+            for i, spans in zip(missing, self._detect_fresh([texts[i] for i in missing]), strict=True):
+                found[i] = spans
+                text = texts[i]
+                if len(text) <= self.cache_max_chars and len(self._cache) < self.cache_size:
+                    self._cache[text] = spans
+        results: list[list[Span]] = []
+        for i, text in enumerate(texts):
+            spans = list(found[i] or ())
+            person = known[i] if known is not None else None
+            if person is not None and person.values:
+                view = normalise(text)
+                extra = person.find(view.text)
+                if extra:
+                    if view.starts is not None:
+                        extra = [Span(*view.to_original(s.start, s.end), s.label, s.score, s.source) for s in extra]
+                    spans = resolve(spans + extra)
+                    if self.propagate_names:
+                        spans = self._propagate(text, spans)
+            results.append(spans)
+        return results
+
+    def _detect_fresh(self, texts: Sequence[str]) -> list[tuple[Span, ...]]:
         views = [normalise(text) for text in texts]
         tagged = self.tagger.spans_many([v.text for v in views]) if self.tagger is not None else None
-        results: list[list[Span]] = []
+        out: list[tuple[Span, ...]] = []
         for i, view in enumerate(views):
             spans = self.patterns.find(view.text)
             if tagged is not None:
                 spans.extend(tagged[i])
-            person = known[i] if known is not None else None
-            if person is not None:
-                for label, pattern in person.patterns():
-                    spans.extend(Span(m.start(), m.end(), label, 1.0, "known") for m in pattern.finditer(view.text))
             resolved = resolve(spans)
             if self.propagate_names:
                 resolved = self._propagate(view.text, resolved)
             resolved = [s for s in resolved if s.label in self.labels]
             if view.starts is not None:
                 resolved = [Span(*view.to_original(s.start, s.end), s.label, s.score, s.source) for s in resolved]
-            results.append(resolved)
-        return results
+            out.append(tuple(resolved))
+        return out
 
     @staticmethod
     def _propagate(text: str, spans: list[Span]) -> list[Span]:

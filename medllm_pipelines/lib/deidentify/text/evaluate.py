@@ -21,6 +21,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from medllm_pipelines.lib.deidentify.text.spans import ENTITY_TYPES, Span
 
 T = TypeVar("T")
@@ -115,3 +117,56 @@ def evaluate_detector(detector: Any, texts: Sequence[str], gold: Sequence[Sequen
     report["_texts"] = len(texts)
     report["_detector"] = detector.version
     return report
+
+
+def _rewrite_number(value: str, rng: np.random.Generator) -> str:
+    choice = rng.random()
+    if choice < 0.4:  # split into groups by spaces or hyphens
+        chars = [ch for ch in value if ch.isalnum()]
+        size = int(rng.integers(3, 6))
+        sep = " " if rng.random() < 0.6 else "-"
+        return sep.join("".join(chars[i:i + size]) for i in range(0, len(chars), size))
+    if choice < 0.7:  # full-width digits
+        return "".join(chr(ord(ch) + 0xFEE0) if ch.isascii() and ch.isdigit() else ch for ch in value)
+    return value
+
+
+def perturbed(texts: Sequence[str], gold: Sequence[Sequence[Any]], *, seed: int = 0
+              ) -> tuple[list[str], list[list[tuple[int, int, str]]]]:
+    """Harder copies of held-out texts: lines reordered, ID and phone numbers re-spaced or in full-width digits.
+
+    Templates make the synthetic notes easy; these copies break the layout a
+    tagger could memorise while keeping exact gold offsets.
+    """
+    rng = np.random.default_rng(seed)
+    out_texts: list[str] = []
+    out_gold: list[list[tuple[int, int, str]]] = []
+    for text, spans in zip(texts, gold, strict=True):
+        triples = sorted(_as_triples(spans))
+        lines, line_start = [], 0
+        for line in text.split("\n"):
+            line_end = line_start + len(line)
+            inside = [(s - line_start, e - line_start, lab) for s, e, lab in triples if line_start <= s and e <= line_end]
+            lines.append((line, inside))
+            line_start = line_end + 1
+        order = rng.permutation(len(lines))
+        pieces: list[str] = []
+        new_gold: list[tuple[int, int, str]] = []
+        cursor = 0
+        for index in order:
+            line, inside = lines[int(index)]
+            rebuilt, last = "", 0
+            for s, e, label in inside:
+                rebuilt += line[last:s]
+                value = line[s:e]
+                if label in ("ID_NUMBER", "PHONE"):
+                    value = _rewrite_number(value, rng)
+                new_gold.append((cursor + len(rebuilt), cursor + len(rebuilt) + len(value), label))
+                rebuilt += value
+                last = e
+            rebuilt += line[last:]
+            pieces.append(rebuilt)
+            cursor += len(rebuilt) + 1
+        out_texts.append("\n".join(pieces))
+        out_gold.append(new_gold)
+    return out_texts, out_gold

@@ -93,6 +93,7 @@ class PatternConfig:
     zh_surnames: frozenset[str]
     zh_compound_surnames: tuple[str, ...]
     zh_given_chars: frozenset[str]
+    zh_name_stopwords: frozenset[str]
     en_titles: tuple[str, ...]
     en_cues_before: tuple[str, ...]
     en_cues_after: tuple[str, ...]
@@ -147,6 +148,7 @@ def load_pattern_config(path: Path = RECOGNISERS_PATH, *, institutions: Iterable
         zh_surnames=_chars(raw["zh_surnames"]),
         zh_compound_surnames=tuple(raw["zh_compound_surnames"]),
         zh_given_chars=_chars(raw["zh_given_chars"]),
+        zh_name_stopwords=frozenset(raw.get("zh_name_stopwords") or ()),
         en_titles=tuple(raw["en_titles"]),
         en_cues_before=tuple(raw["en_cues_before"]),
         en_cues_after=tuple(raw["en_cues_after"]),
@@ -470,7 +472,8 @@ class PatternRecogniser:
             value = run.group()
             if 2 <= len(value) <= 4:
                 surname = self._surname_length(value, 0)
-                if surname and 1 <= len(value) - surname <= 2 and all(ch in given for ch in value[surname:]):
+                if (surname and 1 <= len(value) - surname <= 2 and all(ch in given for ch in value[surname:])
+                        and value not in self.config.zh_name_stopwords):
                     spans.append(Span(run.start(), run.end(), NAME, 0.7))
 
     def _find_en_names(self, text: str, spans: list[Span]) -> None:

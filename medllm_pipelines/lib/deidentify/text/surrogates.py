@@ -24,7 +24,10 @@ from typing import Any
 
 import yaml
 
-from medllm_pipelines.lib.deidentify.text.patterns import default_pattern_config, resident_id_check_char
+from medllm_pipelines.lib.deidentify.text.patterns import (
+    default_pattern_config,
+    resident_id_check_char,
+)
 from medllm_pipelines.lib.deidentify.text.spans import (
     ADDRESS,
     DATE,
@@ -136,7 +139,6 @@ class SurrogateFactory:
         self.vocabulary = _vocabulary()
         self._cache: dict[tuple[str, str], str] = {}
         config = default_pattern_config()
-        self._compound = tuple(config.zh_compound_surnames)
         self._given_names = config.en_given_names | frozenset(self.vocabulary["en_given_names"])
 
     def __call__(self, label: str, value: str) -> str:
@@ -165,8 +167,7 @@ class SurrogateFactory:
 
     def _han_name(self, value: str) -> str:
         han = "".join(ch for ch in value if "\u4e00" <= ch <= "\u9fff")
-        surname_length = 2 if han[:2] in self._compound else 1
-        given_length = max(1, len(han) - surname_length)
+        given_length = max(1, len(han) - 1)  # a one-character surname: the length is kept
         vocab = self.vocabulary
         for attempt in range(8):
             draw = self._draw(NAME, f"{han}\x1f{attempt}")

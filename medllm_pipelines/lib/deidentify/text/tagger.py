@@ -31,7 +31,7 @@ from medllm_pipelines.lib.deidentify.text.spans import ENTITY_TYPES, Span
 
 LABELS: tuple[str, ...] = ("O", *ENTITY_TYPES)
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 WINDOW = 6  # characters each side
 _SEPARATOR = "\x00" * (WINDOW + 2)
 _MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 15, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 6}
@@ -40,8 +40,6 @@ _STRIP = " \t\r\n,.;:!?()[]{}<>\"'、，。；：！？（）【】《》\x00"
 # character classes
 _PAD, _DIGIT, _UPPER, _LOWER, _HAN, _SPACE, _NEWLINE, _PUNCT, _OTHER = range(9)
 
-_PRIMES = tuple(np.uint64(x) for x in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
-                                        0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD))
 _FINAL = np.uint64(0xBF58476D1CE4E5B9)
 _K = np.uint64(1_000_003)
 
@@ -52,8 +50,8 @@ class TaggerConfig:
 
     bucket_bits: int = 16
     epochs: int = 3
-    batch_size: int = 4096
-    learning_rate: float = 0.1
+    batch_size: int = 8192
+    learning_rate: float = 0.15
     entity_weight: float = 3.0  # recall matters more than precision for identifiers
     augment: bool = True
 
@@ -90,14 +88,6 @@ def _shift(values: np.ndarray, d: int) -> np.ndarray:
     else:
         out[-d:] = values[:d]
     return out
-
-
-def _combine(template: int, *parts: np.ndarray) -> np.ndarray:
-    """xor of per-position products, salted by the template; mixed once in ``features``."""
-    h = parts[0] * _PRIMES[0] + np.uint64((template + 1) * 0x2545F491)
-    for prime, part in zip(_PRIMES[1:], parts[1:], strict=False):
-        h ^= part * prime
-    return h
 
 
 def _word_hashes(low: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,49 +143,56 @@ def _runs(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 N_FEATURES = 18
+_LEFT, _RIGHT = 6, 3  # character window: 6 before, 3 after (trigrams reach further)
+_WIDTH = _LEFT + 1 + _RIGHT
+# one odd multiplier per window column: a product identifies (character, offset), and the
+# xor of products identifies an n-gram at its place; the template salt separates features
+_COLUMN_PRIMES = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                           0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x2545F4914F6CDD1D, 0x9FB21C651E98DF25,
+                           0x94D049BB133111EB, 0xBF58476D1CE4E5B9], dtype=np.uint64)
+_LOW_PRIME = np.uint64(0xA0761D6478BD642F)
+_SHAPE_POWERS = np.array([11 ** i for i in range(8, -1, -1)], dtype=np.uint64)
+_SALTS = (np.arange(1, N_FEATURES + 1, dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D))[:, None]
 
 
 def features(text: str, bucket_bits: int) -> np.ndarray:
-    """(F, len(text)) bucket indices of the hashed features of every character."""
+    """(F, len(text)) bucket indices of the hashed features of every character.
+
+    Vectorised over the whole text (a batch is one joined text): a handful of
+    array operations per feature, none per character.
+    """
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     n = len(codes)
     cls = _classes(codes)
     low = np.where(cls == _UPPER, codes + np.uint64(32), codes)
     col = np.where(cls == _DIGIT, np.uint64(48), low)
-    c = {d: _shift(col, d) for d in range(-6, 4)}
+    padded = np.zeros(n + _WIDTH, dtype=np.uint64)
+    padded[_LEFT:_LEFT + n] = col
+    window = np.lib.stride_tricks.sliding_window_view(padded, _WIDTH)[:n]  # window[i, j] = col[i + j - 6]
+    products = (window * _COLUMN_PRIMES).T.copy()  # row j: the character at offset j - 6, hashed with its offset
+    c = {d: products[d + _LEFT] for d in range(-_LEFT, _RIGHT + 1)}
     out = np.empty((N_FEATURES, n), dtype=np.uint64)
-    row = 0
-
-    def add(*parts: np.ndarray) -> None:
-        nonlocal row
-        target = out[row]
-        np.multiply(parts[0], _PRIMES[0], out=target)
-        target += np.uint64((row + 1) * 0x2545F491)
-        for prime, part in zip(_PRIMES[1:], parts[1:], strict=False):
-            target ^= part * prime
-        row += 1
-
-    for d in range(-3, 4):
-        add(c[d])
-    add(low)  # the character itself, digits not collapsed
-    add(c[-1], c[0])
-    add(c[0], c[1])
-    add(c[-3], c[-2], c[-1])
-    add(c[1], c[2], c[3])
-    add(c[-6], c[-5], c[-4])
-    shape = cls.copy()
-    for d in range(-4, 5):
-        if d:
-            shape *= np.uint64(11)
-            shape += _shift(cls, d)
-    add(shape)
+    rows = [c[-3], c[-2], c[-1], c[0], c[1], c[2], c[3]]  # the characters around
+    for row, values in enumerate(rows):
+        out[row] = values
+    np.multiply(low, _LOW_PRIME, out=out[7])  # the character itself, digits not collapsed
+    np.bitwise_xor(c[-1], c[0], out=out[8])
+    np.bitwise_xor(c[0], c[1], out=out[9])
+    np.bitwise_xor(c[-3] ^ c[-2], c[-1], out=out[10])
+    np.bitwise_xor(c[1] ^ c[2], c[3], out=out[11])
+    np.bitwise_xor(c[-6] ^ c[-5], c[-4], out=out[12])
+    cls_padded = np.zeros(n + 8, dtype=np.uint64)
+    cls_padded[4:4 + n] = cls
+    shape_window = np.lib.stride_tricks.sliding_window_view(cls_padded, 9)[:n]
+    np.multiply(shape_window @ _SHAPE_POWERS, _COLUMN_PRIMES[0], out=out[13])
     length, offset, _remaining = _runs(cls)
-    add(cls, np.minimum(length, 31).astype(np.uint64), np.minimum(offset, 15).astype(np.uint64))
+    out[14] = (cls * np.uint64(1024) + np.minimum(length, 31).astype(np.uint64) * np.uint64(16)
+               + np.minimum(offset, 15).astype(np.uint64)) * _COLUMN_PRIMES[1]
     cur, prev, nxt, _prev2 = _word_hashes(low, cls)
-    add(cur)
-    add(prev, cls)
-    add(nxt)
-    assert row == N_FEATURES
+    out[15] = cur
+    np.bitwise_xor(prev, cls * _COLUMN_PRIMES[2], out=out[16])
+    out[17] = nxt
+    out += _SALTS
     out *= _FINAL
     out >>= np.uint64(64 - bucket_bits)
     return out.view(np.int64)
@@ -220,9 +217,13 @@ class Tagger:
 
     def _scores(self, text: str) -> np.ndarray:
         index = features(text, self.bucket_bits)
+        if index.shape[1] <= 2048:  # short input: one gather (fewer calls beat less memory)
+            return self.weights.take(index.ravel(), axis=0).reshape(*index.shape, -1).sum(axis=0) + self.bias
         scores = np.tile(self.bias, (index.shape[1], 1))
+        gathered = np.empty_like(scores)
         for row in index:
-            scores += self.weights[row]
+            np.take(self.weights, row, axis=0, out=gathered)
+            scores += gathered
         return scores
 
     @staticmethod
@@ -240,36 +241,48 @@ class Tagger:
         if not texts:
             return []
         joined = _SEPARATOR.join(texts)
-        probs = self._softmax(self._scores(joined))
-        best = probs.argmax(axis=1)
-        confidence = probs[np.arange(len(best)), best]
-        out: list[list[Span]] = []
+        scores = self._scores(joined)
+        best = scores.argmax(axis=1)
+        tagged = np.flatnonzero(best)
+        confidence = np.zeros(len(best))
+        if len(tagged):  # softmax only where a label was chosen
+            chosen = scores[tagged]
+            chosen -= chosen.max(axis=1, keepdims=True)
+            confidence[tagged] = 1.0 / np.exp(chosen).sum(axis=1)
+        cumulative = np.concatenate(([0.0], np.cumsum(confidence))).tolist()
+        change = np.flatnonzero(np.diff(best)) + 1
+        bounds = np.concatenate(([0], change))
+        run_labels = best[bounds].tolist()
+        ends = np.append(change, len(best)).tolist()
+        starts_list = bounds.tolist()
+        text_starts = []
         offset = 0
         for text in texts:
-            end = offset + len(text)
-            out.append(self._decode(text, best[offset:end], confidence[offset:end]))
-            offset = end + len(_SEPARATOR)
-        return out
-
-    def _decode(self, text: str, best: np.ndarray, confidence: np.ndarray) -> list[Span]:
-        if not best.any():
-            return []
-        change = np.flatnonzero(np.diff(best)) + 1
-        bounds = np.concatenate(([0], change, [len(best)]))
-        spans: list[Span] = []
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-            label_index = int(best[start])
+            text_starts.append(offset)
+            offset += len(text) + len(_SEPARATOR)
+        out: list[list[Span]] = [[] for _ in texts]
+        text_index = 0
+        for start, end, label_index in zip(starts_list, ends, run_labels, strict=True):
             if label_index == 0:
                 continue
-            s, e = int(start), int(end)
+            while text_index + 1 < len(texts) and start >= text_starts[text_index + 1]:
+                text_index += 1
+            base = text_starts[text_index]
+            text = texts[text_index]
+            s, e = start - base, min(end - base, len(text))
             while s < e and text[s] in _STRIP:
                 s += 1
             while e > s and text[e - 1] in _STRIP:
                 e -= 1
             label = self.labels[label_index]
+            snapped = _snap_to_words(text, s, e) if s < e else None
+            if snapped is None:
+                continue
+            s, e = snapped
             if e - s >= _MIN_LENGTH.get(label, 2):
-                spans.append(Span(s, e, label, round(float(confidence[s:e].mean()), 4), "tagger"))
-        return spans
+                score = (cumulative[base + e] - cumulative[base + s]) / (e - s)
+                out[text_index].append(Span(s, e, label, round(score, 4), "tagger"))
+        return out
 
     # --- persistence -------------------------------------------------------------
     def save(self, path: Path) -> str:
@@ -291,6 +304,36 @@ class Tagger:
                 raise ValueError(f"tagger features v{header['feature_version']}, this code reads v{FEATURE_VERSION}")
             return cls(archive["weights"].astype(np.float32), archive["bias"].astype(np.float32),
                        TaggerConfig(**header["config"]), header["meta"], tuple(header["labels"]))
+
+
+def _word_char(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def _snap_to_words(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """Identifiers end at word boundaries: a span cutting an ASCII word grows to the whole
+    word when it holds most of it, and is dropped when it is a fragment ("rvast" in Atorvastatin)."""
+    if start > 0 and _word_char(text[start - 1]) and _word_char(text[start]):
+        word_start = start
+        while word_start > 0 and _word_char(text[word_start - 1]):
+            word_start -= 1
+        word_end = start
+        while word_end < len(text) and _word_char(text[word_end]):
+            word_end += 1
+        if (min(word_end, end) - start) * 2 < word_end - word_start:
+            return None
+        start = word_start
+    if end < len(text) and _word_char(text[end - 1]) and _word_char(text[end]):
+        word_end = end
+        while word_end < len(text) and _word_char(text[word_end]):
+            word_end += 1
+        word_start = end - 1
+        while word_start > 0 and _word_char(text[word_start - 1]):
+            word_start -= 1
+        if (end - max(word_start, start)) * 2 < word_end - word_start:
+            return None
+        end = word_end
+    return start, end
 
 
 # --- training ---------------------------------------------------------------------
@@ -419,11 +462,10 @@ def train_tagger(notes: Sequence[str], gold: Sequence[GoldLike], seed: int = 0,
     try:
         torch.manual_seed(seed)
         buckets = 1 << config.bucket_bits
-        table = torch.nn.EmbeddingBag(buckets, len(LABELS), mode="sum", sparse=True)
+        table = torch.nn.EmbeddingBag(buckets, len(LABELS), mode="sum")
         torch.nn.init.zeros_(table.weight)
         bias = torch.nn.Parameter(torch.zeros(len(LABELS)))
-        sparse_opt = torch.optim.SparseAdam(list(table.parameters()), lr=config.learning_rate)
-        dense_opt = torch.optim.Adam([bias], lr=config.learning_rate)
+        optimiser = torch.optim.Adam([table.weight, bias], lr=config.learning_rate)
         weights = torch.ones(len(LABELS))
         weights[1:] = config.entity_weight
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
@@ -436,15 +478,14 @@ def train_tagger(notes: Sequence[str], gold: Sequence[GoldLike], seed: int = 0,
             total = 0.0
             for begin in range(0, len(order), config.batch_size):
                 batch = order[begin:begin + config.batch_size]
-                sparse_opt.zero_grad()
-                dense_opt.zero_grad()
+                optimiser.zero_grad()
                 loss = loss_fn(table(x_all[batch]) + bias, y_all[batch])
                 loss.backward()
-                sparse_opt.step()
-                dense_opt.step()
+                optimiser.step()
                 total += float(loss.detach()) * len(batch)
             losses.append(round(total / len(target), 5))
-        weight_array = table.weight.detach().numpy().astype(np.float32).copy()
+        # stored as float16 (see ``save``): rounded here so the saved model is exactly this one
+        weight_array = table.weight.detach().numpy().astype(np.float16).astype(np.float32)
         bias_array = bias.detach().numpy().astype(np.float32).copy()
     finally:
         torch.set_num_threads(previous_threads)
@@ -452,6 +493,6 @@ def train_tagger(notes: Sequence[str], gold: Sequence[GoldLike], seed: int = 0,
     for text in notes:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
-    meta = {"seed": seed, "texts": len(notes), "training_positions": int(len(target)),
+    meta = {"seed": seed, "texts": len(notes), "training_positions": len(target),
             "epoch_losses": losses, "training_texts_sha256": digest.hexdigest()}
     return Tagger(weight_array, bias_array, config, meta)
