@@ -140,8 +140,8 @@ def main() -> int:
         generate_hospital(root, patients=args.patients, seed=args.seed, defect_rates=DefectRates.none(),
                           write_identities=True)
         paths = sorted(root.glob("*/dicom/*/*.dcm"))
-        identities = {row["mrn"]: json.loads(json.dumps(row)) for row in
-                      (json.loads(line) for line in (root / "_truth/identities.jsonl").read_text("utf-8").splitlines())}
+        identities = {row["mrn"]: row for row in (json.loads(line) for line in
+                                                  (root / "_truth/identities.jsonl").read_text("utf-8").splitlines())}
         sizes = [p.stat().st_size for p in paths]
         outputs: dict[str, list[bytes]] = {}
 
@@ -230,6 +230,7 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({"throughput": throughput, "ratios": ratios, "targets": targets,
                       "residual": {k: v["files_with_identifiers"] for k, v in residual.items()}}, indent=2))
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
 
 

@@ -575,7 +575,7 @@ class _Deidentifier:
             meta.MediaStorageSOPInstanceUID = self._new_uid(str(meta.MediaStorageSOPInstanceUID))
 
 
-def _burned_in(ds: Dataset, profile: DicomProfile) -> str:
+def _burned_in(ds: Dataset) -> str:
     value = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if value in ("YES", "NO"):
         return value
@@ -610,7 +610,7 @@ def deidentify_dataset(ds: Dataset, *, profile: DicomProfile | None = None, uid_
     """
     profile = profile if profile is not None else default_profile()
     report = DicomDeidReport(profile_version=profile.version)
-    burned_in = _burned_in(ds, profile)
+    burned_in = _burned_in(ds)
     report.burned_in_annotation = burned_in
     modality = str(ds.get("Modality", "") or "").upper()
     known = known_identifiers(ds)
@@ -620,7 +620,7 @@ def deidentify_dataset(ds: Dataset, *, profile: DicomProfile | None = None, uid_
     worker.dataset(ds)
     worker.file_meta(ds)
     # private creators whose blocks are now empty go too
-    tags = list(ds.keys())  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+    tags = list(ds.keys())  # iterating a Dataset yields elements, not tags
     for tag in [t for t in tags if t.is_private and 0x10 <= t.element <= 0xFF]:
         block = tag.element
         if not any(t.group == tag.group and (t.element >> 8) == block for t in tags if t.element > 0xFF):

@@ -89,6 +89,7 @@ def test_saved_tagger_predicts_the_same(deid_hospital: DeidHospital, trained_tag
     texts = [normalise(t.text).text for t in deid_hospital.test[:20]]
     assert loaded.spans_many(texts) == trained_tagger.spans_many(texts)
     assert len(digest) == 64 and loaded.meta == trained_tagger.meta
+    assert loaded.digest == trained_tagger.digest  # the version reported in metadata survives a round trip
 
 
 def test_train_rejects_mismatched_gold() -> None:

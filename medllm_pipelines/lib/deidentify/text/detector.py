@@ -180,8 +180,7 @@ class Detector:
     @property
     def version(self) -> dict[str, Any]:
         return {"recognisers": self.patterns.config.version,
-                "tagger": None if self.tagger is None else self.tagger.meta.get("sha256")
-                or self.tagger.meta.get("training_texts_sha256")}
+                "tagger": None if self.tagger is None else self.tagger.digest}
 
     def detect(self, text: str, *, known: KnownIdentifiers | None = None) -> list[Span]:
         """Identifier spans of ``text``, offsets in the original text, no overlaps."""

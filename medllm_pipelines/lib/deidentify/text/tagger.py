@@ -207,10 +207,20 @@ class Tagger:
     config: TaggerConfig
     meta: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] = LABELS
+    _digest: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def bucket_bits(self) -> int:
         return self.config.bucket_bits
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the weights: the model version to put in metadata."""
+        if self._digest is None:
+            hasher = hashlib.sha256(self.weights.astype(np.float16).tobytes())
+            hasher.update(self.bias.astype(np.float32).tobytes())
+            self._digest = hasher.hexdigest()
+        return self._digest
 
     def probabilities(self, text: str) -> np.ndarray:
         return self._softmax(self._scores(text))
