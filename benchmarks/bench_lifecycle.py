@@ -37,8 +37,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _fresh_home(base: Path, name: str, hospital: Path) -> Path:
+    """A new MEDLLM_HOME holding the delivery, with the synthetic-data ethics approval on file."""
+    from medllm_pipelines.cli import record_demo_approval
+    from medllm_pipelines.settings import load_settings
+
     home = base / name
     shutil.copytree(hospital, home / "landing", ignore=shutil.ignore_patterns("_truth"))
+    record_demo_approval(load_settings({"MEDLLM_HOME": str(home)}))
     return home
 
 

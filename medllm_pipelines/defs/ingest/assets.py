@@ -36,7 +36,7 @@ from medllm_pipelines.defs.common import (
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.ingest.dicom import DICOM_INDEX_COLUMNS, index_dicom_object
-from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, parse_fhir_object
+from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, iter_ndjson_batches, parse_fhir_object
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_object
 from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES, DICOM, FHIR_BUNDLE, FHIR_NDJSON, HL7V2
@@ -175,12 +175,27 @@ FHIR_KEY_OF_TABLE = {spec.key.path[-1]: spec.key for spec in FHIR_SPECS}
 CLINICAL_FEED_KINDS = (FHIR_BUNDLE, FHIR_NDJSON, HL7V2)
 
 
+# Rows per raw-zone part file: bounds memory whatever the feed's size.
+PART_ROWS = 50_000
+
+
 def _clinical_parser(kind: str) -> Callable[..., ParsedFhir]:
     if kind == HL7V2:
         from medllm_pipelines.lib.ingest.hl7 import parse_hl7_object
 
         return parse_hl7_object
     return lambda content, **kw: parse_fhir_object(content, kind=kind, **kw)
+
+
+def _parse_clinical_object(zone, row) -> Iterator[ParsedFhir]:
+    """Parsed batches of one stored clinical file; Bulk NDJSON is streamed (decrypted and parsed
+    chunk by chunk), Bundles and HL7 batches are parsed whole (one file is one message set)."""
+    lineage = {"institution": row.institution, "source_object": row.content_sha256, "asset": "ingest/fhir_resources"}
+    if row.file_kind == FHIR_NDJSON:
+        with zone.stream_object(row.content_sha256) as chunks:
+            yield from iter_ndjson_batches(chunks, **lineage)
+        return
+    yield _clinical_parser(row.file_kind)(zone.get_object(row.content_sha256), **lineage)
 
 
 @multi_asset(
@@ -196,34 +211,51 @@ def fhir_resources(
     refresh of the partition from the raw zone, so a killed run rerun leaves no duplicate and no gap)."""
     zone = raw_zone.get()
     total = ParsedFhir()
-    files_total = files_with_quarantine = 0
+    files_total = files_with_quarantine = records_out_total = 0
     rows_by_table: dict[str, dict[str, int]] = {table: {} for table in FHIR_TABLES}
     for partition in context.partition_keys:
         objects = stored_objects(warehouse, CLINICAL_FEED_KINDS, institution=partition)
-        parsed = ParsedFhir()
+        writers = {table: zone.partition_writer(raw_table_name(FHIR_KEY_OF_TABLE[table]), partition) for table in FHIR_TABLES}
+        buffered: dict[str, list[dict]] = {table: [] for table in FHIR_TABLES}
+        written = {table: 0 for table in FHIR_TABLES}
+
+        def flush(table: str, force: bool = False) -> None:
+            rows = buffered[table]
+            if rows and (force or len(rows) >= PART_ROWS):
+                writers[table].write(pd.DataFrame(rows))
+                written[table] += len(rows)
+                buffered[table] = []
+
+        partition_quarantine: list[QuarantineRecord] = []
+        seen = out_of_scope = 0
         for done, row in enumerate(objects.itertuples(index=False), start=1):
-            result = _clinical_parser(row.file_kind)(
-                zone.get_object(row.content_sha256),
-                institution=row.institution,
-                source_object=row.content_sha256,
-                asset="ingest/fhir_resources",
-            )
-            files_with_quarantine += int(bool(result.quarantine))
-            parsed.extend(result)
+            for batch in _parse_clinical_object(zone, row):
+                partition_quarantine.extend(batch.quarantine)
+                seen += batch.resources_seen
+                out_of_scope += batch.out_of_scope
+                for table, rows in batch.rows.items():
+                    buffered[table].extend(rows)
+                    flush(table)
             if done % 200 == 0:
                 context.log.info(f"{partition}: parsed {done}/{len(objects)} clinical files")
+        files_with_quarantine += len({q.source_object for q in partition_quarantine})
+        for table in FHIR_TABLES:
+            flush(table, force=True)
+            if not written[table]:
+                writers[table].write(pd.DataFrame(columns=LINEAGE_COLUMNS))
+            writers[table].commit()
+            rows_by_table[table][partition] = written[table]
         files_total += len(objects)
-        record_quarantine(warehouse.get(), keys.key(keys.INGEST, "fhir_resources"), parsed.quarantine, partition)
+        record_quarantine(warehouse.get(), keys.key(keys.INGEST, "fhir_resources"), partition_quarantine, partition)
         Reconciliation(
-            parsed.resources_seen, parsed.records_out, len(parsed.quarantine), {"out_of_scope_resource_type": parsed.out_of_scope}
+            seen, sum(written.values()), len(partition_quarantine), {"out_of_scope_resource_type": out_of_scope}
         ).check()
-        for table, rows in parsed.rows.items():
-            frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=LINEAGE_COLUMNS)
-            zone.write_partition(raw_table_name(FHIR_KEY_OF_TABLE[table]), partition, frame)
-            rows_by_table[table][partition] = len(frame)
-        total.extend(parsed)
+        total.quarantine.extend(partition_quarantine)
+        total.resources_seen += seen
+        total.out_of_scope += out_of_scope
+        records_out_total += sum(written.values())
     recon = Reconciliation(
-        total.resources_seen, total.records_out, len(total.quarantine), {"out_of_scope_resource_type": total.out_of_scope}
+        total.resources_seen, records_out_total, len(total.quarantine), {"out_of_scope_resource_type": total.out_of_scope}
     ).check()
     context.log.info(f"{recon.records_in} entries read, {recon.records_out} out, {recon.quarantined} quarantined")
     by_reason: dict[str, int] = {}

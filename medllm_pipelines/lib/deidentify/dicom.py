@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -240,17 +241,53 @@ def _element(tag: BaseTag, vr: str, value: Any) -> DataElement:
     return DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
-def _set_ascii(ds: Dataset, tag: BaseTag, vr: str, values: list[str]) -> None:
-    """Replace an element by ASCII values; kept raw (encoded here) so the writer copies it as is."""
+Encoding = tuple[bool, bool]  # (implicit VR, little endian) of the raw elements read
+
+
+def _encoding_of(ds: Dataset) -> Encoding | None:
+    """How the dataset's raw elements are encoded (None when it was built in memory)."""
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements
+        raw = ds.get_item(tag)
+        if getattr(raw, "is_raw", False):
+            return bool(raw.is_implicit_VR), bool(raw.is_little_endian)
+    return None
+
+
+def _set_ascii(ds: Dataset, tag: BaseTag, vr: str, values: list[str], encoding: Encoding | None) -> None:
+    """Replace an element by ASCII values, encoded here as a raw element the writer copies as is."""
     text = "\\".join(values)
-    raw = ds.get_item(tag)
-    if not text.isascii() or not isinstance(getattr(raw, "value", None), bytes):
+    if encoding is None or not text.isascii():
         ds[tag] = _element(tag, vr, values if len(values) > 1 else (values[0] if values else ""))
         return
     data = text.encode("ascii")
     if len(data) % 2:
         data += b"\x00" if vr == "UI" else b" "
-    ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, raw.is_implicit_VR, raw.is_little_endian)
+    ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0, encoding[0], encoding[1])
+
+
+def _encode_element(tag: int, vr: str, value: str, encoding: Encoding) -> bytes:
+    implicit, little = encoding
+    order = "<" if little else ">"
+    data = value.encode("ascii")
+    if len(data) % 2:
+        data += b" "
+    head = struct.pack(f"{order}HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack(f"{order}I", len(data)) + data
+    return head + vr.encode("ascii") + struct.pack(f"{order}H", len(data)) + data
+
+
+@lru_cache(maxsize=64)
+def _code_sequence_value(codes: tuple[tuple[str, str], ...], encoding: Encoding) -> bytes:
+    """DeidentificationMethodCodeSequence items, encoded once (defined lengths): writing a
+    freshly built sequence costs pydicom more than the whole rest of the header."""
+    order = "<" if encoding[1] else ">"
+    out = b""
+    for code, meaning in codes:
+        item = (_encode_element(0x00080100, "SH", code, encoding) + _encode_element(0x00080102, "SH", "DCM", encoding)
+                + _encode_element(0x00080104, "LO", meaning, encoding))
+        out += struct.pack(f"{order}HHI", 0xFFFE, 0xE000, len(item)) + item
+    return out
 
 
 def _empty_value(vr: str) -> Any:
@@ -299,11 +336,7 @@ def _values(ds: Dataset, tag: int) -> list[Any]:
     raw = ds.get_item(tag)
     value = getattr(raw, "value", None)
     if isinstance(value, bytes) and getattr(raw, "VR", None) != "SQ":
-        charset = ds.get_item(0x00080005)
-        charset_value = getattr(charset, "value", b"") or b""
-        if isinstance(charset_value, bytes):
-            charset_value = charset_value.decode("ascii", "replace")
-        encoding = _PLAIN_CHARSETS.get(str(charset_value).strip(" \x00"))
+        encoding = "ascii" if value.isascii() else _plain_codec(ds)
         if encoding is not None:
             text = value.decode(encoding, "replace").rstrip("\x00 ")
             return [v for v in text.split("\\") if v]
@@ -311,6 +344,17 @@ def _values(ds: Dataset, tag: int) -> list[Any]:
     if value is None or value == "":
         return []
     return list(value) if isinstance(value, (list, MultiValue)) else [value]
+
+
+def _plain_codec(ds: Dataset) -> str | None:
+    """The Python codec of the dataset's character set when it is a single plain one."""
+    charset = ds.get_item(0x00080005)
+    value = getattr(charset, "value", b"") or b""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, (list, MultiValue)):
+        return None
+    return _PLAIN_CHARSETS.get(str(value).strip(" \x00"))
 
 
 def known_identifiers(ds: Dataset) -> KnownIdentifiers:
@@ -340,6 +384,8 @@ class _Deidentifier:
         self.cleaned: set[str] = set()
         self.replaced: Counter[str] = Counter()
         self._uid_cache: dict[str, str] = {}
+        self.encoding: Encoding | None = None
+        self.text_codec: str | None = None
         self._allowed = {(a.creator.upper(), a.group, a.element) for a in profile.private_allow}
 
     # --- dataset walk ------------------------------------------------------------------
@@ -412,16 +458,16 @@ class _Deidentifier:
             return
         if action == "Z" and vr != "SQ":
             if value_hint == "pseudonym":
-                _set_ascii(ds, tag, vr, [self.pseudonym])
+                _set_ascii(ds, tag, vr, [self.pseudonym], self.encoding)
             elif vr in _BINARY_VRS or vr in _NUMBER_VRS:
                 ds[tag] = _element(tag, vr, _empty_value(vr))
             else:
-                _set_ascii(ds, tag, vr, [])
+                _set_ascii(ds, tag, vr, [], self.encoding)
             return
         if vr in ("UI", "DA", "DT", "TM") and action in ("U", "C", "D"):
             self._ascii_action(ds, tag, vr, action)
             return
-        if action == "C" and vr in self.profile.text_vrs and self._clean_ascii(ds, tag, vr, rule):
+        if action == "C" and vr in self.profile.text_vrs and self._clean_raw_text(ds, tag, vr, rule):
             return
         element = ds[tag]
         if action == "Z":
@@ -436,13 +482,23 @@ class _Deidentifier:
             for item in element.value or []:
                 self.dataset(item)
 
-    def _clean_ascii(self, ds: Dataset, tag: BaseTag, vr: str, rule: AttributeRule | None) -> bool:
-        """Clean an undecoded ASCII text value; False when it needs pydicom's charset decoding."""
+    def _clean_raw_text(self, ds: Dataset, tag: BaseTag, vr: str, rule: AttributeRule | None) -> bool:
+        """Clean an undecoded text value (ASCII, or UTF-8/Latin-1 by the character set) from its bytes;
+        False when it needs pydicom's decoding (ISO 2022 code extensions, GB18030...)."""
         raw = ds.get_item(tag)
         value = getattr(raw, "value", None)
-        if not isinstance(value, bytes) or not value.isascii():
+        if not isinstance(value, bytes):
             return False
-        text = value.decode("ascii").rstrip("\x00 ")
+        if value.isascii():
+            text = value.decode("ascii")
+        elif self.text_codec is not None:
+            try:
+                text = value.decode(self.text_codec)
+            except UnicodeDecodeError:
+                return False
+        else:
+            return False
+        text = text.rstrip("\x00 ")
         if not text:
             return True
         parts = text.split("\\") if vr not in ("LT", "ST", "UT") else [text]
@@ -475,11 +531,11 @@ class _Deidentifier:
             shifter = shift_da if vr == "DA" else shift_dt
             moved = [shifter(p, self.days) for p in parts]
             if any(m is None for m in moved):
-                _set_ascii(ds, tag, vr, [])  # partial or malformed: cannot be shifted exactly
+                _set_ascii(ds, tag, vr, [], self.encoding)  # partial or malformed: cannot be shifted exactly
                 return
             new = [m for m in moved if m is not None]
             self.report.dates_shifted += len(new)
-        _set_ascii(ds, tag, vr, new)
+        _set_ascii(ds, tag, vr, new, self.encoding)
 
     # --- actions -------------------------------------------------------------------------
     def _empty(self, element: DataElement, value_hint: str | None) -> None:
@@ -617,6 +673,8 @@ def deidentify_dataset(ds: Dataset, *, profile: DicomProfile | None = None, uid_
     worker = _Deidentifier(profile, uid_key, int(date_shift_days), patient_pseudonym,
                            detector if detector is not None else _default_detector(),
                            surrogate_for if surrogate_for is not None else placeholder, known, report)
+    worker.encoding = _encoding_of(ds)
+    worker.text_codec = _plain_codec(ds)
     worker.dataset(ds)
     worker.file_meta(ds)
     # private creators whose blocks are now empty go too
@@ -638,11 +696,16 @@ def deidentify_dataset(ds: Dataset, *, profile: DicomProfile | None = None, uid_
         report.quarantine, report.quarantine_reason = True, "burned_in_annotation_unknown"
     if report.private_retained:
         codes.append("retain_safe_private")
-    ds[0x00120062] = _element(Tag(0x00120062), "CS", "YES")  # PatientIdentityRemoved
     method = f"PS3.15 E.1-1 {'+'.join(profile.method_codes[c][0] for c in codes)} v{profile.version}"
-    ds[0x00120063] = _element(Tag(0x00120063), "LO", method)  # DeidentificationMethod
-    ds[0x00120064] = DataElement(Tag(0x00120064), "SQ",  # DeidentificationMethodCodeSequence
-                                 Sequence([_code_item(*profile.method_codes[c]) for c in codes]))
+    encoding = worker.encoding
+    _set_ascii(ds, Tag(0x00120062), "CS", ["YES"], encoding)  # PatientIdentityRemoved
+    _set_ascii(ds, Tag(0x00120063), "LO", [method], encoding)  # DeidentificationMethod
+    code_items = tuple(profile.method_codes[c] for c in codes)
+    if encoding is not None and all(m.isascii() for _, m in code_items):  # DeidentificationMethodCodeSequence
+        value = _code_sequence_value(code_items, encoding)
+        ds[0x00120064] = RawDataElement(Tag(0x00120064), "SQ", len(value), value, 0, encoding[0], encoding[1])
+    else:
+        ds[0x00120064] = DataElement(Tag(0x00120064), "SQ", Sequence([_code_item(*item) for item in code_items]))
     report.actions = dict(sorted(worker.actions.items()))
     report.cleaned_attributes = sorted(worker.cleaned)
     report.identifiers_replaced = dict(sorted(worker.replaced.items()))

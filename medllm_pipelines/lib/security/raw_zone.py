@@ -9,12 +9,15 @@ file swapped for another fails to decrypt.
 from __future__ import annotations
 
 import io
+import os
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from medllm_pipelines.lib.security.envelope import DataKeyProvider, decrypt_bytes, encrypt_bytes
+from medllm_pipelines.lib.security.envelope import DataKeyProvider, decrypt_bytes, decrypt_stream, encrypt_bytes
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _PARTITION = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -47,6 +50,12 @@ class RawZone:
     def get_object(self, sha256: str) -> bytes:
         return decrypt_bytes(self.object_path(sha256).read_bytes(), self.keys, aad=f"object:{sha256}".encode())
 
+    @contextmanager
+    def stream_object(self, sha256: str) -> Iterator[Iterator[bytes]]:
+        """The object's plaintext as authenticated chunks: memory flat in the object's size."""
+        with self.object_path(sha256).open("rb") as handle:
+            yield decrypt_stream(handle, self.keys, aad=f"object:{sha256}".encode())
+
     # --- tables -----------------------------------------------------------
     def table_path(self, name: str) -> Path:
         if not _NAME.fullmatch(name):
@@ -78,22 +87,55 @@ class RawZone:
 
     def write_partition(self, name: str, partition: str, frame: pd.DataFrame) -> Path:
         """Replace one partition: re-materialising a partition never duplicates its rows."""
+        path = self.partition_path(name, partition)
+        self._write_part(name, partition, path, frame)
+        for stale in self._part_paths(name, partition):
+            stale.unlink()
+        return path
+
+    def write_partition_parts(self, name: str, partition: str, frames: Iterable[pd.DataFrame]) -> int:
+        """Replace one partition by a sequence of part files; returns the number of parts."""
+        writer = self.partition_writer(name, partition)
+        for frame in frames:
+            writer.write(frame)
+        return writer.commit()
+
+    def partition_writer(self, name: str, partition: str) -> PartitionWriter:
+        """Write a large partition in bounded parts; nothing replaces the old partition until
+        ``commit()``, so a run killed midway leaves the previous partition intact."""
+        return PartitionWriter(self, name, partition)
+
+    def _part_paths(self, name: str, partition: str) -> list[Path]:
+        folder = self.partition_path(name, partition).parent
+        return sorted(folder.glob(f"{partition}.part-*.parquet.enc"))
+
+    def _write_part(self, name: str, partition: str, path: Path, frame: pd.DataFrame, part_index: int | None = None) -> None:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
-        path = self.partition_path(name, partition)
-        _write_private(path, encrypt_bytes(buffer.getvalue(), self.keys, aad=f"table:{name}/{partition}".encode()))
-        return path
+        aad = f"table:{name}/{partition}" + ("" if part_index is None else f"/part-{part_index:05d}")
+        _write_private(path, encrypt_bytes(buffer.getvalue(), self.keys, aad=aad.encode()))
 
     def partitions(self, name: str) -> list[str]:
         folder = self.root / "tables" / name
         if not _NAME.fullmatch(name) or not folder.is_dir():
             return []
-        return sorted(p.name.removesuffix(".parquet.enc") for p in folder.glob("*.parquet.enc"))
+        names = {p.name.removesuffix(".parquet.enc").split(".part-")[0] for p in folder.glob("[!.]*.parquet.enc")}
+        return sorted(names)
 
     def read_partition(self, name: str, partition: str) -> pd.DataFrame:
         path = self.partition_path(name, partition)
-        plaintext = decrypt_bytes(path.read_bytes(), self.keys, aad=f"table:{name}/{partition}".encode())
-        return pd.read_parquet(io.BytesIO(plaintext))
+        if path.exists():
+            plaintext = decrypt_bytes(path.read_bytes(), self.keys, aad=f"table:{name}/{partition}".encode())
+            return pd.read_parquet(io.BytesIO(plaintext))
+        parts = []
+        for part in self._part_paths(name, partition):
+            index = int(part.name.split(".part-")[1].split(".")[0])
+            aad = f"table:{name}/{partition}/part-{index:05d}".encode()
+            parts.append(pd.read_parquet(io.BytesIO(decrypt_bytes(part.read_bytes(), self.keys, aad=aad))))
+        if not parts:
+            raise FileNotFoundError(f"raw-zone partition {name!r}/{partition!r} has not been materialised")
+        non_empty = [frame for frame in parts if len(frame)]
+        return pd.concat(non_empty or parts[:1], ignore_index=True)
 
     def read_partitions(self, name: str) -> pd.DataFrame:
         """All partitions of a table, concatenated (the whole table as downstream stages see it)."""
@@ -103,6 +145,30 @@ class RawZone:
             raise FileNotFoundError(f"raw-zone table {name!r} has no materialised partition")
         non_empty = [frame for frame in parts if len(frame)]
         return pd.concat(non_empty or parts[:1], ignore_index=True)
+
+
+class PartitionWriter:
+    """Staged part files of one raw-zone partition, swapped in by ``commit``."""
+
+    def __init__(self, zone: RawZone, name: str, partition: str) -> None:
+        self.zone, self.name, self.partition = zone, name, partition
+        self.final = zone.partition_path(name, partition)
+        for leftover in self.final.parent.glob(f".staged.{partition}.part-*"):
+            leftover.unlink()  # a previous run's parts that were never committed
+        self.staged: list[Path] = []
+
+    def write(self, frame: pd.DataFrame) -> None:
+        index = len(self.staged)
+        part = self.final.with_name(f".staged.{self.partition}.part-{index:05d}.parquet.enc")
+        self.zone._write_part(self.name, self.partition, part, frame, part_index=index)
+        self.staged.append(part)
+
+    def commit(self) -> int:
+        for stale in [*self.zone._part_paths(self.name, self.partition), self.final]:
+            stale.unlink(missing_ok=True)
+        for part in self.staged:
+            os.replace(part, part.with_name(part.name.removeprefix(".staged.")))
+        return len(self.staged)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -98,3 +98,34 @@ def test_object_names_must_be_sha256_digests(zone, name):
 def test_table_names_cannot_escape_the_zone(zone, name):
     with pytest.raises(ValueError, match="invalid raw-zone table name"):
         zone.write_table(name, pd.DataFrame({"x": [1]}))
+
+
+def test_a_partition_written_in_parts_reads_back_whole_and_replaces_the_old_one(zone):
+    zone.write_partition("ingest_observations", "hzsf", pd.DataFrame({"v": [0]}))
+    parts = [pd.DataFrame({"v": range(i * 10, i * 10 + 10)}) for i in range(3)]
+
+    assert zone.write_partition_parts("ingest_observations", "hzsf", parts) == 3
+
+    assert zone.read_partition("ingest_observations", "hzsf")["v"].tolist() == list(range(30))
+    assert zone.partitions("ingest_observations") == ["hzsf"]
+
+
+def test_a_parts_writer_that_never_commits_leaves_the_previous_partition(zone):
+    zone.write_partition("ingest_observations", "hzsf", pd.DataFrame({"v": [1, 2]}))
+    writer = zone.partition_writer("ingest_observations", "hzsf")
+    writer.write(pd.DataFrame({"v": [9]}))  # the run is killed here, before commit()
+
+    assert zone.read_partition("ingest_observations", "hzsf")["v"].tolist() == [1, 2]
+    # the next run clears the stale staged part and commits its own
+    rerun = zone.partition_writer("ingest_observations", "hzsf")
+    rerun.write(pd.DataFrame({"v": [3]}))
+    rerun.commit()
+    assert zone.read_partition("ingest_observations", "hzsf")["v"].tolist() == [3]
+
+
+def test_streaming_an_object_yields_its_plaintext(zone):
+    content = b'{"resourceType": "Patient"}\n' * 5000
+    digest = hashlib.sha256(content).hexdigest()
+    zone.put_object(digest, content)
+    with zone.stream_object(digest) as chunks:
+        assert b"".join(chunks) == content
