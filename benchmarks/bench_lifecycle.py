@@ -155,7 +155,9 @@ def run_direct(home: Path) -> dict[str, Any]:
             checks_by_asset[check_key.asset_key].append(check)
     done: set[int] = set()
     timings: dict[str, float] = {}
-    configured = build_resources(settings)
+    from medllm_pipelines.defs.marts.assets import build_dbt_resources
+
+    configured = {**build_resources(settings), **build_dbt_resources(settings)}
     started = time.perf_counter()
     with init_resources(configured) as initialised, DagsterInstance.ephemeral() as instance:
         ensure_partitions(instance, partitions)
