@@ -200,3 +200,11 @@ def test_reconcile_report_accounts_for_every_stage(embedded_run) -> None:
     assert sum(c["in"] for c in per_institution.values()) == observations["in"]
     assert {row["reason_code"] for row in report["quarantine"]} >= {"malformed_json", "unknown_source"}
     assert "quality/clean_observations" in format_report(report)
+
+
+def test_dicom_is_indexed_per_study_series_and_instance(embedded_run) -> None:
+    meta = next(embedded_run.result.materializations(keys.RAW_DICOM_INSTANCES))
+    hierarchy = meta["dicom_hierarchy_by_institution"]
+    assert set(hierarchy) >= {"hzsf", "rvic", "jhsq"}
+    for counts in hierarchy.values():
+        assert 0 < counts["studies"] <= counts["series"] <= counts["instances"]

@@ -35,7 +35,7 @@ from medllm_pipelines.defs.common import (
 )
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
-from medllm_pipelines.lib.ingest.dicom import DICOM_INDEX_COLUMNS, index_dicom_object
+from medllm_pipelines.lib.ingest.dicom import DICOM_INDEX_COLUMNS, index_dicom_object, summarise_dicom_index
 from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, iter_ndjson_batches, parse_fhir_object
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_object
@@ -300,6 +300,7 @@ def _parse_objects_to_partition(
     seen_total = out_total = quarantined_total = files_total = 0
     rows_by_institution: dict[str, int] = {}
     by_reason: dict[str, int] = {}
+    hierarchy: dict[str, dict[str, int]] = {}  # DICOM: studies / series / instances per institution
     for partition in context.partition_keys:
         objects = stored_objects(warehouse, (kind,), institution=partition)
         rows: list[dict] = []
@@ -327,6 +328,9 @@ def _parse_objects_to_partition(
         frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
         zone.write_partition(raw_table_name(asset_key), partition, frame)
         record_quarantine(warehouse.get(), asset_key, quarantine, partition)
+        if kind == DICOM and len(frame):
+            studies, series = summarise_dicom_index(frame)
+            hierarchy[partition] = {"studies": len(studies), "series": len(series), "instances": len(frame)}
         Reconciliation(seen, len(frame), len(quarantine)).check()
         seen_total, out_total, quarantined_total = seen_total + seen, out_total + len(frame), quarantined_total + len(quarantine)
         files_total += len(objects)
@@ -343,6 +347,7 @@ def _parse_objects_to_partition(
             "quarantined": quarantined_total,
             "quarantined_by_reason": MetadataValue.json(dict(sorted(by_reason.items()))),
             "rows_by_institution": MetadataValue.json(rows_by_institution),
+            **({"dicom_hierarchy_by_institution": MetadataValue.json(hierarchy)} if hierarchy else {}),
             "source_files": files_total,
             "storage": RAW_STORAGE,
             **versions_metadata(),
