@@ -175,13 +175,21 @@ def _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, do
         if id(asset_def) not in done:
             done.add(id(asset_def))
             t0 = time.perf_counter()
-            for partition in partitions if asset_def.partitions_def else [None]:
-                with build_asset_context(resources=resources, partition_key=partition, instance=instance) as context:
-                    output = asset_def(context)
-                    if hasattr(output, "__iter__") and not isinstance(output, (dict, str)):
-                        list(output)
+            if "dbt" in asset_def.required_resource_keys:
+                # the dbt project "called directly" is `dbt build` itself, no Dagster around it
+                from medllm_pipelines.lib.curate.dbt_project import dbt_connection, run_dbt
+
+                run_dbt(["build"], dbt_connection(resources["warehouse"].url), target_path=Path(tempfile.mkdtemp()))
+            else:
+                for partition in partitions if asset_def.partitions_def else [None]:
+                    with build_asset_context(resources=resources, partition_key=partition, instance=instance) as context:
+                        output = asset_def(context)
+                        if hasattr(output, "__iter__") and not isinstance(output, (dict, str)):
+                            list(output)
             timings[asset_def.node_def.name] = round(time.perf_counter() - t0, 3)
         for check in checks_by_asset.get(key, []):
+            if "dbt" in check.required_resource_keys:
+                continue  # dbt tests ran inside `dbt build` above
             t0 = time.perf_counter()
             # Checks are called as plain functions: Dagster's direct check invocation
             # cannot open resources that have a teardown (the Vault client).

@@ -25,7 +25,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from pydantic import Field
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import versions_metadata
+from medllm_pipelines.defs.common import run_id_of, versions_metadata
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.curate import dbt_project as project
@@ -181,7 +181,7 @@ def curate_dbt_models(context: AssetExecutionContext, dbt: MedllmDbtCliResource,
     Each run writes its dbt artifacts to its own folder under dbt/target/runs/,
     removed when the build succeeds and kept (path in the log) when it fails.
     """
-    target_path = project.run_target_path(Path(dbt.project_dir), context.run.run_id)
+    target_path = project.run_target_path(Path(dbt.project_dir), run_id_of(context))
     invocation = dbt.cli(["build"], context=context, target_path=target_path)
     events: list[Any] = []
     failure: Exception | None = None
