@@ -170,9 +170,11 @@ def run_direct(home: Path) -> dict[str, Any]:
 def _invoke_in_order(order, defs_by_key, checks_by_asset, resources, timings, done, instance, partitions) -> None:
     from dagster import build_asset_check_context, build_asset_context
 
+    # a multi-asset runs once, when the last of its keys comes up: all of its upstreams are done by then
+    last_key = {id(defs_by_key[k]): k for k in order}
     for key in order:
         asset_def = defs_by_key[key]
-        if id(asset_def) not in done:
+        if id(asset_def) not in done and last_key[id(asset_def)] == key:
             done.add(id(asset_def))
             t0 = time.perf_counter()
             if "dbt" in asset_def.required_resource_keys:
