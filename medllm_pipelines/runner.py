@@ -99,16 +99,16 @@ def run_lifecycle(
     *,
     job_name: str | None = None,
     log_level: str = "INFO",
-    freeze_gc: bool = True,
+    freeze_gc: bool = False,
     partitions: Sequence[str] | None = None,
 ) -> LifecycleResult:
     """Ingest every institution (or ``partitions``), then run every downstream stage once.
 
     ``job_name``: ``lifecycle_job`` (default: ingest + downstream), ``ingest_job``
     or ``downstream_job``. ``freeze_gc`` moves the objects alive before the runs
-    (Dagster's definitions, imported libraries) out of the garbage collector's
-    reach, so collections triggered by parsing many small objects do not rescan
-    them; benchmarks/bench_lifecycle.py measures it side by side.
+    out of the garbage collector's reach; benchmarks/bench_lifecycle.py measures
+    it side by side. Off by default: a small gain at 400 patients did not hold
+    at 1,000 (docs/benchmarks.md).
     """
     from dagster import DagsterInstance
 
