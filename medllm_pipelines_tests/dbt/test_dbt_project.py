@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ from medllm_pipelines.lib.common.warehouse import Warehouse
 from medllm_pipelines.lib.curate import dbt_project
 from medllm_pipelines.lib.deidentify.consent import REGISTRY_COLUMNS
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS
+from medllm_pipelines_tests.postgres import throwaway_database
 
-PG_HOST_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 COHORTS = {"type2_diabetes": "E11", "hypertension": "I10", "hyperlipidaemia": "E78"}
 
 # --- a small, deliberate warehouse ---------------------------------------------------
@@ -151,21 +150,8 @@ def dbt_manifest() -> Path:
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A fresh database on the local server, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"medllm_dbt_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"local PostgreSQL not reachable: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0")
-    try:
-        yield f"{PG_HOST_URL}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with throwaway_database("medllm_dbt") as url:
+        yield url
 
 
 def dbt_build(url: str, target_dir: Path, *, check: bool = True) -> dict:

@@ -11,28 +11,15 @@ import pandas as pd
 import pytest
 
 from medllm_pipelines.lib.common.warehouse import Warehouse
+from medllm_pipelines_tests.postgres import throwaway_database
 
-PG_HOST_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture(scope="module")
 def postgres_database() -> Iterator[str]:
     """A fresh database for this module, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"medllm_unit_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"local PostgreSQL not reachable: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0")
-    try:
-        yield f"{PG_HOST_URL}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with throwaway_database("medllm_unit") as url:
+        yield url
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
