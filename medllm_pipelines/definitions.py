@@ -11,7 +11,9 @@ from dagster import Definitions, in_process_executor
 
 from medllm_pipelines.defs.curate import assets as curate
 from medllm_pipelines.defs.deidentify import assets as deidentify
+from medllm_pipelines.defs.deidentify import disclosure, text
 from medllm_pipelines.defs.evaluate import assets as evaluate
+from medllm_pipelines.defs.evaluate import leak_scan
 from medllm_pipelines.defs.ingest import arrivals
 from medllm_pipelines.defs.ingest import assets as ingest
 from medllm_pipelines.defs.ingest.sensors import landing_sensors, refresh_after_ingest
@@ -29,13 +31,24 @@ ALL_ASSETS = [
     arrivals.daily_arrivals,
     *quality.ASSETS,
     *deidentify.ASSETS,
+    *text.ASSETS,
+    *disclosure.ASSETS,
     *label.ASSETS,
     *curate.ASSETS,
     *marts.ASSETS,
     *train.ASSETS,
     *evaluate.ASSETS,
+    *leak_scan.ASSETS,
 ]
-ALL_CHECKS = [*quality.CHECKS, *deidentify.CHECKS, *label.CHECKS, *curate.CHECKS]
+ALL_CHECKS = [
+    *quality.CHECKS,
+    *deidentify.CHECKS,
+    *text.CHECKS,
+    *disclosure.CHECKS,
+    *label.CHECKS,
+    *curate.CHECKS,
+    *leak_scan.CHECKS,
+]
 
 
 def make_definitions(settings: Settings | None = None) -> Definitions:

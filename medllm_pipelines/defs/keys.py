@@ -42,6 +42,11 @@ DEID_OBSERVATIONS = key(DEIDENTIFY, "observations")
 DEID_CONDITIONS = key(DEIDENTIFY, "conditions")
 CONSENT_REGISTRY = key(DEIDENTIFY, "consent_registry")
 DEID_IMAGES = key(DEIDENTIFY, "images")
+# deidentify: free text (notes, dialogues) and released aggregates
+PHI_TAGGER = key(DEIDENTIFY, "phi_tagger")
+DEID_NOTES = key(DEIDENTIFY, "notes")
+DEID_DIALOGUES = key(DEIDENTIFY, "dialogues")
+RELEASED_STATISTICS = key(DEIDENTIFY, "released_statistics")
 # label / curate / train / evaluate
 DIABETES_LABELS = key(LABEL, "diabetes_labels")
 # label: annotation import, review and labelled sets (clause 5.1.4, rows D10-D11)
@@ -67,10 +72,13 @@ DIABETES_SPLITS = key(CURATE, "diabetes_splits")
 DIABETES_MODEL = key(TRAIN, "diabetes_model")
 RETRAINING_REQUIRED = key(TRAIN, "retraining_required")
 DIABETES_EVALUATION = key(EVALUATE, "diabetes_evaluation_report")
+PRIVACY_LEAK_SCAN = key(EVALUATE, "privacy_leak_scan")
 
 # asset checks
 CHECK_GE_SUITE = "great_expectations_suite"
 CHECK_NO_IDENTIFIERS = "no_direct_identifiers"
+CHECK_K_ANONYMITY = "k_anonymity_at_least_k"
+CHECK_NO_IDENTIFIER_IN_OUTPUTS = "no_identifier_in_mlflow_metadata_or_logs"
 CHECK_NO_LEAKAGE = "no_patient_in_two_splits"
 CHECK_RECONCILED = "records_reconciled"
 CHECK_AGREEMENT = "agreement_meets_threshold"

@@ -1,0 +1,4 @@
+"""Disclosure risk: k-anonymity gates on released tables and differentially private released statistics."""
+
+ASSETS: list = []
+CHECKS: list = []
