@@ -33,7 +33,9 @@ from medllm_pipelines.lib.security.errors import (
 
 __all__ = [
     "DATA_KEY_TYPE",
+    "DEFAULT_AUDIT_KEY_NAME",
     "DEFAULT_DATA_KEY_NAME",
+    "DEFAULT_EXPORT_KEY_NAME",
     "DEFAULT_HMAC_BATCH_SIZE",
     "DEFAULT_PSEUDONYM_KEY_NAME",
     "DEFAULT_TRANSIT_MOUNT",
@@ -47,6 +49,11 @@ __all__ = [
 DEFAULT_TRANSIT_MOUNT = "transit"
 DEFAULT_DATA_KEY_NAME = "medllm-raw-zone"
 DEFAULT_PSEUDONYM_KEY_NAME = "medllm-pseudonym"
+# HMAC-only key that MACs the audit log's checkpoints and head (audit.TransitChainKey).
+DEFAULT_AUDIT_KEY_NAME = "medllm-audit"
+# Wraps the data keys of governed exports; kept apart from the raw-zone key so a
+# recipient's decrypt grant never reaches identifiable data.
+DEFAULT_EXPORT_KEY_NAME = "medllm-export"
 DATA_KEY_TYPE = "aes256-gcm96"
 # An HMAC-only key: it cannot encrypt, decrypt or be exported, so a token that
 # may pseudonymise cannot be turned into one that reverses anything else.
@@ -128,6 +135,11 @@ class TransitKeyService:
         # Do not let HTTP(S)_PROXY or .netrc from the environment redirect a
         # request that carries the token.
         session.trust_env = False
+        # hvac takes verify/cert from a passed session whenever session.verify is
+        # truthy (its issue 991 fix), and a new Session's verify is True: without
+        # these two lines a configured CA bundle (ca_cert) would be silently ignored.
+        session.verify = verify
+        session.cert = client_cert
         self._client = hvac.Client(
             url=self._addr,
             token=token,
@@ -228,17 +240,19 @@ class TransitKeyService:
 
     # -- pseudonyms ------------------------------------------------------
 
-    def hmac_many(self, values: Sequence[str], *, key_version: int | None = None) -> HmacDigests:
+    def hmac_many(
+        self, values: Sequence[str], *, key_version: int | None = None, key_name: str | None = None
+    ) -> HmacDigests:
         """HMAC-SHA-256 of each UTF-8 value with the pseudonym key, as hex.
 
         All values of one call use one key version (the latest unless
         ``key_version`` is given), even if the key rotates mid-call, so one
         batch never mixes pseudonym generations. Input values never appear in
-        error messages.
+        error messages. ``key_name`` selects another HMAC key (the audit key).
         """
         digests: list[str] = []
         pinned = key_version
-        path = f"hmac/{self._pseudonym_key_name}/{HMAC_ALGORITHM}"
+        path = f"hmac/{key_name or self._pseudonym_key_name}/{HMAC_ALGORITHM}"
         for start in range(0, len(values), self._hmac_batch_size):
             batch = values[start : start + self._hmac_batch_size]
             body: dict[str, Any] = {"batch_input": [{"input": _b64encode(v.encode("utf-8"))} for v in batch]}
@@ -292,7 +306,12 @@ class TransitKeyService:
 
     def default_keys(self) -> dict[str, str]:
         """The keys the project needs, name -> transit key type."""
-        return {self._data_key_name: DATA_KEY_TYPE, self._pseudonym_key_name: PSEUDONYM_KEY_TYPE}
+        return {
+            self._data_key_name: DATA_KEY_TYPE,
+            self._pseudonym_key_name: PSEUDONYM_KEY_TYPE,
+            DEFAULT_AUDIT_KEY_NAME: PSEUDONYM_KEY_TYPE,
+            DEFAULT_EXPORT_KEY_NAME: DATA_KEY_TYPE,
+        }
 
     def ensure_transit(self, keys: Mapping[str, str] | None = None) -> dict[str, KeyInfo]:
         """Mount transit if needed and create missing keys (idempotent).
