@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
+from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.curate import assets as curate
 from medllm_pipelines.defs.deidentify import assets as deidentify
 from medllm_pipelines.defs.deidentify import disclosure, text
@@ -40,6 +41,16 @@ ALL_ASSETS = [
     *evaluate.ASSETS,
     *leak_scan.ASSETS,
 ]
+
+
+def _sinks(assets: list) -> list:
+    """Keys nothing else depends on (the time-partitioned feed summary aside): the leak scan runs after them."""
+    produced = {k for a in assets for k in a.keys}
+    consumed = {k for a in assets for k in a.dependency_keys}
+    return sorted(produced - consumed - {keys.DAILY_ARRIVALS}, key=lambda k: k.to_user_string())
+
+
+ALL_ASSETS.append(leak_scan.build_privacy_leak_scan(_sinks(ALL_ASSETS)))
 ALL_CHECKS = [
     *quality.CHECKS,
     *deidentify.CHECKS,

@@ -1,4 +1,166 @@
-"""The run-wide leak scan: MLflow params/artifacts, asset metadata and logs against the raw zone's identifiers."""
+"""The run-wide leak scan: MLflow params/artifacts, asset metadata and logs against the raw zone's identifiers.
 
-ASSETS: list = []
+The asset runs after every other asset of the lifecycle (its upstreams are
+the graph's sinks, computed in definitions.py) so that it sees what the run
+wrote. The identifiers are decrypted from the raw zone in memory only; the
+result names locations, kinds and counts, never a value. The check is
+blocking: a hit fails the run.
+"""
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.common import raw_table_name, run_id_of, versions_metadata
+from medllm_pipelines.resources.artifacts import ArtifactStoreResource
+from medllm_pipelines.resources.mlflow import MLflowResource
+from medllm_pipelines.resources.raw_zone import RawZoneResource
+from medllm_pipelines.resources.warehouse import WarehouseResource
+
+MAX_RUNS_SCANNED = 200  # the event log of the most recent runs; older runs were scanned by earlier runs
+
+
+def _dagster_event_items(context: AssetExecutionContext) -> Iterator[tuple[str, str, str]]:
+    """Every event of the recent runs (this one so far included): messages, asset and check metadata."""
+    from dagster import serialize_value
+
+    instance = context.instance
+    for run in instance.get_runs(limit=MAX_RUNS_SCANNED):
+        yield "dagster_run_tags", f"dagster:{run.run_id}/tags", serialize_value(dict(run.tags))
+        for entry in instance.all_logs(run.run_id):
+            kind = "dagster_event" if entry.is_dagster_event else "dagster_log_message"
+            step = entry.step_key or "run"
+            yield kind, f"dagster:{run.run_id}/{step}", serialize_value(entry)
+
+
+def _warehouse_items(warehouse: WarehouseResource) -> Iterator[tuple[str, str, str]]:
+    wh = warehouse.get()
+    for schema, table, frame in wh.iter_tables():
+        for column in frame.columns:
+            values = frame[column].dropna()
+            if values.empty or frame[column].dtype == bool:
+                continue
+            yield "warehouse_column", f"warehouse:{schema}.{table}.{column}", "\x00".join(values.astype(str).tolist())
+
+
+def _local_folder(uri: str) -> Path | None:
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+def build_privacy_leak_scan(upstream: Sequence[AssetKey]):
+    """The scan asset, downstream of ``upstream`` (the other assets' sinks)."""
+
+    @asset(
+        key=keys.PRIVACY_LEAK_SCAN,
+        deps=sorted(upstream, key=lambda k: k.to_user_string()),
+        group_name=keys.EVALUATE,
+        kinds={"python", "mlflow"},
+        check_specs=[
+            AssetCheckSpec(
+                keys.CHECK_NO_IDENTIFIER_IN_OUTPUTS,
+                asset=keys.PRIVACY_LEAK_SCAN,
+                blocking=True,
+                description="No raw-zone identifier in MLflow, Dagster metadata/logs, the warehouse or artifact files.",
+            )
+        ],
+        description=(
+            "Scans MLflow (run names, params, tags, artifacts, logged models), Dagster asset metadata, check "
+            "results and log messages of recent runs, every warehouse table and the artifact store's files for "
+            "the raw zone's direct identifiers (decrypted in memory only)."
+        ),
+    )
+    def privacy_leak_scan(
+        context: AssetExecutionContext,
+        raw_zone: RawZoneResource,
+        warehouse: WarehouseResource,
+        mlflow: MLflowResource,
+        artifacts: ArtifactStoreResource,
+    ) -> MaterializeResult:
+        import time
+
+        from medllm_pipelines.lib.security.leak_scan import identifier_needles
+        from medllm_pipelines.lib.security.output_scan import (
+            IdentifierMatcher,
+            ScanTally,
+            files_under,
+            mlflow_items,
+            scan_items,
+        )
+
+        started = time.perf_counter()
+        matcher = IdentifierMatcher(identifier_needles(raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS))))
+        tally = ScanTally()
+        folders = {
+            Path(artifacts.deidentified_dir).resolve(): "artifacts/deidentified",
+            Path(artifacts.models_dir).resolve(): "artifacts/models",
+            Path(artifacts.reports_dir).resolve(): "artifacts/reports",
+        }
+        if artifacts.governance_dir:
+            folders[Path(artifacts.governance_dir).resolve()] = "governance"
+        mlflow_root = _local_folder(mlflow.artifact_root)
+        if mlflow_root is not None:
+            folders[mlflow_root.resolve()] = "mlflow_artifact_root"
+        if context.instance.root_directory:
+            folders[Path(context.instance.root_directory).resolve()] = "dagster_home"
+        hits = []
+        hits += scan_items(mlflow_items(mlflow.tracking_uri, experiment_prefix=mlflow.experiment_prefix), matcher, tally)
+        hits += scan_items(_dagster_event_items(context), matcher, tally)
+        hits += scan_items(_warehouse_items(warehouse), matcher, tally)
+        hits += scan_items(files_under(folders, folders), matcher, tally)
+        elapsed = time.perf_counter() - started
+        if hits:
+            context.log.error(f"leak scan: {len(hits)} location(s) hold a raw-zone identifier (values masked)")
+        findings = [{"location": h.location, "kind": h.identifier_kind, "count": h.count, "context": h.context}
+                    for h in hits]
+        summary = {
+            "identifiers_searched": matcher.size,
+            "identifier_kinds": MetadataValue.json(matcher.kinds),
+            "locations_with_hits": len(hits),
+            **{f"scanned[{k}]": v for k, v in sorted(tally.items.items())},
+            "bytes_scanned": tally.bytes_scanned,
+            "unscanned": MetadataValue.json(tally.skipped[:200]),
+            "scan_seconds": round(elapsed, 2),
+        }
+        return MaterializeResult(
+            metadata={
+                **summary,
+                "findings": MetadataValue.json(findings[:200]),
+                "dagster_run_id": run_id_of(context),
+                **versions_metadata(),
+            },
+            check_results=[
+                AssetCheckResult(
+                    check_name=keys.CHECK_NO_IDENTIFIER_IN_OUTPUTS,
+                    passed=not hits and not tally.skipped,
+                    severity=AssetCheckSeverity.ERROR,
+                    description=(
+                        f"{len(hits)} location(s) hold identifiers; see findings" if hits
+                        else f"{len(tally.skipped)} location(s) could not be scanned; see unscanned" if tally.skipped
+                        else "no raw-zone identifier found outside the raw zone"
+                    ),
+                    metadata={**summary, "findings": MetadataValue.json(findings[:200])},
+                )
+            ],
+        )
+
+    return privacy_leak_scan
+
+
+ASSETS: list = []  # built in definitions.py, where the graph's sinks are known
 CHECKS: list = []
