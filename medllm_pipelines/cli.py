@@ -330,5 +330,9 @@ def scan_leaks(identities: Path) -> None:
     sys.exit(1)
 
 
+from medllm_pipelines.cli_security import register as _register_security
+
+_register_security(main)
+
 if __name__ == "__main__":
     main()

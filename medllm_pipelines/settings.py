@@ -90,6 +90,25 @@ class Settings:
         return self.home / "governance"
 
     @property
+    def security_dir(self) -> Path:
+        """Principals registry and the audit log (0700)."""
+        return self.home / "security"
+
+    @property
+    def principals_file(self) -> Path:
+        return self.security_dir / "principals.json"
+
+    @property
+    def audit_log_file(self) -> Path:
+        """The hash-chained audit log (``.head`` and ``.lock`` beside it)."""
+        return self.security_dir / "audit.jsonl"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Governed exports (envelope-encrypted) and their index, for key rotation."""
+        return self.home / "exports"
+
+    @property
     def warehouse_is_postgres(self) -> bool:
         return self.warehouse_url.startswith("postgresql")
 

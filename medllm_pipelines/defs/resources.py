@@ -46,7 +46,7 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
         "landing_zone": LandingZone(
             path=str(settings.landing_dir), consume=settings.landing_consume, sources_file=settings.sources_file
         ),
-        "raw_zone": RawZoneResource(path=str(settings.raw_zone_dir), vault=vault),
+        "raw_zone": RawZoneResource(path=str(settings.raw_zone_dir), vault=vault, audit_log=str(settings.audit_log_file)),
         "artifacts": ArtifactStoreResource(
             deidentified_dir=str(settings.deidentified_dir),
             models_dir=str(settings.models_dir),

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 from medllm_pipelines.lib.security.errors import SecurityError
 
 __all__ = [
+    "AUDIT_CHECKPOINT_EVERY",
     "CHECKPOINT_ACTION",
     "GENESIS_HASH",
     "OUTCOMES",
@@ -62,6 +63,7 @@ __all__ = [
     "check_no_identifiers",
     "entry_hash",
     "read_entries",
+    "transit_audit_log",
     "verify",
 ]
 
@@ -114,22 +116,45 @@ class ChainKey(Protocol):
 
 
 class TransitChainKey:
-    """HMAC-SHA-256 by a Vault transit ``hmac`` key (e.g. ``medllm-audit``).
+    """HMAC-SHA-256 by a Vault transit ``hmac`` key (normally ``medllm-audit``).
 
-    Wraps a ``TransitKeyService`` whose *pseudonym* key slot names the audit key:
-    ``TransitKeyService(addr, token, pseudonym_key_name="medllm-audit")``. Use a
-    key of its own: the pseudonym key must stay dedicated to pseudonyms.
-    The key version is stored with each MAC, so rotating the key keeps old
-    checkpoints verifiable.
+    ``TransitChainKey(service, key_name="medllm-audit")`` on any
+    ``TransitKeyService``; without ``key_name`` the service's *pseudonym* key
+    slot names the audit key. Use a key of its own: the pseudonym key must stay
+    dedicated to pseudonyms. The key version is stored with each MAC, so
+    rotating the key keeps old checkpoints verifiable.
     """
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, *, key_name: str | None = None) -> None:
         self._service = service
-        self.key_ref = f"{service.transit_mount}/{service.pseudonym_key_name}"
+        self._key_name = key_name
+        self.key_ref = f"{service.transit_mount}/{key_name or service.pseudonym_key_name}"
 
     def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
-        digests = self._service.hmac_many([hashlib.sha256(data).hexdigest()], key_version=key_version)
+        message = [hashlib.sha256(data).hexdigest()]
+        if self._key_name is None:
+            digests = self._service.hmac_many(message, key_version=key_version)
+        else:
+            digests = self._service.hmac_many(message, key_version=key_version, key_name=self._key_name)
         return digests[0], digests.key_version
+
+
+# One checkpoint per this many entries in the platform's log; writers and
+# `medllm audit verify` must agree on it (a longer gap reads as tampering).
+AUDIT_CHECKPOINT_EVERY = 64
+
+
+def transit_audit_log(path: str | os.PathLike[str], service: Any, *, key_name: str | None = None) -> AuditLog:
+    """The platform's audit log: checkpoints and head MAC'd by the transit audit key.
+
+    ``service`` is a ``TransitKeyService``; ``key_name`` defaults to
+    ``vault_client.DEFAULT_AUDIT_KEY_NAME``. Every append needs Vault (the head
+    MAC), so with Vault down nothing is audited and callers must fail closed.
+    """
+    from medllm_pipelines.lib.security.vault_client import DEFAULT_AUDIT_KEY_NAME
+
+    return AuditLog(path, chain_key=TransitChainKey(service, key_name=key_name or DEFAULT_AUDIT_KEY_NAME),
+                    checkpoint_every=AUDIT_CHECKPOINT_EVERY)
 
 
 class LocalChainKey:

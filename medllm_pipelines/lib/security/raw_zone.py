@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,11 +25,21 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RawZone:
-    """Encrypted object + table store under one folder."""
+    """Encrypted object + table store under one folder.
 
-    def __init__(self, root: Path, keys: DataKeyProvider) -> None:
+    ``on_read`` is called with the table name (``"objects"`` for landed files)
+    before anything identifiable is decrypted: the audit hook. If it raises
+    (the audit log cannot be written), the read does not happen.
+    """
+
+    def __init__(self, root: Path, keys: DataKeyProvider, *, on_read: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
         self.keys = keys
+        self.on_read = on_read
+
+    def _reading(self, name: str) -> None:
+        if self.on_read is not None:
+            self.on_read(name)
 
     # --- objects (landed files) -------------------------------------------
     def object_path(self, sha256: str) -> Path:
@@ -48,11 +58,13 @@ class RawZone:
         return path
 
     def get_object(self, sha256: str) -> bytes:
+        self._reading("objects")
         return decrypt_bytes(self.object_path(sha256).read_bytes(), self.keys, aad=f"object:{sha256}".encode())
 
     @contextmanager
     def stream_object(self, sha256: str) -> Iterator[Iterator[bytes]]:
         """The object's plaintext as authenticated chunks: memory flat in the object's size."""
+        self._reading("objects")
         with self.object_path(sha256).open("rb") as handle:
             yield decrypt_stream(handle, self.keys, aad=f"object:{sha256}".encode())
 
@@ -73,6 +85,7 @@ class RawZone:
         path = self.table_path(name)
         if not path.exists():
             raise FileNotFoundError(f"raw-zone table {name!r} has not been materialised")
+        self._reading(name)
         plaintext = decrypt_bytes(path.read_bytes(), self.keys, aad=f"table:{name}".encode())
         return pd.read_parquet(io.BytesIO(plaintext))
 
@@ -124,6 +137,7 @@ class RawZone:
 
     def read_partition(self, name: str, partition: str) -> pd.DataFrame:
         path = self.partition_path(name, partition)
+        self._reading(name)
         if path.exists():
             plaintext = decrypt_bytes(path.read_bytes(), self.keys, aad=f"table:{name}/{partition}".encode())
             return pd.read_parquet(io.BytesIO(plaintext))

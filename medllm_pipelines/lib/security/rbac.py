@@ -325,6 +325,28 @@ class PrincipalRegistry:
                         changed += 1
         return changed
 
+    def check_envelopes(self) -> tuple[int, int]:
+        """(envelopes held, envelopes that open): record seals and TOTP secrets.
+
+        The count a key rotation compares before and after; a VaultError propagates.
+        """
+        held = opened = 0
+        for name, record in sorted(self._load()["principals"].items()):
+            if "seal" in record:
+                held += 1
+                opened += int(self.verify_record(name))
+            totp = record.get("totp")
+            if totp and "secret" in totp:
+                held += 1
+                try:
+                    self._open_secret(name, record["role"], totp)
+                    opened += 1
+                except VaultError:
+                    raise
+                except (SecurityError, ValueError):
+                    pass
+        return held, opened
+
     # --- TOTP internals -----------------------------------------------------------
     def _totp(self, secret: str) -> pyotp.TOTP:
         return pyotp.TOTP(secret, digits=self.matrix.mfa_digits, interval=self.matrix.mfa_period_s)

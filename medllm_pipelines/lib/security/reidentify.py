@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,7 @@ def reidentify(
     *,
     requester: str,
     mfa: str | None,
-    pseudonym_map: pd.DataFrame,
+    pseudonym_map: pd.DataFrame | Callable[[], pd.DataFrame],
     registry: PrincipalRegistry,
     audit: AuditLog,
     pseudonym_pattern: re.Pattern[str] | None = None,
@@ -111,10 +112,12 @@ def reidentify(
 
     Raises ReidentificationDenied (not allowed, bad MFA, malformed request) or
     PseudonymNotFound; in every case the audit entry is already written.
+    ``pseudonym_map`` may be a loader (e.g. a raw-zone read), called only once
+    the request is allowed, so the identifiable map is never decrypted for a
+    requester who may not see it.
     """
-    missing = [c for c in MAP_COLUMNS if c not in pseudonym_map.columns]
-    if missing:
-        raise ValueError(f"the pseudonym map lacks columns {missing}")
+    if isinstance(pseudonym_map, pd.DataFrame):
+        _check_map(pseudonym_map)
     pattern = pseudonym_pattern or _default_pseudonym_pattern()
     well_formed = isinstance(request.pseudonym, str) and bool(pattern.fullmatch(request.pseudonym))
     # A malformed "pseudonym" may be an MRN or a name typed by mistake: keep it out of the log.
@@ -146,7 +149,14 @@ def reidentify(
                      reason=decision.reason, details=details)
         raise ReidentificationDenied(decision)
 
-    rows = pseudonym_map.loc[pseudonym_map["patient_pseudonym"] == request.pseudonym, list(MAP_COLUMNS)]
+    try:
+        frame = pseudonym_map if isinstance(pseudonym_map, pd.DataFrame) else pseudonym_map()
+        _check_map(frame)
+    except Exception as exc:  # the attempt was allowed: it is audited as failed, whatever went wrong
+        audit.append(actor=actor, role=role, action=ACTION, resource=resource, outcome="failed",
+                     reason=f"the pseudonym map could not be read ({type(exc).__name__})", details=details)
+        raise
+    rows = frame.loc[frame["patient_pseudonym"] == request.pseudonym, list(MAP_COLUMNS)]
     if rows.empty:
         audit.append(actor=actor, role=role, action=ACTION, resource=resource, outcome="failed",
                      reason="the pseudonym is not in the pseudonym map", details=details)
@@ -167,3 +177,9 @@ def reidentify(
     entry = audit.append(actor=actor, role=role, action=ACTION, resource=resource, outcome="allowed",
                          reason=f"resolved for lawful basis {request.reason}", details=details)
     return ReidentificationResult(request.pseudonym, tuple(identities), decision, entry.seq)
+
+
+def _check_map(frame: pd.DataFrame) -> None:
+    missing = [c for c in MAP_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the pseudonym map lacks columns {missing}")

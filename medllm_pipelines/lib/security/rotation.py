@@ -25,6 +25,7 @@ registry (:meth:`PrincipalRegistry.rewrap_secrets`) and the warehouse column
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import io
 import os
@@ -53,13 +54,18 @@ if TYPE_CHECKING:
     from medllm_pipelines.lib.security.rbac import PrincipalRegistry
 
 __all__ = [
+    "ColumnRewrapReport",
+    "EnvelopeCensus",
     "RewrapReport",
     "RotationError",
     "RotationReport",
+    "envelope_census",
     "retire_old_versions",
     "rewrap_ciphertexts",
     "rewrap_envelope_bytes",
     "rewrap_folder",
+    "rewrap_paths",
+    "rewrap_warehouse_column",
     "rotate_and_rewrap",
 ]
 
@@ -189,11 +195,24 @@ def rewrap_folder(root: str | os.PathLike[str], service: Any, *, verify: bool = 
     key Vault rejects) is reported and the walk goes on; a Vault outage stops it.
     """
     root = Path(root)
-    report = RewrapReport(root=str(root), key_ref=service.key_ref)
+    return _rewrap_each(((path, str(path.relative_to(root))) for path in _walk(root)), str(root), service, verify)
+
+
+def rewrap_paths(paths: Iterable[str | os.PathLike[str]], service: Any, *, label: str,
+                 verify: bool = True) -> RewrapReport:
+    """:func:`rewrap_folder` for a list of files (e.g. exports written outside one folder).
+
+    Missing paths are skipped; ``label`` names the set in the report.
+    """
+    present = [Path(p) for p in paths if Path(p).is_file() and not Path(p).is_symlink()]
+    return _rewrap_each(((path, path.name) for path in present), label, service, verify)
+
+
+def _rewrap_each(items: Iterable[tuple[Path, str]], root: str, service: Any, verify: bool) -> RewrapReport:
+    report = RewrapReport(root=root, key_ref=service.key_ref)
     report.target_version = service.key_info().latest_version
-    for path in _walk(root):
+    for path, relative in items:
         report.files_seen += 1
-        relative = str(path.relative_to(root))
         try:
             with open(path, "rb") as handle:
                 if handle.read(len(MAGIC)) != MAGIC:
@@ -231,6 +250,136 @@ def rewrap_folder(root: str | os.PathLike[str], service: Any, *, verify: bool = 
         except (EnvelopeIntegrityError, DataKeyUnwrapError, OSError) as exc:
             report.failed.append((relative, type(exc).__name__))
     return report
+
+
+@dataclass(frozen=True)
+class EnvelopeCensus:
+    """How many envelopes under one key a folder (or file list) holds, by key version."""
+
+    envelopes: int
+    versions: dict[int, int]
+    unreadable: int
+
+    def all_at(self, version: int) -> bool:
+        return set(self.versions) <= {version}
+
+
+def envelope_census(paths: Iterable[str | os.PathLike[str]], key_ref: str) -> EnvelopeCensus:
+    """Count the envelopes under ``key_ref`` among ``paths`` (folders are walked); reads headers only.
+
+    Taken before and after a rotation it shows that no envelope was lost.
+    """
+    versions: dict[int, int] = {}
+    envelopes = unreadable = 0
+    for item in paths:
+        item = Path(item)
+        files = _walk(item) if item.is_dir() else ([item] if item.is_file() else [])
+        for path in files:
+            try:
+                with open(path, "rb") as handle:
+                    if handle.read(len(MAGIC)) != MAGIC:
+                        continue
+                    handle.seek(0)
+                    header = read_header(handle)
+            except (EnvelopeIntegrityError, OSError):
+                unreadable += 1
+                continue
+            if header.key_ref != key_ref:
+                continue
+            envelopes += 1
+            version = _version(header.wrapped_key) or 0
+            versions[version] = versions.get(version, 0) + 1
+    return EnvelopeCensus(envelopes, dict(sorted(versions.items())), unreadable)
+
+
+@dataclass
+class ColumnRewrapReport:
+    """A ciphertext column rewrapped in place: counts only, never a value."""
+
+    table: str
+    rows_before: int
+    rows_after: int
+    ciphertexts_before: int
+    ciphertexts_after: int
+    rewrapped: int
+    verified: int
+    target_version: int
+
+    @property
+    def complete(self) -> bool:
+        return (self.rows_before == self.rows_after and self.ciphertexts_before == self.ciphertexts_after
+                and self.verified == self.ciphertexts_after)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"complete": self.complete}
+
+
+def rewrap_warehouse_column(warehouse: Any, schema: str, table: str, column: str, service: Any) -> ColumnRewrapReport:
+    """Rewrap the transit ciphertexts of one warehouse column, in one transaction.
+
+    ``warehouse`` is a :class:`~medllm_pipelines.lib.common.warehouse.Warehouse`
+    (DuckDB or PostgreSQL). Each ciphertext is decrypted before and after (in
+    memory, compared by SHA-256 only) so "still decrypts to the same value" is
+    checked, and the update is keyed by the old ciphertext (unique: transit
+    uses a fresh nonce each time), leaving every other column untouched.
+    """
+    import hashlib
+
+    import pandas as pd
+
+    from medllm_pipelines.lib.common.warehouse import _ident
+
+    schema, table, column = _ident(schema), _ident(table), _ident(column)
+    target = service.key_info().latest_version
+    qualified = f"{schema}.{table}"
+    if not warehouse.table_exists(schema, table):
+        return ColumnRewrapReport(qualified, 0, 0, 0, 0, 0, 0, target)
+    before = warehouse.query(f"SELECT {column} AS value FROM {qualified}")
+    values = [v for v in before["value"].tolist() if isinstance(v, str) and v.startswith("vault:")]
+    digests = {v: hashlib.sha256(service.decrypt(v)).hexdigest() for v in values}
+    stale = [v for v in values if _version(v) != target]
+    new_values, _ = rewrap_ciphertexts(stale, service.rewrap)
+    mapping = pd.DataFrame({"old_value": stale, "new_value": new_values}, dtype="string")
+    for old, new in zip(stale, new_values, strict=True):
+        if hashlib.sha256(service.decrypt(str(new))).hexdigest() != digests[old]:
+            raise RotationError(f"{qualified}.{column}: a rewrapped value does not decrypt to the original; "
+                                "nothing was updated")
+    if len(mapping):
+        _update_from_mapping(warehouse, qualified, column, mapping)
+    after = warehouse.query(f"SELECT {column} AS value FROM {qualified}")
+    after_values = [v for v in after["value"].tolist() if isinstance(v, str) and v.startswith("vault:")]
+    expected = sorted(digests.values())
+    verified = 0
+    if all(_version(v) == target for v in after_values):
+        seen = sorted(hashlib.sha256(service.decrypt(v)).hexdigest() for v in after_values)
+        verified = len(after_values) if seen == expected else 0
+    return ColumnRewrapReport(qualified, len(before), len(after), len(values), len(after_values), len(stale),
+                              verified, target)
+
+
+def _update_from_mapping(warehouse: Any, qualified: str, column: str, mapping: Any) -> None:
+    """UPDATE ... FROM a temporary (old, new) table, atomically, on either backend."""
+    if warehouse.is_postgres:
+        from sqlalchemy import text
+
+        with warehouse._pg_engine().begin() as conn:
+            conn.execute(text("CREATE TEMP TABLE medllm_rewrap (old_value text PRIMARY KEY, new_value text) "
+                              "ON COMMIT DROP"))
+            warehouse._pg_copy(conn, "pg_temp", "medllm_rewrap", mapping)
+            conn.execute(text(f"UPDATE {qualified} AS t SET {column} = m.new_value FROM medllm_rewrap AS m "
+                              f"WHERE t.{column} = m.old_value"))
+        return
+    with warehouse._duck() as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("medllm_rewrap", mapping)
+            con.execute(f"UPDATE {qualified} SET {column} = m.new_value FROM medllm_rewrap AS m "
+                        f"WHERE {qualified}.{column} = m.old_value")
+            con.unregister("medllm_rewrap")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
 
 
 def rotate_and_rewrap(

@@ -287,3 +287,20 @@ def test_append_is_durable_and_uses_o_append(tmp_path: Path, monkeypatch: pytest
                                               outcome="allowed")
     assert flags and all(f & os.O_APPEND for f in flags)
     assert synced
+
+
+def test_the_platform_log_uses_the_audit_key_the_openbao_setup_creates(openbao_server: BaoServer,
+                                                                       tmp_path: Path) -> None:
+    from medllm_pipelines.lib.security.audit import (
+        AUDIT_CHECKPOINT_EVERY,
+        transit_audit_log,
+    )
+
+    service = TransitKeyService(openbao_server.addr, openbao_server.token)
+    assert service.key_info("medllm-audit").key_type == "hmac"  # created by start_dev_server with the others
+    log = transit_audit_log(tmp_path / "audit.jsonl", service)
+    assert log.chain_key is not None and log.chain_key.key_ref == "transit/medllm-audit"
+    write_entries(log, AUDIT_CHECKPOINT_EVERY + 1)
+    result = log.verify()
+    assert result.ok and result.checkpoints_verified == 1 and result.head_verified
+    assert not verify(log.path, chain_key=TransitChainKey(service)).ok  # the pseudonym key is not the audit key

@@ -141,3 +141,33 @@ def test_no_answer_without_an_audit_entry(setup) -> None:
     audit.head_path.unlink()  # the log no longer matches its head: appends are refused
     with pytest.raises(AuditIntegrityError):
         run(setup, "po", mfa=setup[2]["po"].at(NOW + dt.timedelta(seconds=30)))
+
+
+def test_a_denied_request_never_loads_the_pseudonym_map(setup) -> None:
+    registry, audit, authenticators = setup
+    loads = []
+
+    def load() -> pd.DataFrame:
+        loads.append(1)
+        return PSEUDONYM_MAP
+
+    with pytest.raises(ReidentificationDenied):
+        reidentify(ReidentificationRequest(LINKED, "patient_safety"), requester="de",
+                   mfa=authenticators["de"].at(NOW), pseudonym_map=load, registry=registry, audit=audit, now=NOW)
+    assert loads == []
+    result = reidentify(ReidentificationRequest(LINKED, "patient_safety"), requester="po",
+                        mfa=authenticators["po"].at(NOW), pseudonym_map=load, registry=registry, audit=audit, now=NOW)
+    assert loads == [1] and len(result.identities) == 2
+
+
+def test_an_allowed_request_whose_map_cannot_be_read_is_audited_as_failed(setup) -> None:
+    registry, audit, authenticators = setup
+
+    def missing() -> pd.DataFrame:
+        raise FileNotFoundError("raw-zone table has not been materialised")
+
+    with pytest.raises(FileNotFoundError):
+        reidentify(ReidentificationRequest(LINKED, "patient_safety"), requester="po",
+                   mfa=authenticators["po"].at(NOW), pseudonym_map=missing, registry=registry, audit=audit, now=NOW)
+    entry = list(audit.entries())[-1]
+    assert (entry.actor, entry.outcome) == ("po", "failed") and "FileNotFoundError" in entry.reason
