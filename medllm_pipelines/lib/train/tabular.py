@@ -32,6 +32,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medllm_pipelines.lib.common.versions import package_versions
+from medllm_pipelines.lib.train.dp_sgd import (
+    PrivateTraining,
+    poisson_loader,
+    require_dp_trainable,
+)
 from medllm_pipelines.lib.train.networks import ACTIVATIONS, TabularMLP
 from medllm_pipelines.lib.train.predictor import (
     MODEL_SPEC_FILENAME,
@@ -96,6 +101,10 @@ class TrainConfig:
     seed: int = 42
     pos_weight: float | str | None = None
     early_stopping_min_delta: float = 0.0
+    # DP-SGD (Opacus) when set: the (epsilon, delta) budget of the whole training run.
+    dp_target_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(size) for size in self.hidden_sizes))
@@ -118,8 +127,16 @@ class TrainConfig:
             problems.append('pos_weight must be None, a positive number or "balanced"')
         if isinstance(self.pos_weight, (int, float)) and self.pos_weight <= 0:
             problems.append("pos_weight must be positive")
+        if self.dp_target_epsilon is not None and self.dp_target_epsilon <= 0:
+            problems.append("dp_target_epsilon must be positive (or None for no DP-SGD)")
+        if not 0.0 < self.dp_delta < 1.0 or self.dp_max_grad_norm <= 0:
+            problems.append("dp_delta must be in (0, 1) and dp_max_grad_norm positive")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    @property
+    def private(self) -> bool:
+        return self.dp_target_epsilon is not None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,6 +165,7 @@ class TrainResult:
     stopped_early: bool = False
     train_seconds: float = 0.0
     missing_values: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)  # DP-SGD's guarantee when trained privately
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary, e.g. for asset metadata."""
@@ -167,12 +185,14 @@ class BinaryClassificationSystem(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         pos_weight: float | None = None,
+        privacy: PrivateTraining | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-        self.save_hyperparameters(ignore=["network"])
+        self.save_hyperparameters(ignore=["network", "privacy"])
         self.network = network
+        self.privacy = privacy
         weight = None if pos_weight is None else torch.tensor(float(pos_weight))
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
         self._val_probabilities: list[torch.Tensor] = []
@@ -208,7 +228,13 @@ class BinaryClassificationSystem(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer_class = OPTIMIZERS[self.hparams["optimizer"]]
-        return optimizer_class(self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+        optimizer = optimizer_class(self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+        if self.privacy is None:
+            return optimizer
+        data = self.trainer.datamodule
+        # The plain loader only tells Opacus the sampling rate; batches come from the data module's Poisson loader.
+        rate_loader = DataLoader(data.train_dataset, batch_size=data.batch_size)
+        return self.privacy.make_private(self.network, optimizer, rate_loader, int(self.trainer.max_epochs))
 
 
 class TabularDataModule(L.LightningDataModule):
@@ -227,6 +253,7 @@ class TabularDataModule(L.LightningDataModule):
         split_column: str = "split",
         batch_size: int = 64,
         seed: int = 42,
+        poisson_sampling: bool = False,
     ) -> None:
         super().__init__()
         for column in (label_column, split_column):
@@ -239,6 +266,7 @@ class TabularDataModule(L.LightningDataModule):
         self.split_column = split_column
         self.batch_size = batch_size
         self.seed = seed
+        self.poisson_sampling = poisson_sampling
         self.preprocessor: FittedPreprocessor | None = None
         self.train_dataset: TensorDataset | None = None
         self.val_dataset: TensorDataset | None = None
@@ -280,7 +308,8 @@ class TabularDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
+        loader = DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
+        return poisson_loader(loader, self.seed) if self.poisson_sampling else loader
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None
@@ -363,13 +392,18 @@ def train_tabular_classifier(
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = TabularDataModule(
-        frame, numeric, categorical, label_column, split_column, batch_size=config.batch_size, seed=config.seed
+        frame, numeric, categorical, label_column, split_column, batch_size=config.batch_size, seed=config.seed,
+        poisson_sampling=config.private,
     )
     data.setup("fit")
     assert data.preprocessor is not None and data.train_dataset is not None and data.val_dataset is not None
     pos_weight = _resolve_pos_weight(config, data.train_dataset.tensors[1])
     network = TabularMLP(data.n_features, config.hidden_sizes, config.activation, config.dropout)
-    system = BinaryClassificationSystem(network, config.optimizer, config.lr, config.weight_decay, pos_weight)
+    privacy = None
+    if config.private:
+        require_dp_trainable(network)  # before any epoch: name the layers DP-SGD cannot train
+        privacy = PrivateTraining(config.dp_target_epsilon, config.dp_delta, config.dp_max_grad_norm)
+    system = BinaryClassificationSystem(network, config.optimizer, config.lr, config.weight_decay, pos_weight, privacy)
 
     history = _EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(
@@ -453,6 +487,7 @@ def train_tabular_classifier(
         },
         "sha256": {"network_weights": sha256_file(weights_path), "preprocessor": sha256_file(preprocessor_path)},
         "versions": _package_versions(),
+        "privacy": privacy.report() if privacy is not None else None,
     }
     (model_dir / MODEL_SPEC_FILENAME).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
 
@@ -470,4 +505,5 @@ def train_tabular_classifier(
         stopped_early=epochs_run < config.max_epochs,
         train_seconds=time.perf_counter() - started,
         missing_values=data.preprocessor.missing_values.to_dict(),
+        privacy=privacy.report() if privacy is not None else {},
     )
