@@ -7,6 +7,7 @@ table carries a blocking leak check against the raw zone's identifiers.
 
 
 import datetime as dt
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,36 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import counts_by, frame_metadata, raw_table_name, versions_metadata, warehouse_location
+from medllm_pipelines.defs.common import (
+    asset_name,
+    counts_by,
+    frame_metadata,
+    raw_table_name,
+    record_quarantine,
+    versions_metadata,
+    warehouse_location,
+)
+from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.deidentify.consent import build_consent_registry
-from medllm_pipelines.lib.deidentify.policy import PolicyOutcome, apply_policy, build_pseudonym_map, load_policy
+from medllm_pipelines.lib.deidentify.dicom import default_profile
+from medllm_pipelines.lib.deidentify.dicom_release import (
+    InstanceToRelease,
+    ReleaseDecision,
+    ReleaseSummary,
+    release_instances,
+)
+from medllm_pipelines.lib.deidentify.policy import (
+    PolicyOutcome,
+    apply_policy,
+    build_pseudonym_map,
+    load_policy,
+)
 from medllm_pipelines.lib.ingest.dicom import read_pixels
-from medllm_pipelines.lib.security.leak_scan import identifier_needles, scan_frame
+from medllm_pipelines.lib.security.leak_scan import (
+    IDENTIFIER_COLUMNS,
+    identifier_needles,
+    scan_frame,
+)
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.raw_zone import RawZoneResource
 from medllm_pipelines.resources.vault import VaultResource
@@ -214,9 +240,50 @@ def consent_registry(
     )
 
 
+def _patient_needles(patients: pd.DataFrame, by_key: dict, by_mrn: dict) -> dict[object, frozenset[str]]:
+    """Each patient's known identifiers from the raw patients table, by pseudonym and by (institution, MRN).
+
+    Forms a header may hold are added: ``Family^Given`` for an English name,
+    ``姓^名`` for a Chinese one. Used for the residual self-check only.
+    """
+    needles = identifier_needles(patients)
+    found: dict[object, set[str]] = {}
+    columns = [c for c in IDENTIFIER_COLUMNS if c in patients.columns]
+    for row in patients[["institution", "resource_key", *columns]].itertuples(index=False):
+        values: set[str] = set()
+        for column in columns:
+            value = getattr(row, column)
+            if isinstance(value, str) and value in needles.get(column, ()):
+                values.add(value)
+                if column == "name_en" and " " in value.strip():
+                    given, family = value.strip().split(" ", 1)
+                    values.add(f"{family}^{given}")
+                elif column == "name_zh" and len(value) >= 2:
+                    values.add(f"{value[0]}^{value[1:]}")
+        mrn = row.mrn if "mrn" in columns and isinstance(row.mrn, str) else None
+        owners = {by_key.get((row.institution, row.resource_key)), by_mrn.get((row.institution, mrn)), (row.institution, mrn)}
+        for owner in owners - {None, (row.institution, None)}:
+            found.setdefault(owner, set()).update(values)
+    return {owner: frozenset(values) for owner, values in found.items()}
+
+
+def _image_quarantine(decision: ReleaseDecision) -> QuarantineRecord:
+    institution, source_object = decision.instance.context
+    return QuarantineRecord(
+        stage=keys.DEIDENTIFY,
+        asset=asset_name(keys.DEID_IMAGES),
+        institution=institution,
+        source_object=source_object,
+        position=None,
+        resource_type="DICOM",
+        reason_code=str(decision.withheld_reason_code),
+        reason=str(decision.withheld_reason),
+    )
+
+
 @asset(
     key=keys.DEID_IMAGES,
-    deps=[keys.RAW_DICOM_INSTANCES, keys.PSEUDONYM_MAP],
+    deps=[keys.RAW_DICOM_INSTANCES, keys.PSEUDONYM_MAP, keys.RAW_PATIENTS],
     group_name=keys.DEIDENTIFY,
     kinds={"python", "dicom"},
 )
@@ -227,36 +294,91 @@ def deidentified_images(
     warehouse: WarehouseResource,
     artifacts: ArtifactStoreResource,
 ) -> MaterializeResult:
-    """Pixel arrays re-saved without any header (so no tag can carry an identifier), keyed by image pseudonym.
+    """DICOM files de-identified per PS3.15 Annex E (``dicom_profile.yaml``), keyed by image pseudonym.
 
-    Images with BurnedInAnnotation=YES are not released (pixels may show text).
+    UIDs are remapped and dates shifted with keys held in Vault. An instance
+    whose pixels may carry burned-in text, or that still holds a known
+    identifier of its patient after de-identification, is quarantined, not
+    released. The pixel array is also written as ``.npy`` for training.
     """
     zone = raw_zone.get()
     index = zone.read_partitions(raw_table_name(keys.RAW_DICOM_INSTANCES))
     by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
-    burned = index["burned_in_annotation"].fillna("").str.upper().eq("YES") if len(index) else pd.Series(dtype=bool)
-    releasable = index[~burned] if len(index) else index
+    needles = _patient_needles(zone.read_partitions(raw_table_name(keys.RAW_PATIENTS)), by_key, by_mrn)
     outcome = apply_policy(
-        "dicom_instances", releasable, load_policy(), person_by_key=by_key, person_by_mrn=by_mrn, hmac_many=vault.hmac_many
+        "dicom_instances", index, load_policy(), person_by_key=by_key, person_by_mrn=by_mrn, hmac_many=vault.hmac_many
     )
-    frame = outcome.frame
+    linked = index.loc[outcome.kept_index] if len(outcome.frame) else index.iloc[0:0]
+    profile = default_profile()
+    instances = [
+        InstanceToRelease(
+            image_id=image_id,
+            patient_pseudonym=pseudonym,
+            needles=needles.get(pseudonym, frozenset()) | needles.get((institution, patient_id), frozenset()),
+            read=partial(zone.get_object, source_object),
+            context=(institution, source_object),
+        )
+        for image_id, pseudonym, institution, patient_id, source_object in zip(
+            outcome.frame["image_id"] if len(outcome.frame) else [],
+            outcome.frame["patient_pseudonym"] if len(outcome.frame) else [],
+            linked["institution"],
+            linked["patient_id"],
+            linked["source_object"],
+            strict=True,
+        )
+    ]
     images_dir = artifacts.folder("deidentified", "images")
-    pixel_files: list[str] = []
-    sources = releasable.loc[outcome.kept_index, "source_object"].tolist() if len(frame) else []
-    for image_id, source in zip(frame["image_id"], sources, strict=True):
-        target = images_dir / f"{image_id}.npy"
-        np.save(target, np.asarray(read_pixels(zone.get_object(source))))
-        pixel_files.append(target.name)
-    frame = frame.assign(pixel_file=pixel_files)
+    summary = ReleaseSummary()
+    released: dict[str, tuple[str, str]] = {}
+    quarantine: list[QuarantineRecord] = []
+    for decision in release_instances(instances, vault.hmac_many, profile=profile):
+        summary.add(decision)
+        image_id = decision.instance.image_id
+        if not decision.released or decision.data is None:
+            quarantine.append(_image_quarantine(decision))
+            continue
+        dicom_target, pixel_target = images_dir / f"{image_id}.dcm", images_dir / f"{image_id}.npy"
+        dicom_target.write_bytes(decision.data)
+        np.save(pixel_target, np.asarray(read_pixels(decision.data)))
+        released[image_id] = (dicom_target.name, pixel_target.name)
+    frame = outcome.frame[outcome.frame["image_id"].isin(released)] if len(outcome.frame) else outcome.frame
+    frame = frame.assign(
+        dicom_file=[released[i][0] for i in frame["image_id"]], pixel_file=[released[i][1] for i in frame["image_id"]]
+    )
     meta = _write_deidentified(warehouse, keys.DEID_IMAGES, frame)
+    quarantine_meta = record_quarantine(warehouse.get(), keys.DEID_IMAGES, quarantine)
+    recon = Reconciliation(len(index), len(frame), len(quarantine), {"unlinked_person": outcome.unlinked_rows})
+    report = summary.as_dict()
     return MaterializeResult(
         metadata={
             **meta,
-            **_policy_metadata(outcome, len(releasable)),
-            "withheld_burned_in_annotation": int(burned.sum()) if len(index) else 0,
+            **recon.as_metadata(),
+            **quarantine_meta,
+            "columns_removed": MetadataValue.json(outcome.removed_columns),
+            "columns_dropped_undeclared": MetadataValue.json(outcome.undeclared_columns),
+            "deidentification_policy_version": load_policy().version,
+            "dicom_profile": profile.method_codes["basic"][1],
+            "dicom_profile_standard": profile.standard,
+            "dicom_profile_options": MetadataValue.json(list(profile.options)),
+            "dicom_method_codes": MetadataValue.json(report["method_codes"]),
+            "attributes_removed": report["attributes_removed"],
+            "attributes_replaced": report["attributes_replaced"],
+            "attributes_cleaned": report["attributes_cleaned"],
+            "attribute_actions": MetadataValue.json(report["attribute_actions"]),
+            "uids_remapped": report["uids_remapped"],
+            "dates_shifted": report["dates_shifted"],
+            "private_tags_removed": report["private_tags_removed"],
+            "private_tags_retained": report["private_tags_retained"],
+            "identifiers_replaced_in_text": MetadataValue.json(report["identifiers_replaced"]),
+            "attributes_cleaned_by_name": MetadataValue.json(report["cleaned_attributes"]),
+            "burned_in_annotation": MetadataValue.json(report["burned_in_annotation"]),
+            "withheld_by_reason": MetadataValue.json(report["withheld_by_reason"]),
+            "files_written": len(released),
+            "patient_identity_removed_checked": report["patient_identity_removed_yes"] == len(released),
+            "uid_and_date_shift_key": f"{vault.transit_mount}/{vault.pseudonym_key_name}",
             "images_dir": str(images_dir),
             "rows_by_modality": counts_by(frame, "modality"),
-            **versions_metadata(),
+            **versions_metadata(dicom_profile=profile.version),
         }
     )
 
