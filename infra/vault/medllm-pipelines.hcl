@@ -20,3 +20,22 @@ path "transit/keys/medllm-raw-zone" {
 path "transit/keys/medllm-pseudonym" {
   capabilities = ["read"]
 }
+# The audit log's keyed checkpoints (HMAC with a key the writer can use but
+# never read) and the key lookup that records its version.
+path "transit/hmac/medllm-audit" {
+  capabilities = ["update"]
+}
+path "transit/hmac/medllm-audit/*" {
+  capabilities = ["update"]
+}
+path "transit/keys/medllm-audit" {
+  capabilities = ["read"]
+}
+# Governed exports: data keys for export files (the recipient is given its own
+# decrypt grant on medllm-export by the operator, never this token's).
+path "transit/datakey/plaintext/medllm-export" {
+  capabilities = ["update"]
+}
+path "transit/keys/medllm-export" {
+  capabilities = ["read"]
+}
