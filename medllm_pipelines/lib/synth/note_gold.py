@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,8 @@ from typing import Any
 
 import orjson
 
+from medllm_pipelines.lib.deidentify.text.silver import project_identifiers
 from medllm_pipelines.lib.synth.manifest import IDENTITIES_PATH
-
-_DATE = re.compile(r"(?<!\d)(?:19|20)\d{2}-\d{2}-\d{2}(?!\d)")
-_DOCTOR_ZH = re.compile(r"^医师：(.+?)\s*$", re.MULTILINE)
-_DOCTOR_EN = re.compile(r"^Signed: (.+?), MD\s*$", re.MULTILINE)
-_TITLE = re.compile(r"^(?:Dr\.|Mr\.|Mrs\.|Ms\.|Miss|Prof\.)\s+")
-_SUFFIX = re.compile(r"(?:,?\s+(?:Jr\.|Sr\.|II|III|IV|V|MD|DDS|DVM|PhD))+$")
 
 
 @dataclass(frozen=True)
@@ -53,55 +47,14 @@ class AnnotatedText:
     spans: tuple[GoldSpan, ...]
 
 
-def _occurrences(text: str, needle: str | None, label: str, *, whole_word: bool = False) -> list[GoldSpan]:
-    if not needle:
-        return []
-    if whole_word:
-        pattern = re.compile(rf"(?<![\w]){re.escape(needle)}(?![\w])")
-        return [GoldSpan(m.start(), m.end(), label) for m in pattern.finditer(text)]
-    found, at = [], text.find(needle)
-    while at >= 0:
-        found.append(GoldSpan(at, at + len(needle), label))
-        at = text.find(needle, at + len(needle))
-    return found
-
-
-def _clean_person_name(raw: str) -> tuple[int, int]:
-    """Offsets of the bare name inside ``raw`` (titles and degrees are not identifiers)."""
-    start = 0
-    title = _TITLE.match(raw)
-    if title:
-        start = title.end()
-    suffix = _SUFFIX.search(raw, start)
-    end = suffix.start() if suffix else len(raw)
-    return start, end
-
-
 def gold_spans(text: str, identity: dict[str, Any], kind: str) -> tuple[GoldSpan, ...]:
-    """Gold spans of one text about the person in ``identity``, without overlaps."""
-    found: list[GoldSpan] = []
-    for key, label in (("resident_id", "ID_NUMBER"), ("mrn", "MRN"), ("phone", "PHONE"), ("email", "EMAIL"),
-                       ("address", "ADDRESS")):
-        found += _occurrences(text, identity.get(key), label)
-    for key in ("name_zh", "name_en"):
-        found += _occurrences(text, identity.get(key), "NAME", whole_word=key == "name_en")
-    name_en = identity.get("name_en")
-    if name_en:  # "Discussed results with Michael by phone"
-        found += _occurrences(text, name_en.split()[0], "NAME", whole_word=True)
-    if kind == "note":
-        found += [GoldSpan(m.start(), m.end(), "DATE") for m in _DATE.finditer(text)]
-        for pattern in (_DOCTOR_ZH, _DOCTOR_EN):
-            for match in pattern.finditer(text):
-                start, end = _clean_person_name(match.group(1))
-                found.append(GoldSpan(match.start(1) + start, match.start(1) + end, "NAME"))
-    # a shorter hit inside a longer one (a given name inside the full name) is dropped
-    found.sort(key=lambda s: (s.start, -(s.end - s.start)))
-    kept: list[GoldSpan] = []
-    for span in found:
-        if kept and span.start < kept[-1].end:
-            continue
-        kept.append(span)
-    return tuple(kept)
+    """Gold spans of one text about the person in ``identity``, without overlaps.
+
+    The platform trains on the same projection of known identifiers
+    (``lib.deidentify.text.silver``), so gold and training labels cannot drift.
+    """
+    spans = project_identifiers(text, identity, note_layout=kind == "note")
+    return tuple(GoldSpan(s.start, s.end, s.label) for s in spans)
 
 
 def _decode_note(resource: dict[str, Any]) -> str | None:
