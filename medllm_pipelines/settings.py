@@ -21,6 +21,13 @@ variable                        effect
                                 local OpenBao server (state file under MEDLLM_HOME)
 ``VAULT_CACERT``                CA bundle for Vault TLS
 ``MEDLLM_SOURCES_FILE``         source-institution registry (default: packaged)
+``MEDLLM_K_ANONYMITY_K``        k every released person-level table must reach
+                                (default 5)
+``MEDLLM_L_DIVERSITY_L``        l reported for declared sensitive columns (default 2)
+``MEDLLM_DP_DATASET``           privacy-ledger name of the released cohort
+``MEDLLM_DP_EPSILON_BUDGET``    total epsilon of that dataset (default 10; fixed
+                                when its ledger is created)
+``MEDLLM_DP_EPSILON_PER_RELEASE`` epsilon one statistics release spends (default 1)
 ==============================  ==============================================
 
 Nothing else in the package calls ``os.environ`` for configuration, so no other
@@ -29,6 +36,7 @@ module branches on embedded vs production.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +66,11 @@ class Settings:
     vault_token_in_env: bool
     vault_cacert: str | None
     sources_file: str | None = None
+    k_anonymity_k: int = 5
+    l_diversity_l: int = 2
+    dp_dataset: str = "deidentified-cohort"
+    dp_epsilon_budget: float = 10.0
+    dp_epsilon_per_release: float = 1.0
 
     # --- derived locations -------------------------------------------------
     @property
@@ -109,6 +122,11 @@ class Settings:
         return self.home / "exports"
 
     @property
+    def privacy_ledger_dir(self) -> Path:
+        """Differential-privacy budget ledgers (``ArtifactStoreResource.folder("governance", "privacy_ledger")``)."""
+        return self.governance_dir / "privacy_ledger"
+
+    @property
     def warehouse_is_postgres(self) -> bool:
         return self.warehouse_url.startswith("postgresql")
 
@@ -147,6 +165,19 @@ def _mlflow_kind(uri: str) -> str:
     return uri.split(":", 1)[0]
 
 
+def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return kind(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {text!r}")
+    return value
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings from ``environ`` (default ``os.environ``)."""
     env = os.environ if environ is None else environ
@@ -169,6 +200,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         vault_token_in_env=bool(env.get("VAULT_TOKEN")),
         vault_cacert=env.get("VAULT_CACERT") or None,
         sources_file=env.get("MEDLLM_SOURCES_FILE") or None,
+        k_anonymity_k=int(_number(env, "MEDLLM_K_ANONYMITY_K", 5, int, 1)),
+        l_diversity_l=int(_number(env, "MEDLLM_L_DIVERSITY_L", 2, int, 1)),
+        dp_dataset=env.get("MEDLLM_DP_DATASET") or "deidentified-cohort",
+        dp_epsilon_budget=_number(env, "MEDLLM_DP_EPSILON_BUDGET", 10.0, float, 1e-9),
+        dp_epsilon_per_release=_number(env, "MEDLLM_DP_EPSILON_PER_RELEASE", 1.0, float, 1e-9),
     )
 
 

@@ -33,6 +33,10 @@ from medllm_pipelines.defs.common import (
     versions_metadata,
     warehouse_location,
 )
+from medllm_pipelines.defs.deidentify.disclosure import (
+    disclosure_settings,
+    protect_released_table,
+)
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.deidentify.consent import build_consent_registry
 from medllm_pipelines.lib.deidentify.dicom import default_profile
@@ -60,13 +64,16 @@ from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
 
-def _policy_metadata(outcome: PolicyOutcome, rows_in: int) -> dict:
+def _policy_metadata(outcome: PolicyOutcome, rows_in: int, k_suppressed: int = 0) -> dict:
+    """``k_suppressed``: rows dropped after the policy because they could not reach k-anonymity."""
     policy = load_policy()
+    records_out = len(outcome.frame) - k_suppressed
     return {
         "records_in": rows_in,
-        "records_out": len(outcome.frame),
+        "records_out": records_out,
         "removed[unlinked_person]": outcome.unlinked_rows,
-        "reconciled": rows_in == len(outcome.frame) + outcome.unlinked_rows,
+        "removed[k_anonymity_suppression]": k_suppressed,
+        "reconciled": rows_in == records_out + outcome.unlinked_rows + k_suppressed,
         "columns_removed": MetadataValue.json(outcome.removed_columns),
         "columns_dropped_undeclared": MetadataValue.json(outcome.undeclared_columns),
         "deidentification_policy_version": policy.version,
@@ -137,7 +144,9 @@ def deidentified_patients(
     """Patients without direct identifiers: pseudonym, institution, sex, 5-year age band (90+ top-coded).
 
     Age is taken at the person's latest observation, so re-running later does
-    not change the dataset.
+    not change the dataset. Released k-anonymous on the policy's quasi-identifiers:
+    rows of rare combinations get a wider age band, then a withheld one (see
+    ``disclosure_control`` in the policy).
     """
     zone = raw_zone.get()
     patients = zone.read_table(raw_table_name(keys.CLEAN_PATIENTS))
@@ -157,15 +166,20 @@ def deidentified_patients(
         person_by_mrn=by_mrn,
         age_reference=pd.Series(reference, index=frame.index),
     )
-    meta = _write_deidentified(warehouse, keys.DEID_PATIENTS, outcome.frame)
+    settings = disclosure_settings()
+    released, k_meta, k_suppressed = protect_released_table(
+        "patients", outcome.frame, settings.k_anonymity_k, settings.l_diversity_l
+    )
+    meta = _write_deidentified(warehouse, keys.DEID_PATIENTS, released)
     return MaterializeResult(
         metadata={
             **meta,
-            **_policy_metadata(outcome, len(frame)),
-            "persons": int(outcome.frame["patient_pseudonym"].nunique()),
-            "rows_by_age_band": counts_by(outcome.frame, "age_band"),
-            "rows_by_sex": counts_by(outcome.frame, "sex"),
-            "rows_by_institution": counts_by(outcome.frame, "institution"),
+            **_policy_metadata(outcome, len(frame), k_suppressed),
+            **k_meta,
+            "persons": int(released["patient_pseudonym"].nunique()),
+            "rows_by_age_band": counts_by(released, "age_band"),
+            "rows_by_sex": counts_by(released, "sex"),
+            "rows_by_institution": counts_by(released, "institution"),
             **versions_metadata(),
         }
     )
@@ -183,12 +197,17 @@ def _deidentify_table(
     frame = zone.read_table(raw_table_name(source))
     by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
     outcome = apply_policy(policy_table, frame, load_policy(), person_by_key=by_key, person_by_mrn=by_mrn)
-    meta = _write_deidentified(warehouse, target, outcome.frame)
+    settings = disclosure_settings()
+    released, k_meta, k_suppressed = protect_released_table(
+        policy_table, outcome.frame, settings.k_anonymity_k, settings.l_diversity_l
+    )
+    meta = _write_deidentified(warehouse, target, released)
     return MaterializeResult(
         metadata={
             **meta,
-            **_policy_metadata(outcome, len(frame)),
-            "rows_by_institution": counts_by(outcome.frame, "institution"),
+            **_policy_metadata(outcome, len(frame), k_suppressed),
+            **k_meta,
+            "rows_by_institution": counts_by(released, "institution"),
             **versions_metadata(),
         }
     )

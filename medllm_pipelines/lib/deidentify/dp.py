@@ -366,27 +366,34 @@ class PrivateStatistics:
         return DPRelease(value, query, mechanism, epsilon, delta, sensitivity, sum_scale, seq)
 
     def histogram(self, values: Iterable[Any], *, categories: Sequence[Any], epsilon: float, query: str,
-                  mechanism: str = "laplace", delta: float = 0.0, nonnegative: bool = True) -> DPRelease:
+                  mechanism: str = "laplace", delta: float = 0.0, nonnegative: bool = True,
+                  contributions: int = 1) -> DPRelease:
         """Noisy count per *declared* category (values outside them are counted nowhere).
 
         One row per person: then adding or removing a person changes one bin
-        by one (L1 = L2 sensitivity 1). ``nonnegative`` rounds and clamps at 0
-        (post-processing: free, but biased upwards near zero).
+        by one (L1 = L2 sensitivity 1). A person may instead hold up to
+        ``contributions`` values *in distinct categories* (a person registered
+        at two institutions): L1 sensitivity ``contributions``, L2 its square
+        root. The caller truncates to that bound. ``nonnegative`` rounds and
+        clamps at 0 (post-processing: free, but biased upwards near zero).
         """
         if len(set(categories)) != len(categories) or not categories:
             raise ValueError("categories must be declared, non-empty and distinct")
+        if not isinstance(contributions, int) or contributions < 1:
+            raise ValueError("contributions must be a positive integer")
         index = {c: i for i, c in enumerate(categories)}
         counts = np.zeros(len(categories))
         for value in values:
             position = index.get(value)
             if position is not None:
                 counts[position] += 1
+        sensitivity = float(contributions) if mechanism == "laplace" else math.sqrt(contributions)
         seq = self._charge(query, epsilon, delta, mechanism)
-        noisy, scale = self._noise(counts, 1.0, epsilon, delta, mechanism)
+        noisy, scale = self._noise(counts, sensitivity, epsilon, delta, mechanism)
         if nonnegative:
             noisy = np.maximum(np.rint(noisy), 0)
         released = {c: (int(v) if nonnegative else float(v)) for c, v in zip(categories, noisy, strict=True)}
-        return DPRelease(released, query, mechanism, epsilon, delta, 1.0, scale, seq)
+        return DPRelease(released, query, mechanism, epsilon, delta, sensitivity, scale, seq)
 
 
 def _clip(values: Iterable[float], lower: float, upper: float) -> np.ndarray:

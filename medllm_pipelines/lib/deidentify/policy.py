@@ -19,6 +19,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from medllm_pipelines.lib.deidentify.risk import (
+    RecodingStep,
+    suppress_value,
+    widen_age_band,
+)
 from medllm_pipelines.lib.quality.cleaning import resident_id_is_valid
 
 POLICY_PATH = Path(__file__).with_name("deidentify_policy.yaml")
@@ -35,6 +40,16 @@ class ColumnRule:
 
 
 @dataclass(frozen=True)
+class DisclosureRule:
+    """What must be k-anonymous in one released table, and how rare rows are coarsened."""
+
+    table: str
+    quasi_identifiers: tuple[str, ...]
+    steps: tuple[RecodingStep, ...]
+    sensitive: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     version: str
     purpose: str
@@ -43,6 +58,7 @@ class Policy:
     age_band_width: int
     age_top_code: int
     tables: dict[str, tuple[ColumnRule, ...]]
+    disclosure: dict[str, DisclosureRule] = field(default_factory=dict)
 
 
 def _rule(column: str, spec: Any) -> ColumnRule:
@@ -60,9 +76,46 @@ def _rule(column: str, spec: Any) -> ColumnRule:
     return ColumnRule(column, action, None if argument is True else str(argument), output)
 
 
+def _recoding_step(table: str, spec: Any, top: int) -> RecodingStep:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"policy: disclosure_control.{table}: each step is one {{column: action}}")
+    column, action = next(iter(spec.items()))
+    if action == "suppress":
+        return RecodingStep(column, "suppress", suppress_value)
+    if isinstance(action, dict) and set(action) == {"widen_age_band"}:
+        width = int(action["widen_age_band"])
+        if width < 1:
+            raise ValueError(f"policy: disclosure_control.{table}: band width must be positive")
+        return RecodingStep(column, f"widen_age_band_{width}", lambda band: widen_age_band(band, width, top))
+    raise ValueError(f"policy: disclosure_control.{table}: unknown recoding {action!r} for {column}")
+
+
+def _disclosure_rules(raw: dict[str, Any], tables: dict[str, tuple[ColumnRule, ...]], top: int) -> dict[str, DisclosureRule]:
+    rules = {}
+    for table, spec in (raw.get("disclosure_control") or {}).items():
+        if table not in tables:
+            raise ValueError(f"policy: disclosure_control names an undeclared table {table!r}")
+        outputs = {r.output for r in tables[table] if r.action != "remove"}
+        qis = tuple(spec.get("quasi_identifiers") or ())
+        sensitive = spec.get("sensitive")
+        steps = tuple(_recoding_step(table, step, top) for step in spec.get("recode_in_order") or ())
+        unknown = sorted({*qis, *([sensitive] if sensitive else [])} - outputs)
+        if not qis or unknown:
+            raise ValueError(f"policy: disclosure_control.{table}: quasi-identifiers must be released columns "
+                             f"(unknown: {unknown})")
+        if {s.column for s in steps} - set(qis):
+            raise ValueError(f"policy: disclosure_control.{table}: only quasi-identifiers are recoded")
+        rules[table] = DisclosureRule(table, qis, steps, sensitive)
+    return rules
+
+
 @lru_cache(maxsize=4)
 def load_policy(path: Path = POLICY_PATH) -> Policy:
     raw = yaml.safe_load(Path(path).read_text())
+    tables = {
+        table: tuple(_rule(column, spec) for column, spec in columns.items())
+        for table, columns in raw["tables"].items()
+    }
     return Policy(
         version=str(raw["version"]),
         purpose=str(raw["purpose"]),
@@ -70,10 +123,8 @@ def load_policy(path: Path = POLICY_PATH) -> Policy:
         pseudonym_hex_chars=int(raw["pseudonym"]["hex_chars"]),
         age_band_width=int(raw["age_bands"]["width_years"]),
         age_top_code=int(raw["age_bands"]["top_coded_at"]),
-        tables={
-            table: tuple(_rule(column, spec) for column, spec in columns.items())
-            for table, columns in raw["tables"].items()
-        },
+        tables=tables,
+        disclosure=_disclosure_rules(raw, tables, int(raw["age_bands"]["top_coded_at"])),
     )
 
 

@@ -22,7 +22,7 @@ a rare one.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +32,18 @@ __all__ = [
     "SUPPRESSED",
     "KAnonymityReport",
     "LDiversityReport",
+    "RecodingResult",
+    "RecodingStep",
     "SuppressionResult",
     "address_to_region",
     "generalise_addresses",
     "k_anonymity",
     "l_diversity",
+    "recode_to_k",
     "region_code_to_province",
     "suppress_to_k",
+    "suppress_value",
+    "widen_age_band",
 ]
 
 SUPPRESSED = "*"
@@ -218,6 +223,172 @@ def suppress_to_k(
         report=k_anonymity(result, quasi_identifiers, k=k),
         notes=notes,
     )
+
+
+# --- local recoding: keep every row, coarsen only the rare ones ----------------------------
+@dataclass(frozen=True)
+class RecodingStep:
+    """One coarsening of one quasi-identifier, applied only to rows still in a class below k.
+
+    ``recode`` maps a value to a coarser one; ``None`` (missing) is suppression.
+    """
+
+    column: str
+    name: str
+    recode: Callable[[Any], Any]
+
+
+def suppress_value(_: Any) -> None:
+    return None
+
+
+@dataclass
+class RecodingResult:
+    frame: pd.DataFrame
+    k: int
+    cells_recoded: dict[str, int]  # "column:step" -> cells changed by that step
+    cells_padded: int  # cells coarsened in rows of classes >= k to complete a class below k
+    rows_suppressed: int
+    rows_in: int
+    report_in: KAnonymityReport  # of the input frame
+    report: KAnonymityReport  # of the returned frame
+
+    @property
+    def cells_suppressed(self) -> int:
+        return sum(n for step, n in self.cells_recoded.items() if step.endswith(":suppress")) + self.cells_padded
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Counts only, like :meth:`KAnonymityReport.as_metadata`."""
+        return {"k_required": self.k, "k_before": self.report_in.smallest_class,
+                "classes_below_k_before": len(self.report_in.classes_below_k),
+                "rows_in": self.rows_in, "rows_suppressed": self.rows_suppressed,
+                "cells_recoded": sum(self.cells_recoded.values()) + self.cells_padded,
+                "cells_suppressed": self.cells_suppressed, "cells_padded": self.cells_padded,
+                **{f"cells_recoded[{step}]": n for step, n in self.cells_recoded.items()},
+                **self.report.as_metadata()}
+
+
+def _below_k_mask(frame: pd.DataFrame, quasi_identifiers: Sequence[str], k: int) -> pd.Series:
+    sizes = frame.groupby(list(quasi_identifiers), dropna=False, observed=True)[quasi_identifiers[0]].transform("size")
+    return sizes < k
+
+
+def _same(left: Any, right: Any) -> bool:
+    return (pd.isna(left) and pd.isna(right)) if (pd.isna(left) or pd.isna(right)) else left == right
+
+
+def recode_to_k(frame: pd.DataFrame, quasi_identifiers: Sequence[str], k: int,
+                steps: Sequence[RecodingStep]) -> RecodingResult:
+    """A k-anonymous copy of ``frame`` that keeps rows wherever it can (local recoding).
+
+    Unlike :func:`suppress_to_k` (global value suppression, then whole rows),
+    rows already in a class of k are left alone:
+
+    1. each step in order coarsens its column in the rows still below k
+       (a wider age band, then a missing value, ...);
+    2. a class still below k whose rows went through every step is completed
+       with rows of the same un-recoded values taken from the largest classes
+       (each donor class keeps at least k), coarsened the same way;
+    3. rows still below k are dropped (record suppression), as the last resort.
+
+    Quasi-identifiers without a step are never changed. Missing marks a
+    suppressed cell: downstream code reads it as "not released".
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    _check_columns(frame, quasi_identifiers)
+    unknown = sorted({s.column for s in steps} - set(quasi_identifiers))
+    if unknown:
+        raise ValueError(f"recoding steps name columns that are not quasi-identifiers: {unknown}")
+    report_in = k_anonymity(frame, quasi_identifiers, k=k)
+    out = frame.reset_index(drop=True).copy()
+    for column in {s.column for s in steps}:
+        out[column] = out[column].astype(object)
+    recoded: dict[str, int] = {}
+    for step in steps:
+        below = _below_k_mask(out, quasi_identifiers, k) if len(out) else pd.Series(dtype=bool)
+        if not below.any():
+            break
+        before = out.loc[below, step.column]
+        after = before.map(lambda v, recode=step.recode: recode(v) if pd.notna(v) else None)
+        changed = int(sum(not _same(a, b) for a, b in zip(before, after, strict=True)))
+        out.loc[below, step.column] = after
+        if changed:
+            recoded[f"{step.column}:{step.name}"] = recoded.get(f"{step.column}:{step.name}", 0) + changed
+
+    def fully_recoded(row: pd.Series) -> tuple:
+        values = dict(row)
+        for step in steps:
+            if pd.notna(values[step.column]):
+                values[step.column] = step.recode(values[step.column])
+        return tuple(values[c] for c in quasi_identifiers)
+
+    padded = 0
+    below = _below_k_mask(out, quasi_identifiers, k) if len(out) else pd.Series(dtype=bool)
+    if below.any() and steps:
+        qi = list(quasi_identifiers)
+        targets = out.loc[below, qi].drop_duplicates()
+        for _, target in targets.iterrows():
+            target_key = tuple(target[c] for c in qi)
+            if fully_recoded(target) != target_key:
+                continue  # not at the end of its recoding chain: nothing to pad it with
+            members = out[qi].apply(lambda r, t=target_key: all(_same(a, b) for a, b in zip(r, t, strict=True)), axis=1)
+            need = k - int(members.sum())
+            if need <= 0:
+                continue
+            sizes = out[~members].groupby(qi, dropna=False, observed=True).size().sort_values(ascending=False, kind="stable")
+            donors: list[int] = []
+            for donor_key, size in sizes.items():
+                donor_key = donor_key if isinstance(donor_key, tuple) else (donor_key,)
+                spare = int(size) - k
+                if spare <= 0 or need - len(donors) <= 0:
+                    continue
+                rows = out.index[out[qi].apply(
+                    lambda r, d=donor_key: all(_same(a, b) for a, b in zip(r, d, strict=True)), axis=1)]
+                if fully_recoded(out.loc[rows[0]]) != target_key:
+                    continue
+                donors.extend(rows[-min(spare, need - len(donors)):].tolist())
+            if len(donors) < need:
+                continue
+            for index in donors:
+                for column, value in zip(qi, target_key, strict=True):
+                    if not _same(out.at[index, column], value):
+                        out.at[index, column] = value
+                        padded += 1
+    below = _below_k_mask(out, quasi_identifiers, k) if len(out) else pd.Series(dtype=bool)
+    result = out.loc[~below].reset_index(drop=True) if len(out) else out
+    return RecodingResult(
+        frame=result,
+        k=k,
+        cells_recoded=recoded,
+        cells_padded=padded,
+        rows_suppressed=int(below.sum()) if len(out) else 0,
+        rows_in=len(frame),
+        report_in=report_in,
+        report=k_anonymity(result, quasi_identifiers, k=k),
+    )
+
+
+_BAND = re.compile(r"^(\d+)(?:-(\d+)|\+)$")
+
+
+def widen_age_band(band: str | None, width: int, top: int | None = None) -> str | None:
+    """A coarser band holding ``band``: ``45-49`` -> ``40-49`` (width 10); top-coded bands stay.
+
+    A widened band that would reach ``top`` becomes open-ended (``80+``).
+    """
+    if band is None or (isinstance(band, float) and pd.isna(band)):
+        return None
+    match = _BAND.match(str(band))
+    if not match:
+        raise ValueError(f"not an age band: {band!r}")
+    if match.group(2) is None:
+        return str(band)
+    low = (int(match.group(1)) // width) * width
+    high = low + width - 1
+    if top is not None and high >= top:
+        return f"{low}+"
+    return f"{low}-{high}"
 
 
 # --- generalisation: addresses -> region -------------------------------------------------
