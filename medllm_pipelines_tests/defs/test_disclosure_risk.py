@@ -138,6 +138,21 @@ def test_released_statistics_spend_the_budget_once_and_refuse_to_overspend(
     # a person registered at two institutions may count twice: the noise is scaled for it
     assert set(counts.loc[counts["query"] == "persons_by_institution", "sensitivity"]) == {2.0}
 
+    # the same inputs again: the earlier release is published again, at no cost (post-processing)
+    again = materialize([disclosure.released_statistics], resources=resources)
+    again_meta = {k: v.value for k, v in again.asset_materializations_for_node("deidentify__released_statistics")[0]
+                  .metadata.items()}
+    assert again_meta["release_reused"] is True and again_meta["epsilon_spent_this_run"] == 0.0
+    assert again_meta["input_fingerprint"] == meta["input_fingerprint"]
+    republished = warehouse.get().read_table(*warehouse_location(keys.RELEASED_STATISTICS))
+    assert republished["value"].tolist() == table["value"].tolist()  # the same noisy values, no fresh draw
+
+    # new data is a new release, and the budget cannot pay for it
+    wh = warehouse.get()
+    grown = pd.concat([wh.read_table(*warehouse_location(keys.DEID_PATIENTS)),
+                       pd.DataFrame({"patient_pseudonym": ["p_999"], "institution": ["hzsf"], "sex": ["male"],
+                                     "age_band": ["40-44"]})])
+    wh.write_table(*warehouse_location(keys.DEID_PATIENTS), grown)
     second = materialize([disclosure.released_statistics], resources=resources, raise_on_error=False)
     assert not second.success
     failure = next(e for e in second.all_events if e.event_type_value == "STEP_FAILURE")

@@ -64,6 +64,9 @@ CLIPPED_MEANS = {"hba1c": (4.0, 15.0, "%"), "fasting_glucose": (3.0, 25.0, "mmol
 DIABETES_CATEGORIES = ("E10", "E11", "E13", "E14")  # ICD-10 diabetes mellitus
 MAX_INSTITUTIONS_PER_PERSON = 2  # a person's registrations beyond this are not counted
 EXCLUDED_CONSENT = ("refused", "withdrawn")
+# Bump when the published queries, bounds or categories change: a new spec is a new release.
+RELEASE_SPEC_VERSION = "1"
+LATEST_RELEASE_FILE = "latest.json"
 
 
 def disclosure_settings() -> Settings:
@@ -174,6 +177,28 @@ def _rows(release, statistic: str, groups: dict[str, Any], unit: str = "") -> li
     ]
 
 
+def _release_fingerprint(settings: Settings, institutions: list[str], *frames: pd.DataFrame) -> str:
+    """SHA-256 of what a release depends on: the input rows (order-free), the query spec and the epsilon."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{RELEASE_SPEC_VERSION}|{settings.dp_dataset}|{settings.dp_epsilon_per_release!r}|"
+                            f"{','.join(institutions)}".encode())
+    for frame in frames:
+        ordered = frame.reindex(sorted(frame.columns), axis=1)
+        row_hashes = np.sort(pd.util.hash_pandas_object(ordered, index=False).to_numpy())
+        digest.update(f"|{len(frame)}|{','.join(ordered.columns)}|".encode())
+        digest.update(row_hashes.tobytes())
+    return digest.hexdigest()
+
+
+def _previous_release(reports_dir, fingerprint: str) -> dict[str, Any] | None:
+    latest = reports_dir / LATEST_RELEASE_FILE
+    if not latest.exists():
+        return None
+    previous = json.loads(latest.read_text())
+    return previous if previous.get("input_fingerprint") == fingerprint else None
+
+
 @asset(
     key=keys.RELEASED_STATISTICS,
     deps=[keys.DEID_PATIENTS, keys.DEID_OBSERVATIONS, keys.DEID_CONDITIONS, keys.CONSENT_REGISTRY],
@@ -199,6 +224,39 @@ def released_statistics(
     queries = 2 + len(CLIPPED_MEANS) * len(institutions) + len(DIABETES_CATEGORIES)
     release_epsilon = settings.dp_epsilon_per_release
     remaining_before, _ = ledger.remaining()
+
+    wh = warehouse.get()
+    patients = wh.read_table(*warehouse_location(keys.DEID_PATIENTS))
+    consent = wh.read_table(*warehouse_location(keys.CONSENT_REGISTRY))
+    excluded = set(consent.loc[consent["consent_status"].isin(EXCLUDED_CONSENT), "patient_pseudonym"])
+    patients = patients[~patients["patient_pseudonym"].isin(excluded)]
+    observations = wh.read_table(*warehouse_location(keys.DEID_OBSERVATIONS))
+    conditions = wh.read_table(*warehouse_location(keys.DEID_CONDITIONS))
+    fingerprint = _release_fingerprint(settings, institutions, patients, observations, conditions)
+    reports_dir = artifacts.folder("reports", "released_statistics")
+    previous = _previous_release(reports_dir, fingerprint)
+    if previous is not None:
+        # The same inputs were released before: publish that release again. Re-publishing a DP output is
+        # post-processing and costs no budget; drawing fresh noise would spend it and let averaging undo it.
+        frame = pd.DataFrame(previous["statistics"]).assign(
+            dataset=settings.dp_dataset, release_id=previous["release_id"], released_at=previous["released_at"])
+        schema, table = warehouse_location(keys.RELEASED_STATISTICS)
+        wh.write_table(schema, table, frame)
+        entries = ledger.entries()
+        return MaterializeResult(metadata={
+            **frame_metadata(frame),
+            "warehouse_table": f"{schema}.{table}",
+            "release_reused": True,
+            "reused_release_id": previous["release_id"],
+            "input_fingerprint": fingerprint,
+            "dp_dataset": settings.dp_dataset,
+            "epsilon_spent_this_run": 0.0,
+            "epsilon_remaining": remaining_before,
+            "epsilon_budget": settings.dp_epsilon_budget,
+            "ledger_entries": len(entries),
+            "ledger_hash": entries[-1].hash if entries else "",
+            **versions_metadata(),
+        })
     if release_epsilon > remaining_before + 1e-9:
         raise Failure(
             description=(
@@ -210,14 +268,6 @@ def released_statistics(
                       "epsilon_needed": release_epsilon, "ledger_entries": len(ledger.entries())},
         )
     epsilon = release_epsilon / queries
-
-    wh = warehouse.get()
-    patients = wh.read_table(*warehouse_location(keys.DEID_PATIENTS))
-    consent = wh.read_table(*warehouse_location(keys.CONSENT_REGISTRY))
-    excluded = set(consent.loc[consent["consent_status"].isin(EXCLUDED_CONSENT), "patient_pseudonym"])
-    patients = patients[~patients["patient_pseudonym"].isin(excluded)]
-    observations = wh.read_table(*warehouse_location(keys.DEID_OBSERVATIONS))
-    conditions = wh.read_table(*warehouse_location(keys.DEID_CONDITIONS))
 
     stats = PrivateStatistics(ledger, actor=f"dagster:{run_id_of(context)}")
     rows: list[dict[str, Any]] = []
@@ -259,9 +309,11 @@ def released_statistics(
     frame = pd.DataFrame(rows).assign(dataset=settings.dp_dataset, release_id=run_id_of(context), released_at=released_at)
     schema, table = warehouse_location(keys.RELEASED_STATISTICS)
     wh.write_table(schema, table, frame)
-    report = artifacts.folder("reports", "released_statistics") / f"{run_id_of(context)}.json"
-    report.write_text(json.dumps({"dataset": settings.dp_dataset, "released_at": released_at,
-                                  "statistics": rows}, indent=1, ensure_ascii=False))
+    report = reports_dir / f"{run_id_of(context)}.json"
+    published = {"dataset": settings.dp_dataset, "release_id": run_id_of(context), "released_at": released_at,
+                 "input_fingerprint": fingerprint, "statistics": rows}
+    report.write_text(json.dumps(published, indent=1, ensure_ascii=False))
+    (reports_dir / LATEST_RELEASE_FILE).write_text(json.dumps(published, indent=1, ensure_ascii=False))
     entries = ledger.entries()
     remaining, _ = ledger.remaining()
     return MaterializeResult(
@@ -271,6 +323,8 @@ def released_statistics(
             "report_json": MetadataValue.path(str(report)),
             "dp_dataset": settings.dp_dataset,
             "dp_mechanism": "laplace",
+            "release_reused": False,
+            "input_fingerprint": fingerprint,
             "queries": queries,
             "epsilon_per_query": epsilon,
             "epsilon_spent_this_run": remaining_before - remaining,
