@@ -595,6 +595,7 @@ def export_command(dataset: str, recipient: str, agreement_id: str, out_file: Pa
             frame = warehouse.read_table(schema, table)
         finally:
             warehouse.dispose()
+        _require_k_anonymous(frame, dataset, ctx.settings.k_anonymity_k)
         needles: dict[str, set[str]] = {}
 
         def audit_read(name: str) -> None:
@@ -624,6 +625,25 @@ def export_command(dataset: str, recipient: str, agreement_id: str, out_file: Pa
     click.echo(f"exported {receipt.rows} rows of {dataset} to {receipt.path} (envelope-encrypted with "
                f"{receipt.key_ref}; manifest {receipt.manifest_path.name}) under agreement {agreement.id} "
                f"v{agreement.version}")
+
+
+def _require_k_anonymous(frame: Any, dataset: str, k: int) -> None:
+    """An export leaves the platform: it must be k-anonymous on every quasi-identifier the policy declares."""
+    from medllm_pipelines.lib.deidentify.policy import load_policy
+    from medllm_pipelines.lib.deidentify.risk import k_anonymity
+    from medllm_pipelines.lib.security.governance import ExportRefused
+
+    declared = {column for rule in load_policy().disclosure.values() for column in rule.quasi_identifiers}
+    present = sorted(declared & set(frame.columns))
+    if not present or frame.empty:
+        return
+    report = k_anonymity(frame, present, k=k)
+    if not report.satisfied:
+        raise ExportRefused(
+            f"{dataset} is not {k}-anonymous on {', '.join(present)}: {len(report.classes_below_k)} equivalence "
+            f"class(es) hold {report.rows_below_k} row(s) below k (smallest {report.smallest_class}); generalise or "
+            "suppress before exporting"
+        )
 
 
 # --- governance agree ------------------------------------------------------------------

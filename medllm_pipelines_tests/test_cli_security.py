@@ -73,7 +73,8 @@ PSEUDONYM_MAP = pd.DataFrame({
     "patient_pseudonym": [LINKED, LINKED],
 })
 PATIENTS = pd.DataFrame({"mrn": ["HZ00412345"], "name_en": ["Wang Xiaoming"], "email": ["wang.xm@example.cn"]})
-DEID = pd.DataFrame({"patient_pseudonym": [LINKED, pseudonym("other")], "age_band": ["40-49", "60-69"]})
+DEID = pd.DataFrame({"patient_pseudonym": [LINKED] + [pseudonym(f"other-{n}") for n in range(9)],
+                     "age_band": ["40-49"] * 5 + ["60-69"] * 5})  # 5-anonymous on its quasi-identifier
 IDENTIFIERS = ["HZ00412345", "RV00098765", "Wang Xiaoming", "wang.xm@example.cn", "pat-1", "pat-9"]
 
 
@@ -356,6 +357,26 @@ def test_export_is_refused_without_an_agreement(world: World) -> None:
                        "--as", engineer, "--totp", world.code(engineer))
     assert result.exit_code == DENIED and "no data-sharing agreement" in result.stderr
     assert not out.exists()
+    entry = world.entries()[-1]
+    assert (entry.action, entry.outcome) == ("export_dataset", "failed")
+
+
+def test_export_of_a_table_that_is_not_k_anonymous_is_refused(world: World) -> None:
+    rare = DEID.assign(age_band=["40-49"] * 9 + ["90+"])  # one person alone in the 90+ band
+    warehouse = Warehouse(f"duckdb:///{world.home / 'warehouse' / 'medllm.duckdb'}")
+    try:
+        warehouse.write_table("deidentify", "rare_patients", rare)
+    finally:
+        warehouse.dispose()
+    officer, engineer = name_of("privacy_officer"), name_of("data_engineer")
+    assert world.cli("governance", "agree", "--id", "dsa-rare", "--recipient", RECIPIENT, "--purpose", "benchmark",
+                     "--dataset", "deidentify.rare_patients", "--valid-until", "2099-12-31",
+                     "--as", officer).exit_code == 0
+    out = world.home / "exports" / "rare.parquet.enc"
+    result = world.cli("export", "deidentify.rare_patients", "--recipient", RECIPIENT, "--agreement", "dsa-rare",
+                       "--out", str(out), "--as", engineer, "--totp", world.code(engineer))
+    assert result.exit_code == DENIED and "not 5-anonymous on age_band" in result.stderr
+    assert "90+" not in result.stderr and not out.exists()
     entry = world.entries()[-1]
     assert (entry.action, entry.outcome) == ("export_dataset", "failed")
 
