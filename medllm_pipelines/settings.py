@@ -28,6 +28,9 @@ variable                        effect
 ``MEDLLM_DP_EPSILON_BUDGET``    total epsilon of that dataset (default 10; fixed
                                 when its ledger is created)
 ``MEDLLM_DP_EPSILON_PER_RELEASE`` epsilon one statistics release spends (default 1)
+``MEDLLM_PURPOSE``              processing purpose of the run, one declared in
+                                the de-identification policy (default: its
+                                ``default_purpose``)
 ==============================  ==============================================
 
 Nothing else in the package calls ``os.environ`` for configuration, so no other
@@ -261,3 +264,9 @@ def prepare_home(settings: Settings) -> None:
 def activate(settings: Settings) -> None:
     """Point Dagster at our home (process-wide; only the CLI calls this)."""
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+
+
+def processing_purpose(environ: Mapping[str, str] | None = None) -> str | None:
+    """The declared purpose a run processes data for (``MEDLLM_PURPOSE``); None: the policy's default."""
+    env = os.environ if environ is None else environ
+    return env.get("MEDLLM_PURPOSE") or None

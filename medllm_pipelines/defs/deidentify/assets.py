@@ -78,6 +78,7 @@ def _policy_metadata(outcome: PolicyOutcome, rows_in: int, k_suppressed: int = 0
         "columns_dropped_undeclared": MetadataValue.json(outcome.undeclared_columns),
         "deidentification_policy_version": policy.version,
         "purpose": policy.purpose,
+        "purpose_id": policy.purpose_id,
     }
 
 

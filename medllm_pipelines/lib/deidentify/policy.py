@@ -27,6 +27,7 @@ from medllm_pipelines.lib.deidentify.risk import (
 from medllm_pipelines.lib.quality.cleaning import resident_id_is_valid
 
 POLICY_PATH = Path(__file__).with_name("deidentify_policy.yaml")
+PURPOSE_ENV = "MEDLLM_PURPOSE"  # read by settings.processing_purpose; named in error messages
 
 HmacMany = Callable[[Sequence[str]], Sequence[str]]
 
@@ -59,6 +60,8 @@ class Policy:
     age_top_code: int
     tables: dict[str, tuple[ColumnRule, ...]]
     disclosure: dict[str, DisclosureRule] = field(default_factory=dict)
+    purpose_id: str = "default"
+    purposes: tuple[str, ...] = ("default",)
 
 
 def _rule(column: str, spec: Any) -> ColumnRule:
@@ -109,22 +112,69 @@ def _disclosure_rules(raw: dict[str, Any], tables: dict[str, tuple[ColumnRule, .
     return rules
 
 
-@lru_cache(maxsize=4)
-def load_policy(path: Path = POLICY_PATH) -> Policy:
+def _purposes(raw: dict[str, Any], tables: dict[str, tuple[ColumnRule, ...]]) -> tuple[str, dict[str, Any]]:
+    """``(default id, {id: {"description", "columns": {table: allowed source columns} or None}})``."""
+    if "purposes" not in raw:  # a single-purpose policy file
+        return "default", {"default": {"description": str(raw["purpose"]), "columns": None}}
+    purposes: dict[str, Any] = {}
+    for purpose_id, spec in raw["purposes"].items():
+        allowed = spec.get("columns")
+        if allowed is not None:
+            for table, columns in allowed.items():
+                if table not in tables:
+                    raise ValueError(f"policy: purpose {purpose_id}: undeclared table {table!r}")
+                unknown = sorted(set(columns) - {r.column for r in tables[table]})
+                if unknown:
+                    raise ValueError(f"policy: purpose {purpose_id}: {table} has no declared column(s) {unknown}")
+            allowed = {table: frozenset(allowed.get(table, ())) for table in tables}
+        purposes[str(purpose_id)] = {"description": str(spec["description"]), "columns": allowed}
+    default = str(raw.get("default_purpose", next(iter(purposes))))
+    if default not in purposes:
+        raise ValueError(f"policy: default_purpose {default!r} is not declared")
+    return default, purposes
+
+
+def load_policy(path: Path = POLICY_PATH, purpose: str | None = None) -> Policy:
+    """The policy as it applies to ``purpose`` (else ``$MEDLLM_PURPOSE``, else the file's default).
+
+    Data minimisation per purpose: a purpose that lists its columns lets only
+    those cross; every other column is treated as undeclared (dropped and
+    reported). Direct identifiers stay ``remove`` rules whatever the purpose.
+    """
+    from medllm_pipelines.settings import processing_purpose
+
+    return _load_policy(Path(path), purpose or processing_purpose())
+
+
+@lru_cache(maxsize=8)
+def _load_policy(path: Path, purpose: str | None) -> Policy:
     raw = yaml.safe_load(Path(path).read_text())
     tables = {
         table: tuple(_rule(column, spec) for column, spec in columns.items())
         for table, columns in raw["tables"].items()
     }
+    default, purposes = _purposes(raw, tables)
+    chosen = purpose or default
+    if chosen not in purposes:
+        raise ValueError(f"unknown processing purpose {chosen!r} ({PURPOSE_ENV}); the policy declares "
+                         f"{', '.join(sorted(purposes))}")
+    allowed = purposes[chosen]["columns"]
+    disclosure = _disclosure_rules(raw, tables, int(raw["age_bands"]["top_coded_at"]))
+    if allowed is not None:
+        tables = {table: tuple(r for r in rules if r.action == "remove" or r.column in allowed[table])
+                  for table, rules in tables.items()}
     return Policy(
         version=str(raw["version"]),
-        purpose=str(raw["purpose"]),
+        purpose=purposes[chosen]["description"],
+        purpose_id=chosen,
+        purposes=tuple(purposes),
         pseudonym_prefix=str(raw["pseudonym"]["prefix"]),
         pseudonym_hex_chars=int(raw["pseudonym"]["hex_chars"]),
         age_band_width=int(raw["age_bands"]["width_years"]),
         age_top_code=int(raw["age_bands"]["top_coded_at"]),
         tables=tables,
-        disclosure=_disclosure_rules(raw, tables, int(raw["age_bands"]["top_coded_at"])),
+        disclosure={table: rule for table, rule in disclosure.items()
+                    if set(rule.quasi_identifiers) <= {r.output for r in tables[table] if r.action != "remove"}},
     )
 
 

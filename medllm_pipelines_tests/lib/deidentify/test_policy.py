@@ -241,3 +241,47 @@ def test_digest_to_hex_accepts_vault_base64_and_hex(encoded):
 def test_digest_to_hex_refuses_garbage(encoded):
     with pytest.raises(ValueError, match="digest"):
         digest_to_hex(encoded)
+
+
+# --- purposes (clause 4.2.1: purpose limitation, data minimisation per purpose) ---------
+def test_the_default_purpose_is_the_model_development_one(policy) -> None:
+    assert policy.purpose_id == "t2d_model_development"
+    assert "type 2 diabetes" in policy.purpose
+    assert set(policy.purposes) == {"t2d_model_development", "data_quality_reporting"}
+
+
+def test_a_narrower_purpose_lets_fewer_columns_cross_and_reports_the_rest(monkeypatch) -> None:
+    monkeypatch.setenv("MEDLLM_PURPOSE", "data_quality_reporting")
+    narrow = load_policy()
+    assert narrow.purpose_id == "data_quality_reporting"
+    observations = pd.DataFrame({
+        "patient_key": ["k1"], "institution": ["h1"], "concept": ["hba1c"], "loinc": ["4548-4"], "value": [7.1],
+        "unit": ["%"], "effective_date": ["2024-03-01"],
+    })
+    outcome = apply_policy("observations", observations, narrow, person_by_key=PERSONS)
+    assert "value" not in outcome.frame.columns  # a clinical value is not needed to report completeness
+    assert outcome.undeclared_columns == ["value"]
+    assert list(outcome.frame.columns) == ["patient_pseudonym", "institution", "concept", "loinc", "unit",
+                                           "effective_year"]
+    # identifiers stay removed (and reported as such) whatever the purpose
+    patients = apply_policy("patients", CLEAN_PATIENTS, narrow, person_by_key=PERSONS,
+                            age_reference=pd.Series([dt.date(2024, 6, 1)] * 4, index=CLEAN_PATIENTS.index))
+    assert sorted(patients.removed_columns) == ["mrn", "name_zh", "phone", "resident_id"]
+
+
+def test_an_unknown_purpose_is_refused_with_the_declared_ones_named(monkeypatch) -> None:
+    monkeypatch.setenv("MEDLLM_PURPOSE", "marketing")
+    with pytest.raises(ValueError, match="unknown processing purpose 'marketing'.*data_quality_reporting"):
+        load_policy()
+
+
+def test_a_purpose_naming_an_undeclared_column_is_refused(tmp_path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        'version: "0"\ndefault_purpose: a\npurposes:\n  a:\n    description: x\n    columns:\n'
+        '      patients: [patient_key, shoe_size]\n'
+        'pseudonym: {prefix: "p_", hex_chars: 8}\nage_bands: {width_years: 5, top_coded_at: 90}\n'
+        'tables:\n  patients:\n    patient_key: {pseudonymise: person, as: patient_pseudonym}\n'
+    )
+    with pytest.raises(ValueError, match=r"purpose a: patients has no declared column\(s\) \['shoe_size'\]"):
+        load_policy(path)
