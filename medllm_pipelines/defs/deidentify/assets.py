@@ -39,13 +39,6 @@ from medllm_pipelines.defs.deidentify.disclosure import (
 )
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.deidentify.consent import build_consent_registry
-from medllm_pipelines.lib.deidentify.dicom import default_profile
-from medllm_pipelines.lib.deidentify.dicom_release import (
-    InstanceToRelease,
-    ReleaseDecision,
-    ReleaseSummary,
-    release_instances,
-)
 from medllm_pipelines.lib.deidentify.policy import (
     PolicyOutcome,
     apply_policy,
@@ -287,7 +280,8 @@ def _patient_needles(patients: pd.DataFrame, by_key: dict, by_mrn: dict) -> dict
     return {owner: frozenset(values) for owner, values in found.items()}
 
 
-def _image_quarantine(decision: ReleaseDecision) -> QuarantineRecord:
+def _image_quarantine(decision) -> QuarantineRecord:
+    """Quarantine row of a withheld instance (a ``dicom_release.ReleaseDecision``): reason codes, never values."""
     institution, source_object = decision.instance.context
     return QuarantineRecord(
         stage=keys.DEIDENTIFY,
@@ -321,6 +315,14 @@ def deidentified_images(
     identifier of its patient after de-identification, is quarantined, not
     released. The pixel array is also written as ``.npy`` for training.
     """
+    # pydicom and the DICOM profile load here, not when the definitions are imported (~0.35 s)
+    from medllm_pipelines.lib.deidentify.dicom import default_profile
+    from medllm_pipelines.lib.deidentify.dicom_release import (
+        InstanceToRelease,
+        ReleaseSummary,
+        release_instances,
+    )
+
     zone = raw_zone.get()
     index = zone.read_partitions(raw_table_name(keys.RAW_DICOM_INSTANCES))
     by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
