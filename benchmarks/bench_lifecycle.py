@@ -127,7 +127,25 @@ def run_orchestrated(home: Path, freeze_gc: bool = False) -> dict[str, Any]:
     if not result.success:
         raise RuntimeError("orchestrated run failed")
     durations = step_durations(settings.dagster_home, result.run_ids)
-    return {"wall_s": round(wall, 2), "steps_s": durations, "stages_s": per_stage(durations)}
+    return {"wall_s": round(wall, 2), "steps_s": durations, "stages_s": per_stage(durations),
+            **privacy_and_model_outcome(result)}
+
+
+def privacy_and_model_outcome(result: Any) -> dict[str, Any]:
+    """What disclosure control costs the model: test ROC-AUC beside the k-anonymity recoding of that run."""
+    from medllm_pipelines.defs import keys
+
+    evaluation = next(iter(result.materializations(keys.DIABETES_EVALUATION)), {})
+    patients = next(iter(result.materializations(keys.DEID_PATIENTS)), {})
+    scan = next(iter(result.materializations(keys.PRIVACY_LEAK_SCAN)), {})
+    return {
+        "model_roc_auc": evaluation.get("model_roc_auc"),
+        "baseline_roc_auc": evaluation.get("baseline_roc_auc"),
+        "k_anonymity": {k.split("/", 1)[1]: v for k, v in patients.items()
+                        if k.startswith("k_anonymity/") and isinstance(v, (int, float, bool, str))},
+        "leak_scan": {k: scan.get(k) for k in ("locations_with_hits", "identifiers_searched", "bytes_scanned",
+                                                "scan_seconds")},
+    }
 
 
 def run_direct(home: Path) -> dict[str, Any]:
