@@ -100,6 +100,19 @@ def plant_bad_input(landing: Path) -> None:
     dicom = sorted(landing.glob("*/dicom/*/*.dcm"))[0]
     data = dicom.read_bytes()
     (dicom.parent / "zz-truncated.dcm").write_bytes(data[: len(data) - 2000])
+    plant_burned_in_copy(dicom, dicom.parent / "zz-burned-in.dcm")
+
+
+def plant_burned_in_copy(source: Path, target: Path) -> None:
+    """A valid instance of the same study whose pixels carry burned-in text: it must never be released."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(source), "burned-in"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(target, enforce_file_format=True)
 
 
 @pytest.fixture(scope="session")

@@ -161,6 +161,7 @@ def test_withheld_images_are_quarantined_with_a_reason_and_counts_reconcile(imag
     assert "residual_identifier" not in set(quarantine["reason_code"]), "the profile leaves nothing to find"
     # every image whose header says burned-in text is held back, none is released
     burned = meta["burned_in_annotation"].get("YES", 0)
+    assert burned >= 1, "the planted burned-in copy (conftest_lifecycle.plant_burned_in_copy) reached this stage"
     assert meta["withheld_by_reason"].get("burned_in_annotation", 0) == burned
 
 
