@@ -342,11 +342,18 @@ class AuditLog:
         check_no_identifiers("details", payload)
         with self._locked():
             last_seq, last_hash, since_checkpoint = self._tail_state()
-            entry = self._write_entry(last_seq + 1, last_hash, actor, role, action, resource, outcome, reason, payload)
-            last, since_checkpoint = entry, since_checkpoint + 1
+            # Everything that needs the chain key (Vault) is computed before a byte is written: a Vault
+            # outage then leaves the log and its head as they were, never an entry without its head.
+            entry, line = self._build_entry(last_seq + 1, last_hash, actor, role, action, resource, outcome,
+                                            reason, payload)
+            lines, last, since_checkpoint = [line], entry, since_checkpoint + 1
             if self.checkpoint_every and since_checkpoint >= self.checkpoint_every:
-                last, since_checkpoint = self._write_checkpoint(entry), 0
-            self._write_head(last.seq, last.hash, since_checkpoint)
+                last, checkpoint_line = self._build_checkpoint(entry)
+                lines.append(checkpoint_line)
+                since_checkpoint = 0
+            head = self._head_bytes(last.seq, last.hash, since_checkpoint)
+            self._append_lines(lines)
+            _atomic_write(self.head_path, head)
         return entry
 
     def verify(self) -> VerifyResult:
@@ -356,10 +363,10 @@ class AuditLog:
         return read_entries(self.path)
 
     # --- internals ------------------------------------------------------------------
-    def _write_entry(
+    def _build_entry(
         self, seq: int, prev_hash: str, actor: str, role: str, action: str, resource: str, outcome: str,
         reason: str, details: dict[str, Any],
-    ) -> AuditEntry:
+    ) -> tuple[AuditEntry, bytes]:
         fields: dict[str, Any] = {
             "seq": seq,
             "time": self._clock().astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
@@ -376,32 +383,36 @@ class AuditLog:
         line = _canonical(fields) + b"\n"
         if len(line) > MAX_ENTRY_BYTES:
             raise ValueError(f"audit entry of {len(line)} bytes exceeds {MAX_ENTRY_BYTES}; keep details small")
+        return AuditEntry(**fields), line
+
+    def _append_lines(self, lines: list[bytes]) -> None:
+        """One write and one fsync for the entry and its checkpoint: both land or the log needs repair."""
+        data = b"".join(lines)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            written = os.write(fd, line)
-            if written != len(line):
+            written = os.write(fd, data)
+            if written != len(data):
                 raise AuditIntegrityError("short write to the audit log (disk full?); the log needs repair")
             os.fsync(fd)
         finally:
             os.close(fd)
-        return AuditEntry(**fields)
 
-    def _write_checkpoint(self, covered: AuditEntry) -> AuditEntry:
+    def _build_checkpoint(self, covered: AuditEntry) -> tuple[AuditEntry, bytes]:
         assert self.chain_key is not None
         mac, version = self.chain_key.mac(_checkpoint_message(covered.seq, covered.hash))
         details = {"covers_seq": covered.seq, "covers_hash": covered.hash, "mac": mac,
                    "key_ref": self.chain_key.key_ref, "key_version": version}
-        return self._write_entry(covered.seq + 1, covered.hash, "system", "system", CHECKPOINT_ACTION,
+        return self._build_entry(covered.seq + 1, covered.hash, "system", "system", CHECKPOINT_ACTION,
                                  self.path.name, "recorded", "periodic keyed checkpoint", details)
 
-    def _write_head(self, seq: int, chain_hash: str, since_checkpoint: int) -> None:
+    def _head_bytes(self, seq: int, chain_hash: str, since_checkpoint: int) -> bytes:
         # since_checkpoint only paces checkpoints; verify re-derives it from the log.
         head: dict[str, Any] = {"seq": seq, "hash": chain_hash, "since_checkpoint": since_checkpoint}
         if self.chain_key is not None:
             mac, version = self.chain_key.mac(_head_message(seq, chain_hash))
             head.update(mac=mac, key_ref=self.chain_key.key_ref, key_version=version)
-        _atomic_write(self.head_path, _canonical(head) + b"\n")
+        return _canonical(head) + b"\n"
 
     def _tail_state(self) -> tuple[int, str, int]:
         """(seq, hash) of the last entry, checked against the head file, and entries since a checkpoint."""

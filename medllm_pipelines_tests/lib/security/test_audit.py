@@ -304,3 +304,34 @@ def test_the_platform_log_uses_the_audit_key_the_openbao_setup_creates(openbao_s
     result = log.verify()
     assert result.ok and result.checkpoints_verified == 1 and result.head_verified
     assert not verify(log.path, chain_key=TransitChainKey(service)).ok  # the pseudonym key is not the audit key
+
+
+class FlakyChainKey:
+    """The audit chain key with Vault going away and coming back."""
+
+    key_ref = KEY.key_ref
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
+        if self.down:
+            from medllm_pipelines.lib.security.errors import VaultUnavailableError
+
+            raise VaultUnavailableError("cannot connect to Vault to compute HMAC")
+        return KEY.mac(data, key_version=key_version)
+
+
+@pytest.mark.parametrize("entries_before", [1, 2])  # the failing append writes a checkpoint, or only the head
+def test_a_vault_outage_leaves_log_and_head_as_they_were(tmp_path: Path, entries_before: int) -> None:
+    key = FlakyChainKey()
+    audit = AuditLog(tmp_path / "audit.jsonl", chain_key=key, checkpoint_every=3, clock=lambda: FIXED)
+    write_entries(audit, entries_before)
+    log_before, head_before = audit.path.read_bytes(), audit.head_path.read_bytes()
+    key.down = True
+    with pytest.raises(Exception, match="Vault"):
+        write_entries(audit, 1)
+    assert audit.path.read_bytes() == log_before and audit.head_path.read_bytes() == head_before
+    key.down = False  # Vault is back: the log was never left half-written, so appending simply continues
+    write_entries(audit, 4)
+    assert audit.verify().ok
