@@ -33,7 +33,10 @@ def test_vault_down_between_stages_fails_closed_and_recovers(tmp_path: Path) -> 
     from medllm_pipelines.cli import record_demo_approval
     from medllm_pipelines.lib.common.warehouse import Warehouse
     from medllm_pipelines.lib.security.home_scan import scan_home
-    from medllm_pipelines.lib.security.openbao import start_local_server, stop_dev_server
+    from medllm_pipelines.lib.security.openbao import (
+        start_local_server,
+        stop_dev_server,
+    )
     from medllm_pipelines.lib.synth import generate_hospital
     from medllm_pipelines.runner import run_lifecycle
     from medllm_pipelines.settings import load_settings, prepare_home
