@@ -35,7 +35,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,15 +355,49 @@ class PrivateStatistics:
 
     def mean(self, values: Iterable[float], *, lower: float, upper: float, epsilon: float, query: str,
              mechanism: str = "laplace", delta: float = 0.0) -> DPRelease:
-        """Noisy sum / noisy count (half the budget each), clamped into ``[lower, upper]``."""
-        clipped = _clip(values, lower, upper)
+        """Noisy centred sum / noisy count (half the budget each), clamped into ``[lower, upper]``.
+
+        Values are centred on the middle of the bounds before summing, so one
+        person moves the sum by at most half the range (``(upper - lower) / 2``)
+        instead of ``max(|lower|, |upper|)``: for HbA1c in [4, 15] %, 5.5
+        instead of 15, i.e. 2.7x less noise for the same epsilon.
+        """
+        release = self.grouped_mean({None: values}, lower=lower, upper=upper, epsilon=epsilon, query=query,
+                                    mechanism=mechanism, delta=delta)
+        return DPRelease(release.value[None], query, mechanism, epsilon, delta, release.sensitivity,
+                         release.noise_scale, release.ledger_seq)
+
+    def grouped_mean(self, values_by_group: Mapping[Any, Iterable[float]], *, lower: float, upper: float,
+                     epsilon: float, query: str, mechanism: str = "laplace", delta: float = 0.0,
+                     contributions: int = 1) -> DPRelease:
+        """One noisy mean per declared group, charged once (parallel composition).
+
+        A person contributes one value to at most ``contributions`` groups (a
+        person registered at two institutions: 2; the caller truncates to that
+        bound): the vector of centred sums then moves by at most
+        ``contributions * (upper - lower) / 2`` in L1 and the vector of counts
+        by ``contributions``, so one charge of ``epsilon`` covers every group,
+        instead of one charge per group.
+        """
+        if not isinstance(contributions, int) or contributions < 1:
+            raise ValueError("contributions must be a positive integer")
+        groups = list(values_by_group)
+        if not groups:
+            raise ValueError("declare at least one group")
+        clipped = [_clip(values_by_group[g], lower, upper) for g in groups]
+        midpoint, half_range = (lower + upper) / 2, (upper - lower) / 2
+        l2 = mechanism != "laplace"
+        sum_sensitivity = (math.sqrt(contributions) if l2 else contributions) * half_range
+        count_sensitivity = math.sqrt(contributions) if l2 else float(contributions)
         seq = self._charge(query, epsilon, delta, mechanism)
         half_epsilon, half_delta = epsilon / 2, delta / 2
-        sensitivity = max(abs(lower), abs(upper)) or 1e-12
-        noisy_sum, sum_scale = self._noise(float(clipped.sum()), sensitivity, half_epsilon, half_delta, mechanism)
-        noisy_count, _ = self._noise(float(len(clipped)), 1.0, half_epsilon, half_delta, mechanism)
-        value = float(np.clip(noisy_sum / max(noisy_count, 1.0), lower, upper))
-        return DPRelease(value, query, mechanism, epsilon, delta, sensitivity, sum_scale, seq)
+        sums = np.array([float((c - midpoint).sum()) for c in clipped])
+        counts = np.array([float(len(c)) for c in clipped])
+        noisy_sums, sum_scale = self._noise(sums, sum_sensitivity, half_epsilon, half_delta, mechanism)
+        noisy_counts, _ = self._noise(counts, count_sensitivity, half_epsilon, half_delta, mechanism)
+        means = {g: float(np.clip(midpoint + s / max(n, 1.0), lower, upper))
+                 for g, s, n in zip(groups, np.atleast_1d(noisy_sums), np.atleast_1d(noisy_counts), strict=True)}
+        return DPRelease(means, query, mechanism, epsilon, delta, sum_sensitivity, sum_scale, seq)
 
     def histogram(self, values: Iterable[Any], *, categories: Sequence[Any], epsilon: float, query: str,
                   mechanism: str = "laplace", delta: float = 0.0, nonnegative: bool = True,

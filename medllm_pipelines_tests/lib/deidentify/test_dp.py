@@ -62,7 +62,7 @@ def test_sum_and_mean_clip_to_the_declared_bounds(tmp_path: Path) -> None:
     noisy_sums = [stats.sum(values, lower=0, upper=14, epsilon=1e4, query="sum").value for _ in range(5)]
     assert np.mean(noisy_sums) == pytest.approx(32.0, abs=0.05)
     mean = stats.mean(values, lower=0, upper=14, epsilon=1e4, query="mean")
-    assert mean.value == pytest.approx(8.0, abs=0.05) and mean.sensitivity == 14
+    assert mean.value == pytest.approx(8.0, abs=0.05) and mean.sensitivity == 7  # centred: half the range
     with pytest.raises(ValueError, match="bounds"):
         stats.sum(values, lower=5, upper=5, epsilon=1, query="bad")
 
@@ -124,3 +124,27 @@ def test_editing_the_ledger_is_detected(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(LedgerIntegrityError):
         ledger.spent()
+
+
+def test_a_centred_mean_is_unbiased_with_the_half_range_noise(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json", dataset="ds", epsilon_budget=1e9)
+    stats = PrivateStatistics(ledger, rng=np.random.default_rng(5))
+    values = np.full(400, 6.5)
+    releases = [stats.mean(values, lower=4.0, upper=15.0, epsilon=1.0, query="hba1c") for _ in range(300)]
+    assert releases[0].sensitivity == 5.5 and releases[0].noise_scale == pytest.approx(5.5 / 0.5)
+    assert np.mean([r.value for r in releases]) == pytest.approx(6.5, abs=0.02)
+
+
+def test_grouped_means_are_charged_once_and_scale_with_contributions(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json", dataset="ds", epsilon_budget=1.0)
+    stats = PrivateStatistics(ledger, rng=np.random.default_rng(9))
+    groups = {"hzsf": [6.0] * 300, "rvic": [8.0] * 300, "jhsq": []}
+    release = stats.grouped_mean(groups, lower=4.0, upper=15.0, epsilon=0.5, query="mean_hba1c_by_institution",
+                                 contributions=2)
+    assert set(release.value) == {"hzsf", "rvic", "jhsq"}
+    assert len(ledger.entries()) == 1 and ledger.spent()[0] == pytest.approx(0.5)  # one charge, every group
+    assert release.sensitivity == 2 * 5.5 and release.noise_scale == pytest.approx(11.0 / 0.25)
+    assert release.value["hzsf"] == pytest.approx(6.0, abs=1.5) and release.value["rvic"] == pytest.approx(8.0, abs=1.5)
+    assert 4.0 <= release.value["jhsq"] <= 15.0  # an empty group releases noise inside the bounds, never an error
+    with pytest.raises(PrivacyBudgetExceeded):
+        stats.grouped_mean(groups, lower=4.0, upper=15.0, epsilon=0.6, query="again", contributions=2)
