@@ -43,6 +43,26 @@ def haystack(size: int, planted: list[str], seed: int) -> bytes:
     return binary + text.encode("utf-8")
 
 
+def substring_scan(data: bytes, needles: dict[str, set[str]]) -> dict[str, int]:
+    """The method before the matcher: one search per identifier, all-digit ones not inside a longer number."""
+    import re
+
+    found: dict[str, int] = {}
+    for kind, values in needles.items():
+        count = 0
+        for value in values:
+            needle = value.encode("utf-8")
+            if needle not in data:
+                continue
+            if needle.isdigit():
+                count += len(re.findall(rb"(?<![0-9])(?<![0-9]\.)" + re.escape(needle) + rb"(?![0-9])", data))
+            else:
+                count += data.count(needle)
+        if count:
+            found[kind] = count
+    return found
+
+
 def best_of(rounds: int, job) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(rounds):
@@ -63,8 +83,7 @@ def main() -> int:
         args.patients, args.megabytes, args.rounds = 200, 4, 1
 
     from medllm_pipelines.lib.security.home_scan import load_identity_needles
-    from medllm_pipelines.lib.security.leak_scan import scan_text
-    from medllm_pipelines.lib.security.output_scan import IdentifierMatcher
+    from medllm_pipelines.lib.security.leak_scan import IdentifierMatcher
     from medllm_pipelines.lib.synth import DefectRates, generate_hospital
 
     with tempfile.TemporaryDirectory() as work:
@@ -72,18 +91,17 @@ def main() -> int:
                           write_identities=True)
         needles = load_identity_needles(Path(work) / "_truth" / "identities.jsonl")
     n_needles = sum(len(v) for v in needles.values())
-    planted = [sorted(needles[kind])[0] for kind in sorted(needles)]
+    planted = [min(needles[kind]) for kind in sorted(needles)]
     data = haystack(args.megabytes * 1024 * 1024, planted, seed=3)
-    text = data.decode("utf-8", errors="replace")
 
     build_s, matcher = best_of(args.rounds, lambda: IdentifierMatcher(needles))
     ours_s, ours = best_of(args.rounds, lambda: dict(matcher.count(data)))
-    peer_s, peer = best_of(1, lambda: {h.identifier_kind: h.count for h in scan_text(text, needles, "x")})
+    peer_s, peer = best_of(1, lambda: substring_scan(data, needles))
     agree = ours == peer
     result = {
         "benchmark": "leak_scan",
-        "what": "identifier search over a run's outputs: Aho-Corasick (pyahocorasick) vs a substring search per "
-                "identifier (the per-table gates' method)",
+        "what": "identifier search over a run's outputs: Aho-Corasick (pyahocorasick, what every leak scan now "
+                "uses) vs a substring search per identifier (what the per-table gates did before)",
         "patients": args.patients,
         "identifiers": n_needles,
         "haystack_mb": args.megabytes,

@@ -130,7 +130,7 @@ def build_privacy_leak_scan(upstream: Sequence[AssetKey]):
                     for h in hits]
         summary = {
             "identifiers_searched": matcher.size,
-            "identifier_kinds": MetadataValue.json(matcher.kinds),
+            "identifier_kinds": MetadataValue.json(sorted(matcher.kinds)),
             "locations_with_hits": len(hits),
             **{f"scanned[{k}]": v for k, v in sorted(tally.items.items())},
             "bytes_scanned": tally.bytes_scanned,

@@ -7,16 +7,18 @@ reports *where* (table.column or file) and how many, never the value found.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ahocorasick
 import pandas as pd
 
 IDENTIFIER_COLUMNS = ("mrn", "resident_id", "name_zh", "name_en", "phone", "email", "address")
 MIN_NEEDLE_CHARS = {"name_zh": 2}
 DEFAULT_MIN_CHARS = 6
+_DIGITS = frozenset("0123456789")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,13 @@ def identifier_needles(patients: pd.DataFrame) -> dict[str, set[str]]:
     return needles
 
 
-def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]], location: str) -> list[LeakHit]:
+def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]] | IdentifierMatcher, location: str) -> list[LeakHit]:
     """Exact-cell and substring hits of any needle in any text or numeric column.
 
     Numeric columns count: a digits-only identifier (phone, MRN) read from CSV
     arrives as int64, or float64 once a value is missing.
     """
+    matcher = _matcher(needles)
     hits: list[LeakHit] = []
     scanned_columns = [
         c
@@ -58,62 +61,109 @@ def scan_frame(frame: pd.DataFrame, needles: dict[str, set[str]], location: str)
         values = frame[column].dropna().astype(str)
         if values.empty:
             continue
-        joined = "\x00".join(values.tolist()).encode("utf-8")
-        for kind, candidates in needles.items():
-            count = sum(_count_bytes(joined, needle.encode("utf-8")) for needle in candidates)
-            if count:
-                hits.append(LeakHit(f"{location}.{column}", kind, count))
+        found = matcher.count("\x00".join(values.tolist()))
+        hits.extend(LeakHit(f"{location}.{column}", kind, found[kind]) for kind in matcher.kinds if found[kind])
     return hits
 
 
-def scan_text(text: str, needles: dict[str, set[str]], location: str) -> list[LeakHit]:
-    hits = []
-    data = text.encode("utf-8")
-    for kind, candidates in needles.items():
-        count = sum(_count_bytes(data, needle.encode("utf-8")) for needle in candidates)
-        if count:
-            hits.append(LeakHit(location, kind, count))
-    return hits
+def scan_text(text: str, needles: dict[str, set[str]] | IdentifierMatcher, location: str) -> list[LeakHit]:
+    matcher = _matcher(needles)
+    found = matcher.count(text)
+    return [LeakHit(location, kind, found[kind]) for kind in matcher.kinds if found[kind]]
 
 
-def _count_bytes(data: bytes, needle: bytes) -> int:
-    """Occurrences of ``needle``; an all-digit needle (an MRN, a phone) must not sit inside a longer
-    number, or every byte count and timestamp would eventually "contain" some MRN."""
-    if needle not in data:
-        return 0
-    if needle.isdigit():
-        # not inside a longer integer, not in a fractional part; 13812345678.0 still counts
-        pattern = rb"(?<![0-9])(?<![0-9]\.)" + re.escape(needle) + rb"(?![0-9])"
-        return len(re.findall(pattern, data))
-    return data.count(needle)
-
-
-def _masked_context(data: bytes, needle: bytes, all_needles: dict[str, set[bytes]], width: int = 40) -> str:
-    """Where the first hit sits, every known identifier in the window masked by its kind."""
-    index = data.find(needle)
-    window = data[max(0, index - width) : index + len(needle) + width]
-    for kind, candidates in all_needles.items():
-        for candidate in sorted(candidates, key=len, reverse=True):
-            if candidate in window:
-                window = window.replace(candidate, f"<{kind}>".encode())
-    return window.decode("utf-8", errors="replace")
-
-
-def scan_files(paths: Iterable[Path], needles: dict[str, set[str]], root: Path) -> list[LeakHit]:
+def scan_files(paths: Iterable[Path], needles: dict[str, set[str]] | IdentifierMatcher, root: Path) -> list[LeakHit]:
     """Byte-level scan of files (UTF-8 encodings of every needle)."""
-    encoded = {kind: {n.encode("utf-8") for n in values} for kind, values in needles.items()}
+    matcher = _matcher(needles)
     hits: list[LeakHit] = []
     for path in paths:
         try:
             data = path.read_bytes()
         except OSError:
             continue
-        for kind, candidates in encoded.items():
-            counts = {needle: _count_bytes(data, needle) for needle in candidates}
-            found = {needle: n for needle, n in counts.items() if n}
-            if found:
-                first = next(iter(found))
-                hits.append(
-                    LeakHit(str(path.relative_to(root)), kind, sum(found.values()), _masked_context(data, first, encoded))
-                )
+        found = matcher.count(data)
+        hits.extend(LeakHit(str(path.relative_to(root)), kind, found[kind], matcher.mask(data, kind))
+                    for kind in matcher.kinds if found[kind])
     return hits
+
+
+def _matcher(needles: dict[str, set[str]] | IdentifierMatcher) -> IdentifierMatcher:
+    return needles if isinstance(needles, IdentifierMatcher) else IdentifierMatcher(needles)
+
+
+class IdentifierMatcher:
+    """All needles in one Aho-Corasick automaton, matched over the UTF-8 bytes of a haystack.
+
+    Bytes are mapped 1:1 onto code points (latin-1) so that text, JSON and
+    binary files are all searched for the UTF-8 encoding of each identifier,
+    in one pass however many identifiers there are. An all-digit identifier
+    (MRN, phone) does not count inside a longer number or a fractional part:
+    otherwise every byte count and timestamp would eventually "contain" some
+    MRN; 13812345678.0 (a phone read back from a float column) still counts.
+    """
+
+    def __init__(self, needles: dict[str, set[str]]) -> None:
+        self._automaton = ahocorasick.Automaton()
+        self.kinds = tuple(needles)  # the caller's order: hits are reported in it
+        self.size = 0
+        for kind, values in needles.items():
+            for value in values:
+                key = value.encode("utf-8").decode("latin-1")
+                if not key:
+                    continue
+                existing = self._automaton.get(key, None)
+                kinds = (existing[1] | {kind}) if existing else frozenset({kind})
+                self._automaton.add_word(key, (len(key), kinds, key.isdigit()))
+                self.size += existing is None
+        self._empty = self.size == 0
+        if not self._empty:
+            self._automaton.make_automaton()
+
+    def _hits(self, text: str) -> Iterator[tuple[int, int, frozenset[str]]]:
+        """(start, end, kinds) of every counted occurrence, the digit-boundary rule applied."""
+        if self._empty:
+            return
+        for last, (length, kinds, digits) in self._automaton.iter(text):
+            start, end = last - length + 1, last + 1
+            if digits and (_digit_before(text, start) or (end < len(text) and text[end] in _DIGITS)):
+                continue
+            yield start, end, kinds
+
+    def count(self, data: bytes | str) -> Counter[str]:
+        """Identifier kind -> occurrences in ``data``."""
+        found: Counter[str] = Counter()
+        for _, _, kinds in self._hits(_as_latin1(data)):
+            found.update(kinds)
+        return found
+
+    def mask(self, data: bytes | str, kind: str | None = None, width: int = 40) -> str:
+        """The window around the first hit (of ``kind``, if given), every identifier in it replaced by ``<kind>``."""
+        text = _as_latin1(data)
+        first = next((h for h in self._hits(text) if kind is None or kind in h[2]), None)
+        if first is None:
+            return ""
+        lo, hi = max(0, first[0] - width), min(len(text), first[1] + width)
+        window = text[lo:hi]
+        spans = sorted(((e - n + 1, e + 1, min(k)) for e, (n, k, _) in self._automaton.iter(window)),
+                       key=lambda s: (s[0], -s[1]))
+        out, cursor = [], 0
+        for start, stop, name in spans:
+            if start < cursor:
+                continue
+            out.append(window[cursor:start])
+            out.append(f"<{name}>")
+            cursor = stop
+        out.append(window[cursor:])
+        return "".join(out).encode("latin-1").decode("utf-8", errors="replace")
+
+
+def _as_latin1(data: bytes | str) -> str:
+    return (data.encode("utf-8") if isinstance(data, str) else data).decode("latin-1")
+
+
+def _digit_before(text: str, start: int) -> bool:
+    if start == 0:
+        return False
+    if text[start - 1] in _DIGITS:
+        return True
+    return start >= 2 and text[start - 1] == "." and text[start - 2] in _DIGITS

@@ -22,83 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ahocorasick
+from medllm_pipelines.lib.security.leak_scan import IdentifierMatcher, LeakHit
 
-from medllm_pipelines.lib.security.leak_scan import LeakHit
-
-_DIGITS = frozenset("0123456789")
 UNSCANNED = "_unscanned"  # haystack kinds that could not be read
 MAX_FILE_BYTES = 512 * 1024 * 1024  # larger files are listed as skipped, not read into memory
-
-
-class IdentifierMatcher:
-    """All needles in one automaton, matched over the UTF-8 bytes of a haystack.
-
-    Bytes are mapped 1:1 onto code points (latin-1) so that text, JSON and
-    binary files are all searched for the UTF-8 encoding of each identifier.
-    An all-digit identifier (MRN, phone) does not count inside a longer
-    number, as in :func:`medllm_pipelines.lib.security.leak_scan._count_bytes`.
-    """
-
-    def __init__(self, needles: dict[str, set[str]]) -> None:
-        self._automaton = ahocorasick.Automaton()
-        self.kinds = sorted(needles)
-        self.size = 0
-        for kind, values in needles.items():
-            for value in values:
-                key = value.encode("utf-8").decode("latin-1")
-                if not key:
-                    continue
-                existing = self._automaton.get(key, None)
-                kinds = (existing[1] | {kind}) if existing else frozenset({kind})
-                self._automaton.add_word(key, (len(key), kinds, key.isdigit()))
-                self.size += existing is None
-        self._empty = self.size == 0
-        if not self._empty:
-            self._automaton.make_automaton()
-
-    def count(self, data: bytes | str) -> Counter[str]:
-        """Identifier kind -> occurrences in ``data``."""
-        found: Counter[str] = Counter()
-        if self._empty:
-            return found
-        text = data.encode("utf-8").decode("latin-1") if isinstance(data, str) else data.decode("latin-1")
-        for end, (length, kinds, digits) in self._automaton.iter(text):
-            start = end - length + 1
-            if digits and (_digit_before(text, start) or (end + 1 < len(text) and text[end + 1] in _DIGITS)):
-                continue
-            for kind in kinds:
-                found[kind] += 1
-        return found
-
-    def mask(self, data: bytes, width: int = 40) -> str:
-        """The window around the first hit, every identifier in it replaced by ``<kind>``."""
-        text = data.decode("latin-1")
-        first = next(iter(self._automaton.iter(text)), None)
-        if first is None:
-            return ""
-        end, (length, _, _) = first
-        lo, hi = max(0, end - length + 1 - width), min(len(text), end + 1 + width)
-        window = text[lo:hi]
-        spans = sorted(((e - n + 1 - lo, e + 1 - lo, min(k)) for e, (n, k, _) in self._automaton.iter(window)),
-                       key=lambda s: (s[0], -s[1]))
-        out, cursor = [], 0
-        for start, stop, kind in spans:
-            if start < cursor:
-                continue
-            out.append(window[cursor:start])
-            out.append(f"<{kind}>")
-            cursor = stop
-        out.append(window[cursor:])
-        return "".join(out).encode("latin-1").decode("utf-8", errors="replace")
-
-
-def _digit_before(text: str, start: int) -> bool:
-    if start == 0:
-        return False
-    if text[start - 1] in _DIGITS:
-        return True
-    return start >= 2 and text[start - 1] == "." and text[start - 2] in _DIGITS
 
 
 @dataclass
