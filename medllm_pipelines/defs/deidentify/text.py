@@ -48,11 +48,17 @@ def _raw_partitions(zone, asset_key, columns: list[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
 
 
-def _identities_by_person(zone, by_key: dict, by_mrn: dict) -> dict[str, dict[str, list[str]]]:
+def _persons(zone) -> tuple[dict, dict, pd.DataFrame, dict[str, dict[str, list[str]]]]:
+    """Pseudonym lookups, the raw patients table (decrypted once per asset) and each person's identity."""
+    by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
+    patients = _raw_partitions(zone, keys.RAW_PATIENTS, ["institution", "resource_key", "mrn"])
+    return by_key, by_mrn, patients, _identities_by_person(patients, by_key, by_mrn)
+
+
+def _identities_by_person(patients: pd.DataFrame, by_key: dict, by_mrn: dict) -> dict[str, dict[str, list[str]]]:
     """Pseudonym -> the person's identity fields over all their raw patient records."""
     from medllm_pipelines.lib.deidentify.text.silver import merge_identities
 
-    patients = _raw_partitions(zone, keys.RAW_PATIENTS, ["institution", "resource_key", "mrn"])
     records: dict[str, list[dict]] = {}
     for row in patients.to_dict("records"):
         person = by_key.get((row.get("institution"), row.get("resource_key"))) or by_mrn.get(
@@ -62,12 +68,17 @@ def _identities_by_person(zone, by_key: dict, by_mrn: dict) -> dict[str, dict[st
     return {person: merge_identities(rows) for person, rows in records.items()}
 
 
-def _turn_texts(turns_json: str | None) -> list[str]:
+def _turns(turns_json: str | None) -> list[dict]:
+    """A dialogue's turns; an unreadable dialogue has none."""
     try:
         turns = orjson.loads(turns_json or "[]")
     except orjson.JSONDecodeError:
         return []
-    return [str(t.get("text", "")) for t in turns if isinstance(t, dict)]
+    return [t for t in turns if isinstance(t, dict)] if isinstance(turns, list) else []
+
+
+def _turn_texts(turns_json: str | None) -> list[str]:
+    return [str(t.get("text", "")) for t in _turns(turns_json)]
 
 
 def _linked_texts(zone, by_key: dict, by_mrn: dict) -> list[dict]:
@@ -108,8 +119,7 @@ def phi_tagger(context: AssetExecutionContext, raw_zone: RawZoneResource) -> Mat
     from medllm_pipelines.lib.deidentify.text.silver import project_person
 
     zone = raw_zone.get()
-    by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
-    identities = _identities_by_person(zone, by_key, by_mrn)
+    by_key, by_mrn, _, identities = _persons(zone)
     texts = _linked_texts(zone, by_key, by_mrn)
     usable = [t for t in texts if t["pseudonym"] in identities and t["text"]]
     for item in usable:
@@ -184,11 +194,10 @@ def _load_detector(zone):
     return build_detector(tagger=tagger)
 
 
-def _surrogates(zone, vault: VaultResource, pseudonyms: list[str]):
+def _surrogates(patients: pd.DataFrame, vault: VaultResource, pseudonyms: list[str]):
     from medllm_pipelines.lib.deidentify.text.silver import patient_surrogates
     from medllm_pipelines.lib.security.leak_scan import identifier_needles
 
-    patients = _raw_partitions(zone, keys.RAW_PATIENTS, ["mrn"])
     forbidden = {value for values in identifier_needles(patients).values() for value in values}
     return patient_surrogates(pseudonyms, vault.hmac_many, forbidden=forbidden)
 
@@ -246,8 +255,7 @@ def deidentified_notes(
     from medllm_pipelines.lib.label.importers import keyed_ids
 
     zone = raw_zone.get()
-    by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
-    identities = _identities_by_person(zone, by_key, by_mrn)
+    by_key, _, patients, identities = _persons(zone)
     notes = _raw_partitions(zone, keys.RAW_NOTES, NOTE_COLUMNS)
     person = [by_key.get((i, k)) for i, k in zip(notes["institution"], notes["patient_key"], strict=True)]
     notes = notes.assign(patient_pseudonym=person)
@@ -256,7 +264,7 @@ def deidentified_notes(
     removed = {"unlinked_person": int((~linked).sum()), "empty_text": int((linked & ~has_text).sum())}
     kept = notes[linked & has_text].reset_index(drop=True)
     detector = _load_detector(zone)
-    surrogates = _surrogates(zone, vault, kept["patient_pseudonym"].tolist())
+    surrogates = _surrogates(patients, vault, kept["patient_pseudonym"].tolist())
     texts = kept["text"].tolist()
     known = [known_identifiers(identities.get(p, {})) for p in kept["patient_pseudonym"]]
     spans_per_text: list = []
@@ -295,19 +303,18 @@ def deidentified_dialogues(
     from medllm_pipelines.lib.label.importers import keyed_ids
 
     zone = raw_zone.get()
-    by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
-    identities = _identities_by_person(zone, by_key, by_mrn)
+    _, by_mrn, patients, identities = _persons(zone)
     dialogues = _raw_partitions(zone, keys.RAW_DIALOGUES, DIALOGUE_COLUMNS)
     person = [by_mrn.get((i, m)) for i, m in zip(dialogues["institution"], dialogues["patient_mrn"], strict=True)]
     dialogues = dialogues.assign(patient_pseudonym=person)
-    turns = dialogues["turns_json"].map(lambda raw: orjson.loads(raw or "[]") if _turn_texts(raw) else [])
+    turns = dialogues["turns_json"].map(_turns)
     linked = dialogues["patient_pseudonym"].notna()
     has_turns = turns.map(bool)
     removed = {"unlinked_person": int((~linked).sum()), "no_readable_turns": int((linked & ~has_turns).sum())}
     keep = linked & has_turns
     kept, kept_turns = dialogues[keep].reset_index(drop=True), turns[keep].tolist()
     detector = _load_detector(zone)
-    surrogates = _surrogates(zone, vault, kept["patient_pseudonym"].tolist())
+    surrogates = _surrogates(patients, vault, kept["patient_pseudonym"].tolist())
     clean_turns, spans_per_text = [], []
     for dialogue, pseudonym in zip(kept_turns, kept["patient_pseudonym"], strict=True):
         texts, spans = deidentify_turns([str(t.get("text", "")) for t in dialogue], detector=detector,
