@@ -33,10 +33,7 @@ from medllm_pipelines.defs.common import (
     versions_metadata,
     warehouse_location,
 )
-from medllm_pipelines.defs.deidentify.disclosure import (
-    disclosure_settings,
-    protect_released_table,
-)
+from medllm_pipelines.defs.deidentify.disclosure import protect_released_table
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.deidentify.consent import build_consent_registry
 from medllm_pipelines.lib.deidentify.policy import (
@@ -160,10 +157,7 @@ def deidentified_patients(
         person_by_mrn=by_mrn,
         age_reference=pd.Series(reference, index=frame.index),
     )
-    settings = disclosure_settings()
-    released, k_meta, k_suppressed = protect_released_table(
-        "patients", outcome.frame, settings.k_anonymity_k, settings.l_diversity_l
-    )
+    released, k_meta, k_suppressed = protect_released_table("patients", outcome.frame)
     meta = _write_deidentified(warehouse, keys.DEID_PATIENTS, released)
     return MaterializeResult(
         metadata={
@@ -191,10 +185,7 @@ def _deidentify_table(
     frame = zone.read_table(raw_table_name(source))
     by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
     outcome = apply_policy(policy_table, frame, load_policy(), person_by_key=by_key, person_by_mrn=by_mrn)
-    settings = disclosure_settings()
-    released, k_meta, k_suppressed = protect_released_table(
-        policy_table, outcome.frame, settings.k_anonymity_k, settings.l_diversity_l
-    )
+    released, k_meta, k_suppressed = protect_released_table(policy_table, outcome.frame)
     meta = _write_deidentified(warehouse, target, released)
     return MaterializeResult(
         metadata={

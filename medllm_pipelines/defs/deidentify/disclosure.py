@@ -75,8 +75,9 @@ def disclosure_settings() -> Settings:
 
 
 # --- k-anonymity ---------------------------------------------------------------------
-def protect_released_table(policy_table: str, frame: pd.DataFrame, k: int, l: int) -> tuple[pd.DataFrame, dict[str, Any], int]:
-    """Recode ``frame`` to k-anonymity on its declared quasi-identifiers.
+def protect_released_table(policy_table: str, frame: pd.DataFrame, k: int | None = None,
+                           l: int | None = None) -> tuple[pd.DataFrame, dict[str, Any], int]:
+    """Recode ``frame`` to k-anonymity on its declared quasi-identifiers (k and l: the settings' unless given).
 
     Returns the frame to write, metadata (counts only, never a class's
     values) and the number of rows dropped as the last resort.
@@ -84,6 +85,9 @@ def protect_released_table(policy_table: str, frame: pd.DataFrame, k: int, l: in
     rule = load_policy().disclosure.get(policy_table)
     if rule is None:
         return frame, {"k_anonymity": "no quasi-identifiers declared"}, 0
+    settings = disclosure_settings()
+    k = settings.k_anonymity_k if k is None else k
+    l = settings.l_diversity_l if l is None else l
     result = recode_to_k(frame, rule.quasi_identifiers, k, rule.steps)
     meta: dict[str, Any] = {f"k_anonymity/{name}": value for name, value in result.as_metadata().items()}
     meta["k_anonymity/class_sizes"] = MetadataValue.json(_class_size_distribution(result.frame, rule.quasi_identifiers))
@@ -191,6 +195,24 @@ def _release_fingerprint(settings: Settings, institutions: list[str], *frames: p
     return digest.hexdigest()
 
 
+def _publish(wh, frame: pd.DataFrame, settings: Settings, ledger: PrivacyLedger, **release: Any) -> dict[str, Any]:
+    """Write the published table; the metadata of a new and of a re-published release alike."""
+    schema, table = warehouse_location(keys.RELEASED_STATISTICS)
+    wh.write_table(schema, table, frame)
+    entries = ledger.entries()
+    return {
+        **frame_metadata(frame),
+        "warehouse_table": f"{schema}.{table}",
+        "dp_dataset": settings.dp_dataset,
+        **release,
+        "epsilon_remaining": ledger.remaining()[0],
+        "epsilon_budget": settings.dp_epsilon_budget,
+        "ledger_entries": len(entries),
+        "ledger_hash": entries[-1].hash if entries else "",
+        **versions_metadata(),
+    }
+
+
 def _previous_release(reports_dir, fingerprint: str) -> dict[str, Any] | None:
     latest = reports_dir / LATEST_RELEASE_FILE
     if not latest.exists():
@@ -241,23 +263,9 @@ def released_statistics(
         # post-processing and costs no budget; drawing fresh noise would spend it and let averaging undo it.
         frame = pd.DataFrame(previous["statistics"]).assign(
             dataset=settings.dp_dataset, release_id=previous["release_id"], released_at=previous["released_at"])
-        schema, table = warehouse_location(keys.RELEASED_STATISTICS)
-        wh.write_table(schema, table, frame)
-        entries = ledger.entries()
-        return MaterializeResult(metadata={
-            **frame_metadata(frame),
-            "warehouse_table": f"{schema}.{table}",
-            "release_reused": True,
-            "reused_release_id": previous["release_id"],
-            "input_fingerprint": fingerprint,
-            "dp_dataset": settings.dp_dataset,
-            "epsilon_spent_this_run": 0.0,
-            "epsilon_remaining": remaining_before,
-            "epsilon_budget": settings.dp_epsilon_budget,
-            "ledger_entries": len(entries),
-            "ledger_hash": entries[-1].hash if entries else "",
-            **versions_metadata(),
-        })
+        return MaterializeResult(metadata=_publish(
+            wh, frame, settings, ledger, release_reused=True, reused_release_id=previous["release_id"],
+            input_fingerprint=fingerprint, epsilon_spent_this_run=0.0))
     if release_epsilon > remaining_before + 1e-9:
         raise Failure(
             description=(
@@ -315,35 +323,16 @@ def released_statistics(
 
     released_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     frame = pd.DataFrame(rows).assign(dataset=settings.dp_dataset, release_id=run_id_of(context), released_at=released_at)
-    schema, table = warehouse_location(keys.RELEASED_STATISTICS)
-    wh.write_table(schema, table, frame)
     report = reports_dir / f"{run_id_of(context)}.json"
     published = {"dataset": settings.dp_dataset, "release_id": run_id_of(context), "released_at": released_at,
                  "input_fingerprint": fingerprint, "statistics": rows}
     report.write_text(json.dumps(published, indent=1, ensure_ascii=False))
     (reports_dir / LATEST_RELEASE_FILE).write_text(json.dumps(published, indent=1, ensure_ascii=False))
-    entries = ledger.entries()
-    remaining, _ = ledger.remaining()
-    return MaterializeResult(
-        metadata={
-            **frame_metadata(frame),
-            "warehouse_table": f"{schema}.{table}",
-            "report_json": MetadataValue.path(str(report)),
-            "dp_dataset": settings.dp_dataset,
-            "dp_mechanism": "laplace",
-            "release_reused": False,
-            "input_fingerprint": fingerprint,
-            "queries": queries,
-            "epsilon_per_query": epsilon,
-            "epsilon_spent_this_run": remaining_before - remaining,
-            "epsilon_remaining": remaining,
-            "epsilon_budget": settings.dp_epsilon_budget,
-            "ledger_entries": len(entries),
-            "ledger_hash": entries[-1].hash if entries else "",
-            "persons_left_out": "consent refused or withdrawn",
-            **versions_metadata(),
-        }
-    )
+    return MaterializeResult(metadata=_publish(
+        wh, frame, settings, ledger, report_json=MetadataValue.path(str(report)), dp_mechanism="laplace",
+        release_reused=False, input_fingerprint=fingerprint, queries=queries, epsilon_per_query=epsilon,
+        epsilon_spent_this_run=remaining_before - ledger.remaining()[0],
+        persons_left_out="consent refused or withdrawn"))
 
 
 ASSETS: list = [released_statistics]
