@@ -71,15 +71,12 @@ class SecurityContext:
 
 
 def _vault_resource(settings: Settings, data_key_name: str | None = None) -> Any:
-    from dagster import EnvVar
+    from medllm_pipelines.defs.resources import vault_resource
 
-    from medllm_pipelines.resources.vault import VaultResource
-
-    extra = {"data_key_name": data_key_name} if data_key_name else {}
-    if settings.uses_local_openbao:
-        return VaultResource(token_file=str(settings.openbao_state_file), **extra)
-    return VaultResource(addr=settings.vault_addr, token=EnvVar("VAULT_TOKEN") if settings.vault_token_in_env else None,
-                         ca_cert=settings.vault_cacert, timeout=5.0, **extra)
+    extra: dict[str, Any] = {"data_key_name": data_key_name} if data_key_name else {}
+    if not settings.uses_local_openbao:
+        extra["timeout"] = 5.0  # a person is waiting at the terminal
+    return vault_resource(settings, **extra)
 
 
 def _context() -> SecurityContext:

@@ -19,18 +19,23 @@ from medllm_pipelines.resources.warehouse import WarehouseResource
 from medllm_pipelines.settings import Settings
 
 
+def vault_resource(settings: Settings, **overrides: Any) -> VaultResource:
+    """The project's OpenBao (via its state file) or the configured Vault, token bound as ``EnvVar``."""
+    if settings.uses_local_openbao:
+        return VaultResource(token_file=str(settings.openbao_state_file), **overrides)
+    return VaultResource(
+        addr=settings.vault_addr,
+        token=EnvVar("VAULT_TOKEN") if settings.vault_token_in_env else None,
+        ca_cert=settings.vault_cacert,
+        **overrides,
+    )
+
+
 def build_resources(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
     import os
 
     env = os.environ if environ is None else environ
-    if settings.uses_local_openbao:
-        vault = VaultResource(token_file=str(settings.openbao_state_file))
-    else:
-        vault = VaultResource(
-            addr=settings.vault_addr,
-            token=EnvVar("VAULT_TOKEN") if settings.vault_token_in_env else None,
-            ca_cert=settings.vault_cacert,
-        )
+    vault = vault_resource(settings)
     warehouse = WarehouseResource(
         url=EnvVar("MEDLLM_WAREHOUSE_URL") if env.get("MEDLLM_WAREHOUSE_URL") else settings.warehouse_url
     )
