@@ -171,6 +171,34 @@ class Warehouse:
                     con.execute("ROLLBACK")
                     raise
 
+    def replace_values(self, schema: str, table: str, column: str, old_to_new: pd.DataFrame) -> None:
+        """In one transaction, set ``column`` to ``new_value`` wherever it equals ``old_value`` (the two columns
+        of ``old_to_new``); every other column and row is left as it is (e.g. rewrapped ciphertexts)."""
+        schema, table, column = _ident(schema), _ident(table), _ident(column)
+        qualified = f"{schema}.{table}"
+        mapping = old_to_new[["old_value", "new_value"]]
+        if self.is_postgres:
+            from sqlalchemy import text
+
+            with self._pg_engine().begin() as conn:
+                conn.execute(text("CREATE TEMP TABLE medllm_value_map (old_value text PRIMARY KEY, new_value text) "
+                                  "ON COMMIT DROP"))
+                self._pg_copy(conn, "pg_temp", "medllm_value_map", mapping)
+                conn.execute(text(f"UPDATE {qualified} AS t SET {column} = m.new_value FROM medllm_value_map AS m "
+                                  f"WHERE t.{column} = m.old_value"))
+            return
+        with self._duck() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.register("medllm_value_map", mapping)
+                con.execute(f"UPDATE {qualified} SET {column} = m.new_value FROM medllm_value_map AS m "
+                            f"WHERE {qualified}.{column} = m.old_value")
+                con.unregister("medllm_value_map")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+
     # --- reads ------------------------------------------------------------
     def read_table(self, schema: str, table: str) -> pd.DataFrame:
         schema, table = _ident(schema), _ident(table)

@@ -345,7 +345,7 @@ def rewrap_warehouse_column(warehouse: Any, schema: str, table: str, column: str
             raise RotationError(f"{qualified}.{column}: a rewrapped value does not decrypt to the original; "
                                 "nothing was updated")
     if len(mapping):
-        _update_from_mapping(warehouse, qualified, column, mapping)
+        warehouse.replace_values(schema, table, column, mapping)
     after = warehouse.query(f"SELECT {column} AS value FROM {qualified}")
     after_values = [v for v in after["value"].tolist() if isinstance(v, str) and v.startswith("vault:")]
     expected = sorted(digests.values())
@@ -355,31 +355,6 @@ def rewrap_warehouse_column(warehouse: Any, schema: str, table: str, column: str
         verified = len(after_values) if seen == expected else 0
     return ColumnRewrapReport(qualified, len(before), len(after), len(values), len(after_values), len(stale),
                               verified, target)
-
-
-def _update_from_mapping(warehouse: Any, qualified: str, column: str, mapping: Any) -> None:
-    """UPDATE ... FROM a temporary (old, new) table, atomically, on either backend."""
-    if warehouse.is_postgres:
-        from sqlalchemy import text
-
-        with warehouse._pg_engine().begin() as conn:
-            conn.execute(text("CREATE TEMP TABLE medllm_rewrap (old_value text PRIMARY KEY, new_value text) "
-                              "ON COMMIT DROP"))
-            warehouse._pg_copy(conn, "pg_temp", "medllm_rewrap", mapping)
-            conn.execute(text(f"UPDATE {qualified} AS t SET {column} = m.new_value FROM medllm_rewrap AS m "
-                              f"WHERE t.{column} = m.old_value"))
-        return
-    with warehouse._duck() as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.register("medllm_rewrap", mapping)
-            con.execute(f"UPDATE {qualified} SET {column} = m.new_value FROM medllm_rewrap AS m "
-                        f"WHERE {qualified}.{column} = m.old_value")
-            con.unregister("medllm_rewrap")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
 
 
 def rotate_and_rewrap(

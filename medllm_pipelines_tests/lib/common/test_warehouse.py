@@ -222,3 +222,12 @@ def test_replace_rows_is_atomic_when_the_insert_fails(warehouse, schema):
         warehouse.replace_rows(schema, "quarantine", {"institution": "h1"}, broken)
 
     assert len(warehouse.read_table(schema, "quarantine")) == 3, "the delete must roll back with the failed insert"
+
+
+def test_replace_values_maps_one_column_and_leaves_the_rest(warehouse, schema):
+    warehouse.write_table(schema, "ledger", pd.DataFrame({"key": ["a", "b", "c"], "secret": ["v1:x", "v1:y", None]}))
+    mapping = pd.DataFrame({"old_value": ["v1:x", "v1:gone"], "new_value": ["v2:x", "v2:gone"]}, dtype="string")
+    warehouse.replace_values(schema, "ledger", "secret", mapping)
+    after = warehouse.read_table(schema, "ledger").sort_values("key")
+    assert after["key"].tolist() == ["a", "b", "c"]
+    assert after["secret"].tolist()[:2] == ["v2:x", "v1:y"] and pd.isna(after["secret"].tolist()[2])
