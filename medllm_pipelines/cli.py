@@ -212,6 +212,25 @@ def demo(patients: int, seed: int) -> None:
     sys.exit(code)
 
 
+@main.command("stage-corpus")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="folder of files written elsewhere (e.g. ../shared/conformance)")
+@click.option("--landing", type=click.Path(path_type=Path), required=True, help="landing zone to deliver into")
+@click.option("--folder", "folders", multiple=True, help="only these top-level sub-folders (repeatable)")
+def stage_corpus_command(corpus: Path, landing: Path, folders: tuple[str, ...]) -> None:
+    """Deliver a folder of FHIR / HL7 v2 / DICOM files as a landing zone, one source per sub-folder,
+    each file into the feed its content says, and write the source registry it needs."""
+    from medllm_pipelines.lib.ingest.corpus import stage_corpus
+
+    staged = stage_corpus(corpus, landing, folders=folders or None)
+    for code, kinds in staged.by_source_and_kind.items():
+        click.echo(f"  {code}: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()))
+    if staged.skipped:
+        click.echo(f"  not deliveries (skipped): {len(staged.skipped)} ({', '.join(staged.skipped[:5])})")
+    click.echo(f"delivered {len(staged.delivered)} files; run them with:")
+    click.echo(f"  MEDLLM_SOURCES_FILE={staged.sources_file} medllm run --landing {landing} && medllm reconcile --json")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def reconcile(as_json: bool) -> None:
@@ -223,7 +242,7 @@ def reconcile(as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:
         click.echo(format_report(report))
-    if any(row["reconciled"] is False for row in report["stages"]):
+    if any(row["reconciled"] is False for row in report["stages"]) or report["files_unaccounted"] or report["files_unbalanced"]:
         sys.exit(1)
 
 

@@ -71,9 +71,83 @@ def reconciliation_report(settings: Settings) -> dict[str, Any]:
                 {"asset": a, "institution": i, "reason_code": r, "records": int(n)}
                 for a, i, r, n in frame.itertuples(index=False)
             ]
+        files = file_accounting(warehouse)
     finally:
         warehouse.dispose()
-    return {"stages": stages, "quarantine": quarantine}
+    return {"stages": stages, "quarantine": quarantine, **files}
+
+
+def file_accounting(warehouse: Any) -> dict[str, Any]:
+    """Every file in the ledger and what became of it: quarantined at intake (with the reason), or,
+    per ingest asset that read it, its records in, out, quarantined (by reason) and removed (by rule).
+
+    Files are named by content hash only (a file name can identify a patient). A stored file that no
+    asset accounts for is listed under ``files_unaccounted``; a file whose counts do not balance
+    under ``files_unbalanced``.
+    """
+    import orjson
+
+    from medllm_pipelines.defs import keys
+    from medllm_pipelines.lib.ingest.intake import STORED
+    from medllm_pipelines.lib.ingest.landing import ANNOTATION_FILE_KINDS
+
+    empty: dict[str, Any] = {"files": [], "files_summary": {"files": 0}, "files_unaccounted": [], "files_unbalanced": []}
+    if not warehouse.table_exists(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE):
+        return empty
+    ledger = warehouse.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE)
+    outcomes: dict[str, list[dict[str, Any]]] = {}
+    if warehouse.table_exists(keys.AUDIT_SCHEMA, keys.FILE_OUTCOMES_TABLE):
+        for row in warehouse.read_table(keys.AUDIT_SCHEMA, keys.FILE_OUTCOMES_TABLE).to_dict("records"):
+            outcomes.setdefault(str(row["source_object"]), []).append(
+                {
+                    "asset": row["asset"],
+                    "in": int(row["records_in"]),
+                    "out": int(row["records_out"]),
+                    "quarantined": int(row["records_quarantined"]),
+                    "removed": int(row["records_removed"]),
+                    "quarantined_by_reason": orjson.loads(row["quarantined_by_reason"] or "{}"),
+                    "removed_by_rule": orjson.loads(row["removed_by_rule"] or "{}"),
+                }
+            )
+    label_quarantine: dict[str, dict[str, int]] = {}
+    if warehouse.table_exists(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE):
+        held = warehouse.query(
+            f"SELECT source_object, reason_code, count(*) AS n FROM {keys.AUDIT_SCHEMA}.{keys.QUARANTINE_TABLE} "
+            f"WHERE stage = 'label' AND source_object IS NOT NULL GROUP BY 1, 2"
+        )
+        for source_object, reason, n in held.itertuples(index=False):
+            label_quarantine.setdefault(str(source_object), {})[str(reason)] = int(n)
+    files, unaccounted, unbalanced = [], [], []
+    by_status: dict[str, int] = {}
+    for row in ledger.sort_values(["institution", "file_kind", "content_sha256"]).itertuples(index=False):
+        entry: dict[str, Any] = {
+            "content_sha256": row.content_sha256,
+            "institution": row.institution,
+            "file_kind": row.file_kind,
+            "ledger_status": row.status,
+        }
+        if row.status != STORED:
+            entry["outcome"] = "quarantined_at_intake"
+            entry["reason_code"] = row.reason_code
+        elif row.content_sha256 in outcomes:
+            entry["outcome"] = "ingested"
+            entry["assets"] = outcomes[row.content_sha256]
+            if any(a["in"] != a["out"] + a["quarantined"] + a["removed"] for a in entry["assets"]):
+                unbalanced.append(row.content_sha256)
+        elif row.file_kind in ANNOTATION_FILE_KINDS:
+            entry["outcome"] = "read_by_label_imports"
+            entry["quarantined_by_reason"] = label_quarantine.get(row.content_sha256, {})
+        else:
+            entry["outcome"] = "unaccounted"
+            unaccounted.append(row.content_sha256)
+        by_status[entry["outcome"]] = by_status.get(entry["outcome"], 0) + 1
+        files.append(entry)
+    return {
+        "files": files,
+        "files_summary": {"files": len(files), **dict(sorted(by_status.items())), "unbalanced": len(unbalanced)},
+        "files_unaccounted": unaccounted,
+        "files_unbalanced": unbalanced,
+    }
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -93,6 +167,14 @@ def format_report(report: dict[str, Any]) -> str:
                 else f"out {counts}"
             )
             lines.append(f"    {institution:38s} {detail}")
+    summary = report.get("files_summary") or {}
+    if summary.get("files"):
+        lines.append("")
+        lines.append("landed files: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        for digest in report.get("files_unaccounted", [])[:20]:
+            lines.append(f"  UNACCOUNTED {digest}")
+        for digest in report.get("files_unbalanced", [])[:20]:
+            lines.append(f"  UNBALANCED  {digest}")
     if report["quarantine"]:
         lines.append("")
         lines.append("quarantined records by asset, institution and reason:")

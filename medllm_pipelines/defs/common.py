@@ -10,8 +10,14 @@ from typing import Any
 import pandas as pd
 from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
 
-from medllm_pipelines.defs.keys import AUDIT_SCHEMA, QUARANTINE_TABLE
-from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation, frame_content_hash, quarantine_frame
+from medllm_pipelines.defs.keys import AUDIT_SCHEMA, FILE_OUTCOMES_TABLE, QUARANTINE_TABLE
+from medllm_pipelines.lib.common.records import (
+    FileOutcomes,
+    QuarantineRecord,
+    Reconciliation,
+    frame_content_hash,
+    quarantine_frame,
+)
 from medllm_pipelines.lib.common.versions import package_versions as versions_of
 from medllm_pipelines.lib.common.warehouse import Warehouse
 
@@ -100,6 +106,24 @@ def record_quarantine(
         "quarantined_by_reason": MetadataValue.json({str(k): int(v) for k, v in by_reason.items()}),
         "quarantined_by_institution": MetadataValue.json({str(k): int(v) for k, v in by_institution.items()}),
     }
+
+
+def record_file_outcomes(warehouse: Warehouse, outcomes: FileOutcomes, partition: str | None = None) -> dict[str, Any]:
+    """Replace this asset's (and partition's) rows in ``audit.file_outcomes``: per landed file, its
+    records in, out, quarantined and removed by rule, so that ``medllm reconcile`` accounts for every file.
+
+    Raises when a file does not balance: a parser that loses or invents records is a bug, not data.
+    """
+    unbalanced = outcomes.unbalanced()
+    if unbalanced:
+        first = unbalanced[0]
+        raise ValueError(
+            f"{outcomes.asset}: {len(unbalanced)} files do not reconcile, e.g. object {first.source_object[:12]}: "
+            f"in={first.records_in} out={first.records_out} quarantined={first.quarantined} removed={first.removed_by_rule}"
+        )
+    frame = outcomes.frame().assign(partition=partition).astype({"partition": "string"})
+    warehouse.replace_rows(AUDIT_SCHEMA, FILE_OUTCOMES_TABLE, {"asset": outcomes.asset, "partition": partition}, frame)
+    return {"files_accounted": len(frame)}
 
 
 def reconciliation_by_institution(

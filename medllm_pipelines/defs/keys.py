@@ -96,3 +96,4 @@ LANDING_SENSOR = "landing_sensor"
 AUDIT_SCHEMA = "audit"
 FILE_LEDGER_TABLE = "file_ledger"
 QUARANTINE_TABLE = "quarantine"
+FILE_OUTCOMES_TABLE = "file_outcomes"  # per landed file and ingest asset: in / out / quarantined / removed

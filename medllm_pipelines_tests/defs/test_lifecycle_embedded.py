@@ -208,3 +208,26 @@ def test_dicom_is_indexed_per_study_series_and_instance(embedded_run) -> None:
     assert set(hierarchy) >= {"hzsf", "rvic", "jhsq"}
     for counts in hierarchy.values():
         assert 0 < counts["studies"] <= counts["series"] <= counts["instances"]
+
+
+def test_reconcile_accounts_for_every_landed_file(embedded_run) -> None:
+    from medllm_pipelines.reconcile import reconciliation_report
+    from medllm_pipelines_tests.conftest_lifecycle import scoped_env
+
+    with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home)}):
+        report = reconciliation_report(embedded_run.settings)
+    files = report["files"]
+    warehouse = Warehouse(embedded_run.settings.warehouse_url)
+    try:
+        ledger = warehouse.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE)
+    finally:
+        warehouse.dispose()
+    assert {f["content_sha256"] for f in files} == set(ledger["content_sha256"])
+    assert report["files_unaccounted"] == [] and report["files_unbalanced"] == []
+    outcomes = {f["outcome"] for f in files}
+    assert {"ingested", "quarantined_at_intake"} <= outcomes
+    truncated = [f for f in files if f["file_kind"] == "dicom" and f["outcome"] == "ingested"
+                 and any(a["quarantined_by_reason"].get("truncated_file") for a in f["assets"])]
+    held = sum(m["quarantined_by_reason"].get("truncated_file", 0)
+               for m in embedded_run.result.materializations(keys.RAW_DICOM_INSTANCES))
+    assert len(truncated) == held >= 1  # the planted cut file (and any seeded one), each traced to its own hash

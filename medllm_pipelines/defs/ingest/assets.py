@@ -29,12 +29,13 @@ from medllm_pipelines.defs.common import (
     asset_name,
     counts_by,
     raw_table_name,
+    record_file_outcomes,
     record_quarantine,
     run_id_of,
     versions_metadata,
 )
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
-from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
+from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.ingest.dicom import DICOM_INDEX_COLUMNS, index_dicom_object, summarise_dicom_index
 from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, iter_ndjson_batches, parse_fhir_object
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
@@ -228,11 +229,17 @@ def fhir_resources(
 
         partition_quarantine: list[QuarantineRecord] = []
         seen = out_of_scope = 0
+        outcomes = FileOutcomes(asset_name(keys.key(keys.INGEST, "fhir_resources")))
         for done, row in enumerate(objects.itertuples(index=False), start=1):
             for batch in _parse_clinical_object(zone, row):
                 partition_quarantine.extend(batch.quarantine)
                 seen += batch.resources_seen
                 out_of_scope += batch.out_of_scope
+                outcomes.add(
+                    row.content_sha256, row.institution, records_in=batch.resources_seen,
+                    records_out=batch.records_out, quarantine=batch.quarantine,
+                    removed_by_rule={"out_of_scope_resource_type": batch.out_of_scope},
+                )
                 for table, rows in batch.rows.items():
                     buffered[table].extend(rows)
                     flush(table)
@@ -247,6 +254,7 @@ def fhir_resources(
             rows_by_table[table][partition] = written[table]
         files_total += len(objects)
         record_quarantine(warehouse.get(), keys.key(keys.INGEST, "fhir_resources"), partition_quarantine, partition)
+        record_file_outcomes(warehouse.get(), outcomes, partition)
         Reconciliation(
             seen, sum(written.values()), len(partition_quarantine), {"out_of_scope_resource_type": out_of_scope}
         ).check()
@@ -305,6 +313,7 @@ def _parse_objects_to_partition(
         objects = stored_objects(warehouse, (kind,), institution=partition)
         rows: list[dict] = []
         quarantine: list[QuarantineRecord] = []
+        outcomes = FileOutcomes(name)
         seen = 0
         for row in objects.itertuples(index=False):
             content = zone.get_object(row.content_sha256)
@@ -318,6 +327,8 @@ def _parse_objects_to_partition(
                 else:
                     assert indexed is not None
                     rows.append({**indexed, "institution": row.institution, "source_object": row.content_sha256})
+                outcomes.add(row.content_sha256, row.institution, records_in=1, records_out=0 if rejected else 1,
+                             quarantine=[rejected] if rejected else [])
             else:
                 parsed = parse_jsonl_object(
                     content, kind=kind, institution=row.institution, source_object=row.content_sha256, asset=name
@@ -325,9 +336,12 @@ def _parse_objects_to_partition(
                 seen += parsed.lines_seen
                 rows.extend(parsed.rows)
                 quarantine.extend(parsed.quarantine)
+                outcomes.add(row.content_sha256, row.institution, records_in=parsed.lines_seen,
+                             records_out=len(parsed.rows), quarantine=parsed.quarantine)
         frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
         zone.write_partition(raw_table_name(asset_key), partition, frame)
         record_quarantine(warehouse.get(), asset_key, quarantine, partition)
+        record_file_outcomes(warehouse.get(), outcomes, partition)
         if kind == DICOM and len(frame):
             studies, series = summarise_dicom_index(frame)
             hierarchy[partition] = {"studies": len(studies), "series": len(series), "instances": len(frame)}

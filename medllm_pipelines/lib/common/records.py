@@ -106,3 +106,108 @@ def frame_content_hash(frame: pd.DataFrame) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+FILE_OUTCOME_COLUMNS = [
+    "asset",
+    "institution",
+    "source_object",
+    "records_in",
+    "records_out",
+    "records_quarantined",
+    "records_removed",
+    "removed_by_rule",
+    "quarantined_by_reason",
+]
+
+
+@dataclass
+class FileOutcome:
+    """What became of the records of one raw-zone object in one asset (in = out + quarantined + removed)."""
+
+    source_object: str
+    institution: str | None
+    records_in: int = 0
+    records_out: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    removed_by_rule: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.quarantined_by_reason.values())
+
+    @property
+    def removed(self) -> int:
+        return sum(self.removed_by_rule.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.records_in == self.records_out + self.quarantined + self.removed
+
+
+class FileOutcomes:
+    """Per-file accounting of one asset, so that every landed file can be traced to its records.
+
+    An ingest asset adds, for each raw-zone object it reads, the entries it
+    read, the rows it wrote, what it quarantined (by reason) and what it set
+    aside under a declared rule (out of scope, request-only, re-sent copies).
+    Only content hashes and counts are kept: nothing that identifies a person.
+    """
+
+    def __init__(self, asset: str) -> None:
+        self.asset = asset
+        self._by_object: dict[str, FileOutcome] = {}
+
+    def of(self, source_object: str, institution: str | None) -> FileOutcome:
+        outcome = self._by_object.get(source_object)
+        if outcome is None:
+            outcome = self._by_object[source_object] = FileOutcome(source_object, institution)
+        return outcome
+
+    def add(
+        self,
+        source_object: str,
+        institution: str | None,
+        *,
+        records_in: int = 0,
+        records_out: int = 0,
+        quarantine: list[QuarantineRecord] | tuple[QuarantineRecord, ...] = (),
+        removed_by_rule: dict[str, int] | None = None,
+    ) -> FileOutcome:
+        outcome = self.of(source_object, institution)
+        outcome.records_in += records_in
+        outcome.records_out += records_out
+        for record in quarantine:
+            outcome.quarantined_by_reason[record.reason_code] = outcome.quarantined_by_reason.get(record.reason_code, 0) + 1
+        for rule, count in (removed_by_rule or {}).items():
+            if count:
+                outcome.removed_by_rule[rule] = outcome.removed_by_rule.get(rule, 0) + int(count)
+        return outcome
+
+    def __iter__(self):
+        return iter(self._by_object.values())
+
+    def __len__(self) -> int:
+        return len(self._by_object)
+
+    def unbalanced(self) -> list[FileOutcome]:
+        return [o for o in self._by_object.values() if not o.balanced]
+
+    def frame(self) -> pd.DataFrame:
+        rows = [
+            {
+                "asset": self.asset,
+                "institution": o.institution,
+                "source_object": o.source_object,
+                "records_in": o.records_in,
+                "records_out": o.records_out,
+                "records_quarantined": o.quarantined,
+                "records_removed": o.removed,
+                "removed_by_rule": orjson.dumps(dict(sorted(o.removed_by_rule.items()))).decode(),
+                "quarantined_by_reason": orjson.dumps(dict(sorted(o.quarantined_by_reason.items()))).decode(),
+            }
+            for o in sorted(self._by_object.values(), key=lambda o: o.source_object)
+        ]
+        frame = pd.DataFrame(rows, columns=FILE_OUTCOME_COLUMNS)
+        counts = ["records_in", "records_out", "records_quarantined", "records_removed"]
+        return frame.astype({**{c: "int64" for c in counts}, **{c: "string" for c in FILE_OUTCOME_COLUMNS if c not in counts}})

@@ -90,3 +90,21 @@ def test_content_hash_ignores_row_and_column_order():
 )
 def test_content_hash_changes_with_the_content(change):
     assert frame_content_hash(change(PEOPLE.copy())) != frame_content_hash(PEOPLE)
+
+
+def test_file_outcomes_account_per_file_and_flag_a_file_that_loses_records():
+    from medllm_pipelines.lib.common.records import FILE_OUTCOME_COLUMNS, FileOutcomes
+
+    outcomes = FileOutcomes("ingest/fhir_resources")
+    bad = QuarantineRecord("ingest", "ingest/fhir_resources", "hzsf", "a" * 64, 3, None, "malformed_json", "line is not JSON")
+    # one file read in two batches (a streamed NDJSON): counts add up
+    outcomes.add("a" * 64, "hzsf", records_in=5, records_out=3, quarantine=[bad], removed_by_rule={"request_only": 1})
+    outcomes.add("a" * 64, "hzsf", records_in=2, records_out=2)
+    outcomes.add("b" * 64, "rvic", records_in=4, records_out=3)  # one record vanished
+
+    frame = outcomes.frame()
+    assert list(frame.columns) == FILE_OUTCOME_COLUMNS
+    first = frame.set_index("source_object").loc["a" * 64]
+    assert (first["records_in"], first["records_out"], first["records_quarantined"], first["records_removed"]) == (7, 5, 1, 1)
+    assert first["quarantined_by_reason"] == '{"malformed_json":1}'
+    assert [o.source_object for o in outcomes.unbalanced()] == ["b" * 64]
