@@ -42,7 +42,7 @@ from medllm_pipelines.lib.deidentify.policy import (
     build_pseudonym_map,
     load_policy,
 )
-from medllm_pipelines.lib.ingest.dicom import read_pixels
+from medllm_pipelines.lib.ingest.dicom import decoded_pixels
 from medllm_pipelines.lib.security.leak_scan import (
     IDENTIFIER_COLUMNS,
     identifier_needles,
@@ -341,6 +341,13 @@ def deidentified_images(
         )
     ]
     images_dir = artifacts.folder("deidentified", "images")
+    # images whose pixels cannot be decoded here: released de-identified, withheld from models (no pixel file)
+    undecodable = (
+        dict(zip(outcome.frame["image_id"], outcome.frame["pixel_undecodable_reason"], strict=True))
+        if len(outcome.frame) and "pixel_decodable" in outcome.frame.columns else {}
+    )
+    undecodable = {k: v for k, v in undecodable.items() if isinstance(v, str) and v}
+    pixels_withheld: dict[str, int] = {}
     summary = ReleaseSummary()
     released: dict[str, tuple[str, str]] = {}
     quarantine: list[QuarantineRecord] = []
@@ -352,7 +359,12 @@ def deidentified_images(
             continue
         dicom_target, pixel_target = images_dir / f"{image_id}.dcm", images_dir / f"{image_id}.npy"
         dicom_target.write_bytes(decision.data)
-        np.save(pixel_target, np.asarray(read_pixels(decision.data)))
+        pixels, withheld_reason = decoded_pixels(decision.data, undecodable.get(image_id))
+        if pixels is None:
+            pixels_withheld[withheld_reason] = pixels_withheld.get(withheld_reason, 0) + 1
+            released[image_id] = (dicom_target.name, None)
+            continue
+        np.save(pixel_target, pixels)
         released[image_id] = (dicom_target.name, pixel_target.name)
     frame = outcome.frame[outcome.frame["image_id"].isin(released)] if len(outcome.frame) else outcome.frame
     frame = frame.assign(
@@ -387,6 +399,7 @@ def deidentified_images(
             "burned_in_annotation": MetadataValue.json(report["burned_in_annotation"]),
             "withheld_by_reason": MetadataValue.json(report["withheld_by_reason"]),
             "files_written": len(released),
+            "pixels_withheld_from_models_by_reason": MetadataValue.json(dict(sorted(pixels_withheld.items()))),
             "patient_identity_removed_checked": report["patient_identity_removed_yes"] == len(released),
             "uid_and_date_shift_key": f"{vault.transit_mount}/{vault.pseudonym_key_name}",
             "images_dir": str(images_dir),

@@ -36,7 +36,13 @@ from medllm_pipelines.defs.common import (
 )
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
 from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation
-from medllm_pipelines.lib.ingest.dicom import DICOM_INDEX_COLUMNS, index_dicom_object, summarise_dicom_index
+from medllm_pipelines.lib.ingest.dicom import (
+    DICOM_FRAME_COLUMNS,
+    DICOM_INDEX_COLUMNS,
+    DicomPartition,
+    index_dicom,
+    summarise_dicom_index,
+)
 from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, iter_ndjson_batches, parse_fhir_object
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_object
@@ -302,13 +308,12 @@ def _parse_objects_to_partition(
     kind: str,
     columns: list[str],
 ) -> MaterializeResult:
-    """Shared body of the non-FHIR ingest assets: parse each institution's objects, quarantine, write."""
+    """Shared body of the JSONL ingest assets: parse each institution's objects, quarantine, write."""
     zone = raw_zone.get()
     name = asset_name(asset_key)
     seen_total = out_total = quarantined_total = files_total = 0
     rows_by_institution: dict[str, int] = {}
     by_reason: dict[str, int] = {}
-    hierarchy: dict[str, dict[str, int]] = {}  # DICOM: studies / series / instances per institution
     for partition in context.partition_keys:
         objects = stored_objects(warehouse, (kind,), institution=partition)
         rows: list[dict] = []
@@ -316,35 +321,19 @@ def _parse_objects_to_partition(
         outcomes = FileOutcomes(name)
         seen = 0
         for row in objects.itertuples(index=False):
-            content = zone.get_object(row.content_sha256)
-            if kind == DICOM:
-                indexed, rejected = index_dicom_object(
-                    content, institution=row.institution, source_object=row.content_sha256, asset=name
-                )
-                seen += 1
-                if rejected:
-                    quarantine.append(rejected)
-                else:
-                    assert indexed is not None
-                    rows.append({**indexed, "institution": row.institution, "source_object": row.content_sha256})
-                outcomes.add(row.content_sha256, row.institution, records_in=1, records_out=0 if rejected else 1,
-                             quarantine=[rejected] if rejected else [])
-            else:
-                parsed = parse_jsonl_object(
-                    content, kind=kind, institution=row.institution, source_object=row.content_sha256, asset=name
-                )
-                seen += parsed.lines_seen
-                rows.extend(parsed.rows)
-                quarantine.extend(parsed.quarantine)
-                outcomes.add(row.content_sha256, row.institution, records_in=parsed.lines_seen,
-                             records_out=len(parsed.rows), quarantine=parsed.quarantine)
+            parsed = parse_jsonl_object(
+                zone.get_object(row.content_sha256), kind=kind, institution=row.institution,
+                source_object=row.content_sha256, asset=name,
+            )
+            seen += parsed.lines_seen
+            rows.extend(parsed.rows)
+            quarantine.extend(parsed.quarantine)
+            outcomes.add(row.content_sha256, row.institution, records_in=parsed.lines_seen,
+                         records_out=len(parsed.rows), quarantine=parsed.quarantine)
         frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
         zone.write_partition(raw_table_name(asset_key), partition, frame)
         record_quarantine(warehouse.get(), asset_key, quarantine, partition)
         record_file_outcomes(warehouse.get(), outcomes, partition)
-        if kind == DICOM and len(frame):
-            studies, series = summarise_dicom_index(frame)
-            hierarchy[partition] = {"studies": len(studies), "series": len(series), "instances": len(frame)}
         Reconciliation(seen, len(frame), len(quarantine)).check()
         seen_total, out_total, quarantined_total = seen_total + seen, out_total + len(frame), quarantined_total + len(quarantine)
         files_total += len(objects)
@@ -361,7 +350,6 @@ def _parse_objects_to_partition(
             "quarantined": quarantined_total,
             "quarantined_by_reason": MetadataValue.json(dict(sorted(by_reason.items()))),
             "rows_by_institution": MetadataValue.json(rows_by_institution),
-            **({"dicom_hierarchy_by_institution": MetadataValue.json(hierarchy)} if hierarchy else {}),
             "source_files": files_total,
             "storage": RAW_STORAGE,
             **versions_metadata(),
@@ -369,18 +357,90 @@ def _parse_objects_to_partition(
     )
 
 
-@asset(
-    key=keys.RAW_DICOM_INSTANCES,
-    deps=[keys.LANDED_FILES],
-    group_name=keys.INGEST,
-    kinds={"python", "dicom"},
+@multi_asset(
+    specs=[
+        AssetSpec(
+            keys.RAW_DICOM_INSTANCES, deps=[keys.LANDED_FILES], group_name=keys.INGEST, kinds={"python", "dicom"},
+            partitions_def=INSTITUTION_PARTITIONS,
+            description="DICOM Part-10 header index (one row per instance, with whether its pixels can be decoded "
+            "here); pixels stay in the encrypted raw object. DICOMDIRs are read as directories, not images.",
+        ),
+        AssetSpec(
+            keys.RAW_DICOM_FRAMES, deps=[keys.LANDED_FILES], group_name=keys.INGEST, kinds={"python", "dicom"},
+            partitions_def=INSTITUTION_PARTITIONS,
+            description="One row per frame of every indexed instance: position, orientation, spacing, stack and "
+            "temporal indices from the (per-frame / shared) functional groups of enhanced multi-frame objects.",
+        ),
+    ],
+    name="dicom_index",
     partitions_def=INSTITUTION_PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
-    description="DICOM Part-10 header index (one row per instance); pixels stay in the encrypted raw object.",
 )
-def dicom_instances(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> MaterializeResult:
-    columns = [*DICOM_INDEX_COLUMNS, "institution", "source_object"]
-    return _parse_objects_to_partition(context, raw_zone, warehouse, keys.RAW_DICOM_INSTANCES, DICOM, columns)
+def dicom_index(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> Iterator[MaterializeResult]:
+    """Index every stored DICOM object of each institution in the run (a full refresh of its partitions);
+    one bad file is one quarantine record, never a failed step."""
+    zone = raw_zone.get()
+    name = asset_name(keys.RAW_DICOM_INSTANCES)
+    lineage = ["institution", "source_object"]
+    totals = {"in": 0, "out": 0, "quarantined": 0, "frames": 0, "files": 0, "dicomdirs": 0}
+    per_partition: dict[str, dict] = {}
+    by_reason: dict[str, int] = {}
+    undecodable: dict[str, int] = {}
+    for partition in context.partition_keys:
+        index = DicomPartition(name)
+        for row in stored_objects(warehouse, (DICOM,), institution=partition).itertuples(index=False):
+            index.add(row.content_sha256, row.institution,
+                      index_dicom(zone.get_object(row.content_sha256), institution=row.institution,
+                                  source_object=row.content_sha256, asset=name))
+        instances = pd.DataFrame(index.instances, columns=[*DICOM_INDEX_COLUMNS, *lineage])
+        frames = pd.DataFrame(index.frames, columns=[*DICOM_FRAME_COLUMNS, *lineage])
+        zone.write_partition(raw_table_name(keys.RAW_DICOM_INSTANCES), partition, instances)
+        zone.write_partition(raw_table_name(keys.RAW_DICOM_FRAMES), partition, frames)
+        record_quarantine(warehouse.get(), keys.RAW_DICOM_INSTANCES, index.quarantine, partition)
+        record_file_outcomes(warehouse.get(), index.outcomes, partition)
+        Reconciliation(index.records_in, len(instances), len(index.quarantine),
+                       {"dicomdir_index": len(index.directories)}).check()
+        studies, series = summarise_dicom_index(instances)
+        per_partition[partition] = {
+            "studies": len(studies), "series": len(series), "instances": len(instances), "frames": len(frames),
+            "quarantined": len(index.quarantine), **({"dicomdir": index.directory_summary()} if index.directories else {}),
+        }
+        for key, value in (("in", index.records_in), ("out", len(instances)), ("quarantined", len(index.quarantine)),
+                           ("frames", len(frames)), ("files", len(index.outcomes)), ("dicomdirs", len(index.directories))):
+            totals[key] += value
+        for record in index.quarantine:
+            by_reason[record.reason_code] = by_reason.get(record.reason_code, 0) + 1
+        for reason, n in index.undecodable_by_reason().items():
+            undecodable[reason] = undecodable.get(reason, 0) + n
+    recon = Reconciliation(totals["in"], totals["out"], totals["quarantined"], {"dicomdir_index": totals["dicomdirs"]}).check()
+    context.log.info(f"{name}: {recon.records_in} files in, {recon.records_out} instances, {recon.quarantined} quarantined")
+    shared = {
+        "partitions_in_run": MetadataValue.json(list(context.partition_keys)),
+        "dicom_hierarchy_by_institution": MetadataValue.json(per_partition),
+        "source_files": totals["files"],
+        "storage": RAW_STORAGE,
+        **versions_metadata(),
+    }
+    yield MaterializeResult(
+        asset_key=keys.RAW_DICOM_INSTANCES,
+        metadata={
+            "dagster/row_count": totals["out"],
+            **recon.as_metadata(),
+            "quarantined": totals["quarantined"],
+            "quarantined_by_reason": MetadataValue.json(dict(sorted(by_reason.items()))),
+            "rows_by_institution": MetadataValue.json({p: c["instances"] for p, c in per_partition.items()}),
+            "pixels_undecodable_by_reason": MetadataValue.json(undecodable),
+            **shared,
+        },
+    )
+    yield MaterializeResult(
+        asset_key=keys.RAW_DICOM_FRAMES,
+        metadata={
+            "dagster/row_count": totals["frames"],
+            "rows_by_institution": MetadataValue.json({p: c["frames"] for p, c in per_partition.items()}),
+            **shared,
+        },
+    )
 
 
 @asset(
@@ -411,4 +471,4 @@ def annotations(context: AssetExecutionContext, raw_zone: RawZoneResource, wareh
     return _parse_objects_to_partition(context, raw_zone, warehouse, keys.RAW_ANNOTATIONS, ANNOTATIONS, columns)
 
 
-ASSETS = [landed_files, fhir_resources, dicom_instances, dialogues, annotations]
+ASSETS = [landed_files, fhir_resources, dicom_index, dialogues, annotations]
