@@ -192,6 +192,12 @@ def run(landing: Path | None, keep_landed: bool, job_name: str | None) -> None:
     sys.exit(_summarise(result))
 
 
+def dagster_ui_command(settings: Settings) -> str:
+    """The command ``demo`` prints for the Dagster UI; run as printed, without the venv on PATH, it must load
+    (tested: dbt is found beside the interpreter, not on PATH)."""
+    return f"DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml"
+
+
 @main.command()
 @click.option("--patients", type=int, default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -205,7 +211,7 @@ def demo(patients: int, seed: int) -> None:
     result = run_lifecycle(settings)
     code = _summarise(result)
     click.echo("\nwhere to look:")
-    click.echo(f"  Dagster UI:  DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
+    click.echo(f"  Dagster UI:  {dagster_ui_command(settings)}")
     click.echo(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000")
     click.echo(f"  reports:     {settings.reports_dir}")
     click.echo(f"  warehouse:   {settings.warehouse_url}")

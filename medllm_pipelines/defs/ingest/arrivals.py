@@ -6,6 +6,8 @@ a schedule fills yesterday every morning.
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     DailyPartitionsDefinition,
     MaterializeResult,
@@ -25,7 +27,8 @@ DAILY_PARTITIONS = DailyPartitionsDefinition(start_date="2024-01-01", timezone="
 
 @asset(
     key=keys.DAILY_ARRIVALS,
-    deps=[keys.LANDED_FILES],
+    # a day's summary reads the whole ledger (every institution's landed files): all of its partitions
+    deps=[AssetDep(keys.LANDED_FILES, partition_mapping=AllPartitionMapping())],
     group_name=keys.INGEST,
     kinds={"python", "duckdb"},
     partitions_def=DAILY_PARTITIONS,
