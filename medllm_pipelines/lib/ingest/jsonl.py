@@ -50,6 +50,21 @@ def _annotation_row(record: dict[str, Any]) -> dict[str, Any]:
 
 _ROW_BUILDERS = {DIALOGUES: _dialogue_row, ANNOTATIONS: _annotation_row}
 
+# Fields whose JSON type is fixed; any other present field is stringified as it comes.
+_SCALAR = (str, int)
+FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    DIALOGUES: {"dialogue_id": _SCALAR, "language": (str,), "department": (str,), "turns": (list,),
+                "patient_mrn": (str, int, type(None))},
+    ANNOTATIONS: {"item_id": _SCALAR, "annotator_id": _SCALAR, "annotated_at": (str,), "guideline_version": _SCALAR,
+                  "label": (str, int, float, bool)},
+}
+
+
+def _wrong_types(record: dict[str, Any], kind: str) -> list[str]:
+    """Field names (never values) whose JSON type the feed's contract does not allow."""
+    return [name for name, allowed in FIELD_TYPES[kind].items()
+            if name in record and not isinstance(record[name], allowed)]
+
 
 def parse_jsonl_object(
     content: bytes, *, kind: str, institution: str | None, source_object: str, asset: str
@@ -87,7 +102,15 @@ def parse_jsonl_object(
         if missing:
             reject(line_no, "missing_required_field", f"missing {', '.join(missing)}")
             continue
-        row = _ROW_BUILDERS[kind](record)
+        wrong = _wrong_types(record, kind)
+        if wrong:
+            reject(line_no, "invalid_field_type", f"wrong JSON type for {', '.join(wrong)}")
+            continue
+        try:
+            row = _ROW_BUILDERS[kind](record)
+        except Exception as exc:  # noqa: BLE001 - one unmappable line is quarantined, never a failed step
+            reject(line_no, "unmappable_record", f"record could not be mapped: {type(exc).__name__}")
+            continue
         row.update(institution=institution, source_object=source_object, source_position=line_no)
         result.rows.append(row)
     return result
