@@ -1,5 +1,6 @@
-"""HL7 v2 ADT/ORU messages -> the FHIR parser's rows; the specification's example messages;
-framing; dates; and bad messages quarantined with a specific reason and no values."""
+"""HL7 v2 ADT/ORU/MDM messages -> the FHIR parser's rows; the specification's example messages;
+framing; dates; what is accepted with a warning; and unusable messages quarantined with a specific
+reason and no values. Real senders' files: test_hl7_conformance.py."""
 
 from __future__ import annotations
 
@@ -97,9 +98,15 @@ def test_a_widely_copied_variant_of_the_oru_example_has_a_nine_digit_birth_date(
 
     result = parse(text)
 
-    assert [(q.position, q.reason_code, q.reason) for q in result.quarantine] == [
-        (0, "unparseable_date", "PID-7 (date/time of birth) is not an HL7 date/time")
+    # as interface engines do: the message is used, the date left empty and the finding recorded
+    assert result.quarantine == []
+    (patient,) = result.rows["patients"]
+    assert (patient["name_en"], patient["birth_date"]) == ("EVE EVERYWOMAN", None)
+    assert [(w.position, w.code, w.reason) for w in result.warnings] == [
+        (0, "patient_identifier_not_mr", "PID-3 (segment 2) has no MR identifier: MRN taken from type untyped"),
+        (0, "unparseable_date", "PID-7 (segment 2, date/time of birth) is not an HL7 date/time: left empty"),
     ]
+    assert result.warnings_by_code == {"patient_identifier_not_mr": 1, "unparseable_date": 1}
 
 
 # --- mapping ---------------------------------------------------------------------
@@ -174,10 +181,32 @@ def test_a_cut_mllp_frame_is_quarantined_and_the_others_proceed():
     assert len(result.rows["patients"]) == 2
 
 
-def test_z_segments_are_ignored():
+def test_z_segments_are_kept_aside_and_counted():
     result = parse(mllp(adt(extra=("ZPI|1|site specific|值",))))
 
-    assert result.quarantine == []
+    assert result.quarantine == [] and len(result.rows["patients"]) == 1
+    assert result.warnings_by_code == {"z_segment": 1}
+    assert "值" not in result.warnings[0].reason
+
+
+@pytest.mark.parametrize(("prefix", "separator"), [(b"\xef\xbb\xbf", b"\r"), (b"\xef\xbb\xbf", b"\n"),
+                                                   (b"", b"\r\n")], ids=["bom_cr", "bom_lf", "crlf"])
+def test_a_byte_order_mark_and_any_segment_terminator(prefix, separator):
+    content = prefix + separator.join(s.encode("utf-8") for s in adt()) + separator
+
+    result = parse(content)
+
+    assert result.quarantine == [] and result.rows["patients"][0]["name_zh"] == NAME_FAMILY + NAME_GIVEN
+    assert result.warnings_by_code.get("byte_order_mark", 0) == (1 if prefix else 0)
+
+
+def test_a_batch_inside_one_mllp_frame_is_split_into_its_messages():
+    batch = ["FHS|^~\\&|LIS", "BHS|^~\\&|LIS", *adt(ctrl="C1"), *oru(ctrl="C2"), "BTS|2", "FTS|1"]
+
+    result = parse(b"\x0b" + "\r".join(batch).encode("utf-8") + b"\r\x1c\r")
+
+    assert result.quarantine == [] and result.messages_read == 2
+    assert [r["source_position"] for r in result.rows["patients"]] == [0, 1]
 
 
 # --- bad messages ------------------------------------------------------------------
@@ -185,18 +214,13 @@ BAD_MESSAGES = {
     "missing_msh": (adt()[1:], "missing_msh"),
     "bad_segment_id": (adt()[:3] + ["this is not a segment"] + adt()[3:], "bad_segment"),
     "lower_case_segment": (adt()[:3] + ["pid|1"] + adt()[3:], "bad_segment"),
-    "unknown_segment": (adt()[:3] + ["QQQ|1"] + adt()[3:], "bad_segment"),
-    "birth_date_not_a_date": (adt(dob="19491345"), "unparseable_date"),
-    "birth_date_european": (adt(dob="31/12/1949"), "unparseable_date"),
-    "obx_time_not_a_date": (oru(obx_time="2024-03-05 09:30"), "unparseable_date"),
-    "nm_not_a_number": (oru(value="六点八"), "invalid_value"),
     "oru_without_pid": ([oru()[0], *oru()[2:]], "missing_required_field"),
-    "adt_without_pid": ([*adt()[:2], *adt()[3:]], "invalid_structure"),
-    "adt_with_two_pids": ([*adt()[:3], *adt()[2:]], "invalid_structure"),
-    "unsupported_version": ([adt()[0].replace("|2.5|", "|2.9|"), *adt()[1:]], "unsupported_version"),
+    "adt_without_pid": ([*adt()[:2], *adt()[3:]], "missing_required_field"),
     "no_message_type": ([adt()[0].replace("ADT^A01^ADT_A01", ""), *adt()[1:]], "invalid_header"),
-    "pid_without_identifier": ([*adt()[:2], PID.format(dob="19491231").replace(f"{MRN}^^^WHSY^MR~", ""),
-                                *adt()[3:]], "missing_required_field"),
+    "separators_unusable": ([adt()[0].replace("^~\\&", "^^^^"), *adt()[1:]], "invalid_header"),
+    "pid_3_empty": ([*adt()[:2], PID.format(dob="19491231").replace(
+        f"{MRN}^^^WHSY^MR~{RESIDENT_ID}^^^CHN&2.16.156.10011.1.5&ISO^NNCHN", ""), *adt()[3:]],
+        "missing_required_field"),
 }
 
 
@@ -209,6 +233,149 @@ def test_bad_messages_are_quarantined_with_a_specific_reason_and_no_values(segme
     assert not [s for s in SENSITIVE if s in record.reason], record.reason
     assert (record.source_object, record.institution, record.stage) == (SOURCE, "whsy", "ingest")
     assert [r["source_position"] for r in result.rows["patients"]] == [0, 2]  # the rest proceeds
+
+
+# message -> (warning code, what the row shows); the message is used, nothing is quarantined
+ACCEPTED_WITH_A_WARNING = {
+    "undefined_segment": (adt()[:3] + ["QQQ|1"] + adt()[3:], "undefined_segment", None),
+    "birth_date_not_a_date": (adt(dob="19491345"), "unparseable_date", ("patients", "birth_date", None)),
+    "birth_date_european": (adt(dob="31/12/1949"), "unparseable_date", ("patients", "birth_date", None)),
+    "obx_time_not_a_date": (oru(obx_time="2024-03-05 09:30"), "unparseable_date",
+                            ("observations", "effective", "2024-03-05T09:00:00+08:00")),  # OBR-7 stands in
+    "nm_not_a_number": (oru(value="六点八"), "invalid_value", ("observations", "value", None)),
+    "adt_with_two_pids": ([*adt()[:3], *adt()[2:]], "nonconforming_structure", None),
+    "version_2_9": ([adt()[0].replace("|2.5|", "|2.9|"), *adt()[1:]], "version_fallback", None),
+    "no_version": ([adt()[0].replace("|2.5|", "||"), *adt()[1:]], "version_assumed", None),
+    "pid_3_only_resident_id": ([*adt()[:2], PID.format(dob="19491231").replace(f"{MRN}^^^WHSY^MR~", ""),
+                                *adt()[3:]], None, ("patients", "mrn", None)),
+}
+
+
+@pytest.mark.parametrize(("segments", "code", "shows"), ACCEPTED_WITH_A_WARNING.values(),
+                         ids=ACCEPTED_WITH_A_WARNING.keys())
+def test_what_interface_engines_accept_is_used_with_a_warning(segments, code, shows):
+    result = parse(mllp(adt(ctrl="C0"), segments, oru(ctrl="C2")))
+
+    assert result.quarantine == []
+    assert {r["source_position"] for r in result.rows["patients"]} == {0, 1, 2}
+    found = [(w.position, w.code) for w in result.warnings]
+    if code is not None:
+        assert (1, code) in found, found
+        assert not [w for w in result.warnings for s in SENSITIVE if s in w.reason]
+    if shows is not None:
+        table, column, value = shows
+        rows = [r for r in result.rows[table] if r["source_position"] == 1]
+        assert rows and all(r[column] == value for r in rows if table == "patients" or r["code"] == "4548-4")
+    assert sum(result.warnings_by_code.values()) == len(result.warnings)
+
+
+def test_a_patient_with_only_a_resident_id_is_keyed_by_it():
+    pid = PID.format(dob="19491231").replace(f"{MRN}^^^WHSY^MR~", "")
+
+    result = parse(mllp([*adt()[:2], pid, *adt()[3:]]))
+
+    (patient,) = result.rows["patients"]
+    assert (patient["mrn"], patient["resident_id"]) == (None, RESIDENT_ID)
+    assert RESIDENT_ID not in patient["resource_key"]
+
+
+@pytest.mark.parametrize(
+    ("pid_3", "mrn"),
+    [
+        ("A1^^^H^PN~M1^^^H^MR~P1^^^H^PI", "M1"),  # MR wins wherever it is
+        ("S1^^^SSA^SS~P1^^^H^PI~T1^^^H^PT", "P1"),  # then PI, PT
+        ("S1^^^SSA^SS~U1^^^H", "U1"),  # untyped before any other type
+        ("A1^^^H^AN~N1^^^H^PN", "N1"),  # PN before AN
+        ("0000112234^^^100^A~S1^^^SSA^SS", "0000112234"),  # otherwise the first one sent
+        (f"{RESIDENT_ID}^^^CHN&2.16.156.10011.1.5&ISO^NNCHN~X1^^^H^XX", "X1"),  # the 身份证号 is never the MRN
+    ],
+)
+def test_every_pid_3_repetition_is_considered_in_a_documented_order(pid_3, mrn):
+    pid = f"PID|1||{pid_3}||{NAME_FAMILY}^{NAME_GIVEN}||19491231|F"
+
+    result = parse(mllp([*adt()[:2], pid, *adt()[3:]]))
+
+    assert result.rows["patients"][0]["mrn"] == mrn
+    assert (result.warnings_by_code.get("patient_identifier_not_mr", 0) == 0) == (mrn == "M1")
+
+
+def test_an_oru_with_two_patient_groups_and_several_orders():
+    second_pid = PID.format(dob="19600101").replace(MRN, "WS0300999").replace(
+        f"~{RESIDENT_ID}^^^CHN&2.16.156.10011.1.5&ISO^NNCHN", "")
+    message = [*oru(), "OBR|2|ORD2^HIS|FIL2^LIS|LAB^血脂^L|||20240306090000+0800",
+               "OBX|1|NM|14647-2^总胆固醇^LN||5.2|mmol/L^mmol/L^UCUM|||||F",
+               second_pid, "OBR|1|ORD3^HIS|FIL3^LIS|LAB^生化^L|||20240307090000+0800",
+               "OBX|1|NM|4548-4^HbA1c^LN||7.1|%^%^UCUM|||||F"]
+
+    result = parse(mllp(message))
+
+    first, second = result.rows["patients"]
+    owner = {o["value"]: o["patient_key"] for o in result.rows["observations"]}
+    assert owner == {6.8: first["resource_key"], 6.1: first["resource_key"], 5.2: first["resource_key"],
+                     7.1: second["resource_key"]}
+    cholesterol = next(o for o in result.rows["observations"] if o["value"] == 5.2)
+    assert cholesterol["effective"] == "2024-03-06T09:00:00+08:00"  # its own OBR's time
+
+
+def test_an_oru_patient_group_without_identity_is_set_aside_alone():
+    message = [*oru(), "PID|2||||Nobody^Known||19600101|M", "OBR|1|ORD3^HIS|FIL3^LIS|LAB^生化^L",
+               "OBX|1|NM|4548-4^HbA1c^LN||7.1|%^%^UCUM|||||F"]
+
+    result = parse(mllp(message))
+
+    assert reasons(result) == [(0, "missing_required_field")]
+    assert "PID-3 (segment 6)" in result.quarantine[0].reason
+    assert len(result.rows["patients"]) == 1 and 7.1 not in {o["value"] for o in result.rows["observations"]}
+
+
+MDM = ["MSH|^~\\&|EMR|WHSY|MEDLLM|MEDLLM|20240305110000+0800||MDM^T02^MDM_T02|D1|P|2.5||||||UNICODE UTF-8|zh-CN",
+       "EVN|T02|20240305110000+0800", "PID|1||WS0300123^^^WHSY^MR||欧阳^娜娜||19491231|F",
+       "PV1|1|I|||||||||||||||||V0001^^^WHSY^VN",
+       "TXA|1|DS|TX|20240305100000+0800||20240305103000+0800||||||DOC-1^EMR||||AU||AV",
+       "OBX|1|TX|DS^出院小结^L||主诉：多饮多尿三月。~诊断：2型糖尿病。|||||F",
+       "OBX|2|FT|DS^出院小结^L||血糖控制可\\.br\\出院带药：二甲双胍|||||F"]
+
+
+def test_an_mdm_t02_document_feeds_notes_with_the_fhir_columns():
+    result = parse(mllp(MDM))
+
+    assert result.quarantine == []
+    (note,) = result.rows["notes"]
+    assert set(note) == set(table_columns("notes"))
+    assert {k: note[k] for k in ("status", "date", "content_type", "language", "text", "resource_type")} == {
+        "status": "current", "date": "2024-03-05T10:30:00+08:00", "content_type": "text/plain",
+        "language": "zh-CN", "text": "主诉：多饮多尿三月。\n诊断：2型糖尿病。\n血糖控制可\n出院带药：二甲双胍",
+        "resource_type": "DocumentReference",
+    }
+    assert note["patient_key"] == result.rows["patients"][0]["resource_key"]
+    assert result.rows["observations"] == []  # a document's OBX are its content, not observations
+    assert "DOC-1" not in note["resource_key"]
+
+
+def test_an_mdm_document_sent_as_base64_text_is_decoded():
+    import base64
+
+    data = base64.b64encode("随访记录：血压稳定".encode()).decode()
+    message = [*MDM[:5], f"OBX|1|ED|DS^随访^L||EMR^text^plain^Base64^{data}|||||F"]
+
+    (note,) = parse(mllp(message)).rows["notes"]
+
+    assert (note["text"], note["content_type"]) == ("随访记录：血压稳定", "text/plain")
+
+
+def test_an_exception_inside_one_message_is_its_quarantine_record(monkeypatch):
+    from medllm_pipelines.lib.ingest import hl7
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom with PHI 11010519491231002X")
+
+    monkeypatch.setattr(hl7._Mapper, "_condition", broken)
+
+    result = parse(mllp(oru(ctrl="C1"), adt(ctrl="C2"), oru(ctrl="C3")))
+
+    assert reasons(result) == [(1, "parser_error")]
+    assert result.quarantine[0].reason == "unexpected RuntimeError while reading the message"
+    assert [r["source_position"] for r in result.rows["patients"]] == [0, 2]
 
 
 def test_text_that_is_not_the_declared_charset_is_an_encoding_error():
