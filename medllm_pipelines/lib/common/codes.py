@@ -103,6 +103,9 @@ CONSENT_GRANTED = "granted"
 CONSENT_REFUSED = "refused"
 CONSENT_WITHDRAWN = "withdrawn"
 CONSENT_UNKNOWN = "unknown"
+# Consent.provision.type of the consent row an erasure request (FHIR DELETE of a Patient) becomes:
+# the person's consent ends for good (a later grant does not restore it).
+ERASURE_REQUEST = "erasure_request"
 
 # A community hospital that codes its labs locally ships this mapping with its
 # feed (as real sites do with their LIS dictionary). local code -> LOINC code.

@@ -19,7 +19,14 @@ def _is_grant(status: str | None, provision: str | None) -> bool:
 
 
 def consent_state(history: pd.DataFrame) -> str:
-    """State after a person's consent records, given in decision order."""
+    """State after a person's consent records, given in decision order.
+
+    An erasure request (``provision_type == erasure_request``, a FHIR
+    ``DELETE Patient``) is a withdrawal that no other record overrides,
+    whatever the order: it often carries no date of its own.
+    """
+    if "provision_type" in history.columns and (history["provision_type"] == codes.ERASURE_REQUEST).any():
+        return codes.CONSENT_WITHDRAWN
     state = codes.CONSENT_UNKNOWN
     ever_granted = False
     for row in history.itertuples(index=False):
@@ -53,3 +60,18 @@ def build_consent_registry(clean_consents: pd.DataFrame, pseudonym_map: pd.DataF
     frame = pd.DataFrame(rows, columns=REGISTRY_COLUMNS)
     frame["decided_year"] = frame["decided_year"].astype("Int64")
     return frame
+
+
+def erased_persons(clean_consents: pd.DataFrame, pseudonym_map: pd.DataFrame) -> list[str]:
+    """Pseudonyms of the persons a sender asked to erase (a FHIR ``DELETE Patient``), sorted.
+
+    The registry marks them withdrawn; this list is what the asset writes to
+    the audit log, one entry per person (pseudonyms only, never identifiers).
+    """
+    if clean_consents.empty or "provision_type" not in clean_consents.columns:
+        return []
+    erasures = clean_consents[clean_consents["provision_type"] == codes.ERASURE_REQUEST]
+    merged = erasures.merge(pseudonym_map[["institution", "patient_key", "patient_pseudonym"]],
+                            on=["institution", "patient_key"], how="inner")
+    return sorted(set(merged["patient_pseudonym"]))
+

@@ -12,6 +12,24 @@ NDJSON is read as a stream (:func:`iter_ndjson_batches`): from a binary file
 or an iterator of byte chunks (e.g. ``envelope.decrypt_stream``), in batches of
 bounded size, so memory stays flat in the file size. Bundles are one JSON
 document and are parsed whole (:func:`parse_fhir_object`).
+
+FHIR as senders send it (R4 4.0.1, transactions, Bulk Data exports); every
+entry read leaves as exactly one of:
+
+* a row of a table (:data:`FHIR_TABLES`), including the *erasure request* a
+  ``DELETE Patient/<id>`` (or conditional ``DELETE Patient?identifier=...``)
+  is: a ``consents`` row with ``provision_type = erasure_request`` that the
+  consent registry reads as a withdrawal, so the person leaves every derived
+  table (counted in ``events['erasure_request']`` too);
+* a quarantine record (reason code + position), also for any exception raised
+  while reading, validating or mapping that one entry;
+* a count under a declared rule (:data:`RULES`): resource types no table
+  holds (``out_of_scope_resource_type``: they stay in the encrypted raw
+  object), ``GET``/``HEAD`` entries (``request_only``), ``DELETE`` of other
+  types (``delete_request``), ``PATCH`` (``patch_request``), response-only
+  entries (``response_only``), ``OperationOutcome`` (``operation_outcome``:
+  export error files, ``log.ndjson``), a Bulk Data manifest
+  (``bulk_export_manifest``, whose declared counts are kept for checking).
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ import base64
 import binascii
 import hashlib
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -32,6 +51,7 @@ from medllm_pipelines.lib.common.records import (
     Reconciliation,
     sha256_bytes,
 )
+from medllm_pipelines.lib.ingest.fhir_r4 import normalise_r4_to_r4b, not_validated_as_r4b
 from medllm_pipelines.lib.ingest.fhir_validation import ResourceValidator, model_class
 from medllm_pipelines.lib.ingest.landing import FHIR_NDJSON
 
@@ -46,8 +66,28 @@ FHIR_TABLES: dict[str, str] = {
     "medication_requests": "MedicationRequest",
     "notes": "DocumentReference",
     "consents": "Consent",
+    "diagnostic_reports": "DiagnosticReport",
+    "procedures": "Procedure",
+    "allergy_intolerances": "AllergyIntolerance",
+    "immunizations": "Immunization",
 }
 TABLE_OF_TYPE = {rtype: table for table, rtype in FHIR_TABLES.items()}
+
+# Declared rules an entry can be set aside under (never lost: the raw object keeps it).
+RULE_OUT_OF_SCOPE = "out_of_scope_resource_type"
+RULE_REQUEST_ONLY = "request_only"
+RULE_RESPONSE_ONLY = "response_only"
+RULE_DELETE = "delete_request"
+RULE_PATCH = "patch_request"
+RULE_OPERATION_OUTCOME = "operation_outcome"
+RULE_BULK_MANIFEST = "bulk_export_manifest"
+RULES = (
+    RULE_OUT_OF_SCOPE, RULE_REQUEST_ONLY, RULE_RESPONSE_ONLY, RULE_DELETE, RULE_PATCH, RULE_OPERATION_OUTCOME,
+    RULE_BULK_MANIFEST,
+)
+# Counted events that are rows, not removals.
+EVENT_ERASURE = codes.ERASURE_REQUEST
+EVENT_R4_NORMALISED = "r4_elements_dropped_for_validation"
 
 LINEAGE_COLUMNS = [
     "institution",
@@ -92,6 +132,26 @@ _EXTRACTED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "consents": [
         ("patient_key", "string"), ("status", "string"), ("scope", "string"), ("provision_type", "string"),
         ("date_time", "string"), ("period_start", "string"), ("period_end", "string"),
+        # only on erasure requests by conditional DELETE (Patient?identifier=system|value): resolved in cleaning
+        ("erasure_identifier_system", "string"), ("erasure_identifier_value", "string"),
+    ],
+    "diagnostic_reports": [
+        ("patient_key", "string"), ("encounter_key", "string"), ("status", "string"), ("category", "string"),
+        ("code_system", "string"), ("code", "string"), ("display", "string"), ("effective", "string"),
+        ("issued", "string"), ("result_count", "int64"),
+    ],
+    "procedures": [
+        ("patient_key", "string"), ("encounter_key", "string"), ("status", "string"), ("code_system", "string"),
+        ("code", "string"), ("display", "string"), ("performed_start", "string"), ("performed_end", "string"),
+    ],
+    "allergy_intolerances": [
+        ("patient_key", "string"), ("clinical_status", "string"), ("verification_status", "string"),
+        ("allergy_type", "string"), ("category", "string"), ("criticality", "string"), ("code_system", "string"),
+        ("code", "string"), ("display", "string"), ("onset", "string"), ("recorded_date", "string"),
+    ],
+    "immunizations": [
+        ("patient_key", "string"), ("encounter_key", "string"), ("status", "string"), ("code_system", "string"),
+        ("code", "string"), ("display", "string"), ("occurrence", "string"),
     ],
 }
 _LINEAGE_TYPES = [
@@ -125,13 +185,26 @@ def arrow_schema(table: str) -> Any:
     return pa.schema([(name, types[kind]) for name, kind in TABLE_SCHEMAS[table]])
 
 
+@dataclass(frozen=True)
+class BulkManifest:
+    """What a Bulk Data ``$export`` manifest declares: resources per type, and error files."""
+
+    declared: dict[str, int]  # resource type -> declared count (types whose count is given)
+    undeclared_count_types: tuple[str, ...]  # output types listed without a count
+    output_files: int
+    error_files: int
+    source_object: str
+
+
 @dataclass
 class ParsedFhir:
     """Rows per table plus what was set aside.
 
     ``resources_seen`` counts every entry read (Bundle entry, non-blank NDJSON
     line, HL7 row source); each leaves as a row, a quarantine record, an
-    out-of-scope count or - when re-send dropping is on - a ``resent`` count.
+    out-of-scope count, a count under another declared rule
+    (``removed_by_rule``) or - when re-send dropping is on - a ``resent`` count.
+    ``out_of_scope`` stays a field of its own (HL7 parsing adds to it).
     """
 
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {t: [] for t in FHIR_TABLES})
@@ -139,6 +212,11 @@ class ParsedFhir:
     out_of_scope: int = 0
     resources_seen: int = 0
     resent: int = 0
+    removed_by_rule: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)  # counted, not removals (e.g. erasure requests)
+    types_seen: dict[str, int] = field(default_factory=dict)  # resourceType -> entries (manifest checks)
+    out_of_scope_by_type: dict[str, int] = field(default_factory=dict)  # resourceType -> entries no table holds
+    manifests: list[BulkManifest] = field(default_factory=list)
 
     def extend(self, other: ParsedFhir) -> None:
         for table, rows in other.rows.items():
@@ -147,17 +225,83 @@ class ParsedFhir:
         self.out_of_scope += other.out_of_scope
         self.resources_seen += other.resources_seen
         self.resent += other.resent
+        for mine, theirs in ((self.removed_by_rule, other.removed_by_rule), (self.events, other.events),
+                             (self.types_seen, other.types_seen), (self.out_of_scope_by_type, other.out_of_scope_by_type)):
+            for name, count in theirs.items():
+                mine[name] = mine.get(name, 0) + count
+        self.manifests.extend(other.manifests)
+
+    def count(self, rule: str) -> None:
+        """One entry set aside under a declared rule."""
+        if rule == RULE_OUT_OF_SCOPE:
+            self.out_of_scope += 1
+        else:
+            self.removed_by_rule[rule] = self.removed_by_rule.get(rule, 0) + 1
+
+    def removals(self) -> dict[str, int]:
+        """Every declared rule with its count (out of scope and re-sent copies included)."""
+        removed = {RULE_OUT_OF_SCOPE: self.out_of_scope, **self.removed_by_rule}
+        if self.resent:
+            removed["resent_resource"] = self.resent
+        return removed
 
     @property
     def records_out(self) -> int:
         return sum(len(r) for r in self.rows.values())
 
     def reconciliation(self) -> Reconciliation:
-        """in = out + quarantined + out of scope + re-sent copies dropped (raises when it does not hold)."""
-        removed = {"out_of_scope_resource_type": self.out_of_scope}
-        if self.resent:
-            removed["resent_resource"] = self.resent
-        return Reconciliation(self.resources_seen, self.records_out, len(self.quarantine), removed).check()
+        """in = out + quarantined + set aside by rule + re-sent copies dropped (raises when it does not hold)."""
+        return Reconciliation(self.resources_seen, self.records_out, len(self.quarantine), self.removals()).check()
+
+
+@dataclass
+class ManifestCheck:
+    """Bulk Data manifests of one feed against what arrived: declared vs. read resources per type.
+
+    ``arrived`` counts the entries of each resourceType read from the feed's
+    NDJSON files (valid or not: a quarantined line arrived too). A type whose
+    declared count differs is a mismatch: a lost or truncated export file, or a
+    page sent twice. Types listed without a count cannot be checked and are named.
+    """
+
+    declared: dict[str, int]
+    arrived: dict[str, int]
+    manifests: int
+    error_files: int
+    types_without_count: list[str]
+
+    @property
+    def mismatches(self) -> dict[str, dict[str, int]]:
+        return {
+            rtype: {"declared": count, "arrived": self.arrived.get(rtype, 0)}
+            for rtype, count in sorted(self.declared.items())
+            if self.arrived.get(rtype, 0) != count
+        }
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "bulk_manifests": self.manifests,
+            "bulk_declared_by_type": dict(sorted(self.declared.items())),
+            "bulk_arrived_by_type": {t: self.arrived.get(t, 0) for t in sorted(self.declared)},
+            "bulk_count_mismatches": self.mismatches,
+            "bulk_types_without_count": self.types_without_count,
+            "bulk_error_files_declared": self.error_files,
+            "bulk_counts_match": not self.mismatches,
+        }
+
+
+def check_bulk_manifests(manifests: Iterable[BulkManifest], arrived: dict[str, int]) -> ManifestCheck:
+    """Sum what every manifest of a feed declares and compare it with the NDJSON entries read per type."""
+    declared: dict[str, int] = {}
+    without: set[str] = set()
+    count = errors = 0
+    for manifest in manifests:
+        count += 1
+        errors += manifest.error_files
+        without.update(manifest.undeclared_count_types)
+        for rtype, n in manifest.declared.items():
+            declared[rtype] = declared.get(rtype, 0) + n
+    return ManifestCheck(declared, dict(arrived), count, errors, sorted(without - set(declared)))
 
 
 def dedupe_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -254,26 +398,52 @@ def describe_validation_error(error: Exception, resource: dict[str, Any]) -> str
     return message[:500]
 
 
-def _bundle_entries(content: bytes) -> tuple[list[tuple[int, Any, str | None]], dict[str, str]]:
-    """(position, parsed JSON or a malformed marker, fullUrl) per entry, and the
-    Bundle's fullUrl -> resource key map so ``urn:uuid:`` references resolve.
+@dataclass
+class _Entry:
+    """One Bundle entry (or the whole document when it is not a Bundle)."""
+
+    position: int
+    resource: Any
+    full_url: str | None = None
+    request: Any = None
+    response: Any = None
+
+
+@dataclass
+class _BundleContext:
+    refs: dict[str, str] = field(default_factory=dict)  # fullUrl -> resource key, so urn:uuid: references resolve
+    timestamp: str | None = None  # Bundle.timestamp: when the sender assembled the requests
+
+
+def _bundle_entries(content: bytes) -> tuple[list[_Entry], _BundleContext]:
+    """The entries of a Bundle, or the document itself as one entry.
 
     Raises ``orjson.JSONDecodeError`` when the file is not JSON at all.
     """
-    entries: list[tuple[int, Any, str | None]] = []
-    refs: dict[str, str] = {}
+    context = _BundleContext()
     document = orjson.loads(content)
     if not (isinstance(document, dict) and document.get("resourceType") == "Bundle"):
-        return [(0, document, None)], refs
-    for index, entry in enumerate(document.get("entry") or []):
+        return [_Entry(0, document)], context
+    timestamp = document.get("timestamp")
+    context.timestamp = timestamp if isinstance(timestamp, str) else None
+    raw_entries = document.get("entry")
+    if raw_entries is None:
+        return [], context
+    if not isinstance(raw_entries, list):
+        return [_Entry(0, _MalformedLine("Bundle.entry is not an array"))], context
+    entries: list[_Entry] = []
+    for index, entry in enumerate(raw_entries):
         if not isinstance(entry, dict):
-            entries.append((index, _MalformedLine(), None))
+            entries.append(_Entry(index, _MalformedLine("Bundle entry is not a JSON object")))
             continue
         resource, full_url = entry.get("resource"), entry.get("fullUrl")
+        if not isinstance(full_url, str):
+            full_url = None
         if full_url and isinstance(resource, dict):
-            refs[full_url] = resource.get("id") or _key_from_url(full_url)
-        entries.append((index, resource, full_url))
-    return entries, refs
+            resource_id = resource.get("id")
+            context.refs[full_url] = resource_id if isinstance(resource_id, str) and resource_id else _key_from_url(full_url)
+        entries.append(_Entry(index, resource, full_url, entry.get("request"), entry.get("response")))
+    return entries, context
 
 
 def _key_from_url(url: str) -> str:
@@ -281,11 +451,84 @@ def _key_from_url(url: str) -> str:
 
 
 class _MalformedLine:
-    """Marker for an NDJSON line or Bundle entry that is not JSON."""
+    """Marker for an NDJSON line or Bundle entry that is not JSON (or not an object where one must be)."""
+
+    def __init__(self, reason: str = "line is not valid JSON") -> None:
+        self.reason = reason
+
+
+def _request_target(url: Any) -> tuple[str | None, str | None, dict[str, list[str]]]:
+    """(resource type, id, search parameters) a transaction ``request.url`` names.
+
+    ``Patient/234``, ``http://host/fhir/Patient/234``, ``Patient?identifier=sys|123``
+    (conditional); the type is the last path segment that looks like one.
+    """
+    if not isinstance(url, str) or not url.strip():
+        return None, None, {}
+    path, _, query = url.strip().partition("?")
+    params = urllib.parse.parse_qs(query, keep_blank_values=True) if query else {}
+    segments = [s for s in urllib.parse.urlsplit(path).path.split("/") if s] if "://" in path else [
+        s for s in path.split("/") if s
+    ]
+    for index in range(len(segments) - 1, -1, -1):
+        segment = segments[index]
+        if segment[:1].isupper() and segment.isalpha():
+            resource_id = segments[index + 1] if index + 1 < len(segments) else None
+            return segment, resource_id, params
+    return None, None, params
+
+
+def _is_bulk_manifest(document: Any) -> bool:
+    """A Bulk Data ``$export`` completion manifest (``transactionTime``, ``request``, ``output[]``)."""
+    return (
+        isinstance(document, dict)
+        and "resourceType" not in document
+        and isinstance(document.get("output"), list)
+        and ("transactionTime" in document or "request" in document or "requiresAccessToken" in document)
+    )
+
+
+def _is_npm_manifest(document: Any) -> bool:
+    return (
+        isinstance(document, dict)
+        and "resourceType" not in document
+        and isinstance(document.get("name"), str)
+        and "version" in document
+        and any(k in document for k in ("fhirVersions", "dependencies", "devDependencies", "canonical", "author"))
+    )
+
+
+def _manifest_of(document: dict[str, Any], source_object: str) -> BulkManifest:
+    declared: dict[str, int] = {}
+    without_count: set[str] = set()
+    outputs = [o for o in document.get("output") or [] if isinstance(o, dict)]
+    for output in outputs:
+        rtype = output.get("type")
+        if not isinstance(rtype, str):
+            continue
+        count = output.get("count")
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            declared[rtype] = declared.get(rtype, 0) + count
+        else:
+            without_count.add(rtype)
+    errors = document.get("error")
+    return BulkManifest(
+        declared, tuple(sorted(without_count)), len(outputs), len(errors) if isinstance(errors, list) else 0,
+        source_object,
+    )
+
+
+# An outcome of one entry: ("row", table, row) | ("quarantine", rtype, code, reason) | ("rule", rule)
+_Outcome = tuple[Any, ...]
 
 
 class _EntryParser:
-    """Turns one parsed entry into a row or a quarantine record, into ``result``."""
+    """Turns one parsed entry into a row, a quarantine record or a rule count, into ``result``.
+
+    Everything that can raise happens before ``result`` is touched, so an
+    exception in one entry becomes that entry's quarantine record
+    (``parse_error``, with its position) and nothing else: the file goes on.
+    """
 
     def __init__(
         self,
@@ -307,42 +550,137 @@ class _EntryParser:
             QuarantineRecord(STAGE, self.asset, self.institution, self.source_object, position, rtype, code, reason)
         )
 
-    def entry(self, result: ParsedFhir, position: int, resource: Any, full_url: str | None, refs: dict[str, str]) -> None:
+    def entry(
+        self, result: ParsedFhir, position: int, resource: Any, full_url: str | None, refs: dict[str, str],
+        *, request: Any = None, response: Any = None, context: _BundleContext | None = None,
+    ) -> None:
         result.resources_seen += 1
-        if isinstance(resource, _MalformedLine):
-            self.quarantine(result, position, None, "malformed_json", "line is not valid JSON")
-            return
-        if not isinstance(resource, dict) or "resourceType" not in resource:
-            self.quarantine(result, position, None, "not_fhir", "JSON value has no resourceType: not a FHIR resource")
-            return
-        rtype = resource["resourceType"]
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        rtype = rtype if isinstance(rtype, str) else None
+        normalised = 0
         try:
-            model_class(str(rtype))
+            outcome, normalised = self._outcome(position, resource, rtype, full_url, refs, request, response, context)
+        except Exception as exc:  # noqa: BLE001 - one bad entry must never stop the file
+            outcome = ("quarantine", rtype if rtype and _ELEMENT_NAME.fullmatch(rtype) else None, "parse_error",
+                       f"{type(exc).__name__} while reading the entry")
+        if rtype and _ELEMENT_NAME.fullmatch(rtype):
+            result.types_seen[rtype] = result.types_seen.get(rtype, 0) + 1
+        if normalised:
+            result.events[EVENT_R4_NORMALISED] = result.events.get(EVENT_R4_NORMALISED, 0) + normalised
+        kind = outcome[0]
+        if kind == "row":
+            _, table, row = outcome
+            if row is None:  # a re-sent copy
+                result.resent += 1
+                return
+            result.rows.setdefault(table, []).append(row)
+            if row.get("provision_type") == EVENT_ERASURE and table == "consents":
+                result.events[EVENT_ERASURE] = result.events.get(EVENT_ERASURE, 0) + 1
+        elif kind == "rule":
+            result.count(outcome[1])
+            if outcome[1] == RULE_OUT_OF_SCOPE and rtype:
+                result.out_of_scope_by_type[rtype] = result.out_of_scope_by_type.get(rtype, 0) + 1
+        elif kind == "manifest":
+            result.count(RULE_BULK_MANIFEST)
+            result.manifests.append(outcome[1])
+        else:
+            _, q_type, code, reason = outcome
+            self.quarantine(result, position, q_type, code, reason)
+
+    def _outcome(
+        self, position: int, resource: Any, rtype: str | None, full_url: str | None, refs: dict[str, str],
+        request: Any, response: Any, context: _BundleContext | None,
+    ) -> tuple[_Outcome, int]:
+        method = request.get("method") if isinstance(request, dict) else None
+        method = method.upper() if isinstance(method, str) else None
+        if method in ("GET", "HEAD"):
+            return ("rule", RULE_REQUEST_ONLY), 0
+        if method == "DELETE":
+            return self._delete(position, request, context), 0
+        if method == "PATCH":
+            return ("rule", RULE_PATCH), 0
+        if isinstance(resource, _MalformedLine):
+            return ("quarantine", None, "malformed_json", resource.reason), 0
+        if resource is None and isinstance(response, dict):
+            return ("rule", RULE_RESPONSE_ONLY), 0
+        if _is_bulk_manifest(resource):
+            return ("manifest", _manifest_of(resource, self.source_object)), 0
+        if _is_npm_manifest(resource):
+            return ("quarantine", None, "not_fhir", "an npm package manifest (package.json), not a FHIR resource"), 0
+        if not isinstance(resource, dict) or "resourceType" not in resource:
+            return ("quarantine", None, "not_fhir", "JSON value has no resourceType: not a FHIR resource"), 0
+        if rtype is None or not _ELEMENT_NAME.fullmatch(rtype):
+            return ("quarantine", None, "unknown_resource_type", "resourceType is not an R4 resource type"), 0
+        if rtype == "OperationOutcome":
+            return ("rule", RULE_OPERATION_OUTCOME), 0
+        if not_validated_as_r4b(rtype):
+            return ("rule", RULE_OUT_OF_SCOPE), 0  # an R4 type R4B removed or reworked: no table holds it
+        try:
+            model_class(rtype)
         except (ValueError, KeyError, AttributeError, TypeError):
-            self.quarantine(result, position, None, "unknown_resource_type", "resourceType is not an R4 resource type")
-            return
+            return ("quarantine", None, "unknown_resource_type", "resourceType is not an R4 resource type"), 0
         error = self.validator.validate(resource)
+        normalised = 0
         if error is not None:
-            self.quarantine(result, position, rtype, "invalid_resource", describe_validation_error(error, resource))
-            return
+            candidate, dropped = normalise_r4_to_r4b(resource)
+            if dropped and self.validator.validate(candidate) is None:
+                error, normalised = None, dropped
+        if error is not None:
+            return ("quarantine", rtype, "invalid_resource", describe_validation_error(error, resource)), 0
         table = TABLE_OF_TYPE.get(rtype)
         if table is None:
-            result.out_of_scope += 1
-            return
+            return ("rule", RULE_OUT_OF_SCOPE), normalised
         row = _EXTRACTORS[rtype](resource, refs)
+        resource_id = resource.get("id")
         row.update(
             institution=self.institution,
             resource_type=rtype,
-            resource_key=resource.get("id") or _key_from_url(full_url or ""),
+            resource_key=resource_id if isinstance(resource_id, str) and resource_id else _key_from_url(full_url or ""),
             version_id=(resource.get("meta") or {}).get("versionId"),
             content_hash=sha256_bytes(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)),
             source_object=self.source_object,
-            source_position=position,
         )
+        return self._keep(table, row, position), normalised
+
+    def _keep(self, table: str, row: dict[str, Any], position: int) -> _Outcome:
+        """The row, or None in its place when it is a re-sent copy (the last step: nothing after it raises)."""
+        row["source_position"] = position
         if self.resent is not None and self.resent.is_resent(row):
-            result.resent += 1
-            return
-        result.rows[table].append(row)
+            return ("row", table, None)
+        return ("row", table, row)
+
+    def _delete(self, position: int, request: dict[str, Any], context: _BundleContext | None) -> _Outcome:
+        """A DELETE: of a Patient, an erasure request (a consents row); of anything else, a counted rule."""
+        url = request.get("url")
+        rtype, resource_id, params = _request_target(url)
+        if rtype != "Patient":
+            return ("rule", RULE_DELETE)
+        system = value = None
+        if resource_id is None:
+            identifiers = params.get("identifier") or []
+            if len(identifiers) != 1 or set(params) - {"identifier"} or not identifiers[0].strip():
+                return ("quarantine", "Patient", "unresolvable_erasure_request",
+                        "DELETE of Patients by a search other than one identifier: the persons cannot be resolved")
+            token = identifiers[0]
+            system, sep, value = token.rpartition("|")
+            system = system if sep and system else None
+        row = {name: None for name in table_columns("consents")}
+        row.update(
+            patient_key=resource_id,
+            status="inactive",
+            scope=None,
+            provision_type=EVENT_ERASURE,
+            date_time=context.timestamp if context else None,
+            erasure_identifier_system=system,
+            erasure_identifier_value=value,
+            institution=self.institution,
+            resource_type="Patient",
+            resource_key=resource_id or f"?{urllib.parse.urlsplit(str(url)).query}",
+            version_id=None,
+            content_hash=sha256_bytes(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)),
+            source_object=self.source_object,
+        )
+        return self._keep("consents", row, position)
 
 
 def parse_fhir_object(
@@ -355,7 +693,7 @@ def parse_fhir_object(
     validator: ResourceValidator | None = None,
     resent: ResentFilter | None = None,
 ) -> ParsedFhir:
-    """Parse one landed FHIR file (Bundle JSON or NDJSON) held in memory.
+    """Parse one landed FHIR file (Bundle JSON, a single resource, a Bulk manifest, or NDJSON) held in memory.
 
     NDJSON goes through the same code as :func:`iter_ndjson_batches` (one
     batch); a Bundle is read whole, each entry validated on its own, so one bad
@@ -365,7 +703,7 @@ def parse_fhir_object(
         result = ParsedFhir()
         for batch in iter_ndjson_batches(
             [content], institution=institution, source_object=source_object, asset=asset,
-            batch_size=max(1, content.count(b"\n") + 1), validator=validator, resent=resent,
+            batch_size=max(1, content.count(b"\\n") + 1), validator=validator, resent=resent,
         ):
             result.extend(batch)
         return result
@@ -384,13 +722,18 @@ def parse_fhir_object(
         parser.quarantine(result, None, None, "empty_file", "file is empty")
         return result
     try:
-        entries, refs = _bundle_entries(content)
+        entries, context = _bundle_entries(content)
     except orjson.JSONDecodeError as exc:
         result.resources_seen = 1
         parser.quarantine(result, None, None, "malformed_json", f"JSON syntax error at char {exc.pos}: {exc.msg}")
         return result
-    for position, resource, full_url in entries:
-        parser.entry(result, position, resource, full_url, refs)
+    except Exception as exc:  # noqa: BLE001 - e.g. recursion limits on absurdly nested input
+        result.resources_seen = 1
+        parser.quarantine(result, None, None, "parse_error", f"{type(exc).__name__} while reading the file")
+        return result
+    for item in entries:
+        parser.entry(result, item.position, item.resource, item.full_url, context.refs,
+                     request=item.request, response=item.response, context=context)
     return result
 
 
@@ -663,6 +1006,63 @@ def _consent(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
         "date_time": r.get("dateTime"),
         "period_start": period.get("start"),
         "period_end": period.get("end"),
+        "erasure_identifier_system": None,
+        "erasure_identifier_value": None,
+    }
+
+
+def _coded(concept: dict[str, Any] | None) -> dict[str, Any]:
+    coding = _first_coding(concept)
+    return {"code_system": coding.get("system"), "code": coding.get("code"), "display": coding.get("display")}
+
+
+def _diagnostic_report(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+    # No conclusion / presentedForm: free text stays in the raw object until a text pipeline de-identifies it.
+    return {
+        "patient_key": _reference_key(r.get("subject"), refs),
+        "encounter_key": _reference_key(r.get("encounter"), refs),
+        "status": r.get("status"),
+        "category": _first_coding((r.get("category") or [{}])[0]).get("code"),
+        **_coded(r.get("code")),
+        "effective": r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start"),
+        "issued": r.get("issued"),
+        "result_count": len(r.get("result") or []),
+    }
+
+
+def _procedure(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+    period = r.get("performedPeriod") or {}
+    return {
+        "patient_key": _reference_key(r.get("subject"), refs),
+        "encounter_key": _reference_key(r.get("encounter"), refs),
+        "status": r.get("status"),
+        **_coded(r.get("code")),
+        "performed_start": r.get("performedDateTime") or period.get("start"),
+        "performed_end": period.get("end"),
+    }
+
+
+def _allergy_intolerance(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+    return {
+        "patient_key": _reference_key(r.get("patient"), refs),
+        "clinical_status": _first_coding(r.get("clinicalStatus")).get("code"),
+        "verification_status": _first_coding(r.get("verificationStatus")).get("code"),
+        "allergy_type": r.get("type"),
+        "category": (r.get("category") or [None])[0],
+        "criticality": r.get("criticality"),
+        **_coded(r.get("code")),
+        "onset": r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start"),
+        "recorded_date": r.get("recordedDate"),
+    }
+
+
+def _immunization(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+    return {
+        "patient_key": _reference_key(r.get("patient"), refs),
+        "encounter_key": _reference_key(r.get("encounter"), refs),
+        "status": r.get("status"),
+        **_coded(r.get("vaccineCode")),
+        "occurrence": r.get("occurrenceDateTime"),
     }
 
 
@@ -674,4 +1074,8 @@ _EXTRACTORS: dict[str, Callable[[dict[str, Any], dict[str, str]], dict[str, Any]
     "MedicationRequest": _medication_request,
     "DocumentReference": _document_reference,
     "Consent": _consent,
+    "DiagnosticReport": _diagnostic_report,
+    "Procedure": _procedure,
+    "AllergyIntolerance": _allergy_intolerance,
+    "Immunization": _immunization,
 }
