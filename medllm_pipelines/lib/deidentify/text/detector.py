@@ -41,13 +41,37 @@ from medllm_pipelines.lib.deidentify.text.spans import (
 from medllm_pipelines.lib.deidentify.text.tagger import Tagger
 
 STRONG = 0.95
-_MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 15, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 6}
+_MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 8, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 3,
+               "LOCATION": 3, "ORGANIZATION": 3}
 _DIGIT_TYPES = frozenset({"ID_NUMBER", "PHONE", "MRN"})
-_LATIN_TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]+")
+_LATIN_TOKEN = re.compile(r"[^\W\d_][^\W\d_'\-]+")
 
 
-def _rank(span: Span) -> tuple[float, int, int]:
-    return (span.score, TYPE_PRIORITY.get(span.label, 0), span.end - span.start)
+def _rank(span: Span) -> tuple[bool, float, float, int]:
+    # a recogniser's type beats the tagger's in a union: the tagger was fitted to one hospital's layouts
+    return (span.source != "tagger", span.score, TYPE_PRIORITY.get(span.label, 0), span.end - span.start)
+
+
+_PLAUSIBLE_DATE = re.compile(r"\d|[年月日号]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|day)")
+_PLAUSIBLE_ADDRESS = re.compile(r"\d|[省市区县镇乡村路街巷弄号栋室]")
+
+
+def plausible_tagger_span(text: str, span: Span) -> bool:
+    """A tagger span whose text can hold its type: digits for numbers, a date word, an address part, an @.
+
+    The tagger is fitted to one hospital's layouts; on other text it proposes
+    spans a shape check rules out cheaply (a PHONE without digits).
+    """
+    value = text[span.start:span.end]
+    if span.label in ("PHONE", "ID_NUMBER", "MRN"):
+        return sum(ch.isdigit() for ch in value) >= 5
+    if span.label == "DATE":
+        return bool(_PLAUSIBLE_DATE.search(value))
+    if span.label == "ADDRESS":
+        return bool(_PLAUSIBLE_ADDRESS.search(value))
+    if span.label == "EMAIL":
+        return "@" in value
+    return True
 
 
 def merge_overlapping(spans: Iterable[Span]) -> list[Span]:
@@ -109,6 +133,48 @@ def resolve(spans: Iterable[Span], strong: float = STRONG) -> list[Span]:
     if not weak:
         return strong_spans
     return sorted(strong_spans + merge_overlapping(weak))
+
+
+def whitelist_names(text: str, spans: Iterable[Span]) -> list[Span]:
+    """NAME spans (patterns, tagger) trimmed of clinical/common words at their ends; dropped when nothing is left.
+
+    Philter's rule: a word of the clinical whitelist (HEPARIN, CARDIAC, WITH,
+    Lasix, COPD) is never masked as a name, whoever proposed it. Names in Han
+    script are left as they are (the whitelist is English).
+    """
+    from medllm_pipelines.lib.deidentify.text.lexicon import LISTED, NEVER, UNKNOWN, name_lexicon
+
+    out: list[Span] = []
+    lexicon = None
+    for span in spans:
+        if span.label != NAME or span.source not in ("pattern", "tagger"):
+            out.append(span)
+            continue
+        value = text[span.start:span.end]
+        words = list(_WORD.finditer(value))
+        if "/" in value or ":" in value:  # signature initials (JS/mk, XGT:holmes): no prose words
+            out.append(span)
+            continue
+        if not words or any("\u3400" <= ch <= "\u9fff" for ch in value):
+            out.append(span)
+            continue
+        if lexicon is None:
+            lexicon = name_lexicon()
+        keep = [w for w in words if len(w.group()) < 2 or lexicon.kind(w.group()) != NEVER]
+        named = [w for w in keep if len(w.group()) >= 2]
+        if not named:
+            continue
+        if span.source == "tagger" and not any(
+                w.group()[0].isupper() and lexicon.kind(w.group()) in (LISTED, UNKNOWN) for w in named):
+            continue  # the tagger alone: a capitalised word that is a name and not also a word (He, Song, White)
+        start, end = span.start + keep[0].start(), span.start + keep[-1].end()
+        if start != span.start or end != span.end:
+            span = Span(start, end, span.label, span.score, span.source)
+        out.append(span)
+    return out
+
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 
 
 @dataclass(frozen=True)
@@ -173,6 +239,7 @@ class Detector:
     tagger: Tagger | None = None
     propagate_names: bool = True
     labels: tuple[str, ...] = ENTITY_TYPES
+    name_whitelist: bool = True  # clinical/common words are never names (HEPARIN, CARDIAC, WITH)
     cache_max_chars: int = 256
     cache_size: int = 8192
     _cache: dict[str, tuple[Span, ...]] = field(default_factory=dict, repr=False)
@@ -220,7 +287,9 @@ class Detector:
         for i, view in enumerate(views):
             spans = self.patterns.find(view.text)
             if tagged is not None:
-                spans.extend(tagged[i])
+                spans.extend(s for s in tagged[i] if plausible_tagger_span(view.text, s))
+            if self.name_whitelist:
+                spans = whitelist_names(view.text, spans)
             resolved = resolve(spans)
             if self.propagate_names:
                 resolved = self._propagate(view.text, resolved)
@@ -239,14 +308,14 @@ class Detector:
         taken = [(s.start, s.end) for s in spans]
         needles: set[str] = set()
         for name in names:
-            if name.isascii():
+            if not any("\u3400" <= ch <= "\u9fff" for ch in name):
                 needles.update(t for t in _LATIN_TOKEN.findall(name) if len(t) >= 3 and t[0].isupper())
                 if " " in name:
                     needles.add(name)
             elif len(name) >= 2:
                 needles.add(name)
         for needle in sorted(needles, key=len, reverse=True):
-            latin = needle.isascii()
+            latin = not any("\u3400" <= ch <= "\u9fff" for ch in needle)
             at = text.find(needle)
             while at >= 0:
                 end = at + len(needle)

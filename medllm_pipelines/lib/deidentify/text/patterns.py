@@ -246,6 +246,9 @@ class PatternRecogniser:
             rf"(?:{_MONTHS})\.? (?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?,? (?:19|20)\d{{2}}\b"
             rf"|(?:0?[1-9]|[12]\d|3[01]) (?:{_MONTHS})\.?,? (?:19|20)\d{{2}}\b"
         )
+        from medllm_pipelines.lib.deidentify.text.prose import ProseRecogniser
+
+        self._prose = ProseRecogniser(c.raw) if c.raw.get("en_relative_cues") is not None else None
         self._zh_name_rules(c)
         self._en_names, self._en_pair = self._compile_en_names(c)
         self._zh_address, self._zh_address_anchor = self._compile_zh_address(c)
@@ -262,6 +265,7 @@ class PatternRecogniser:
         self._zh_after = re.compile(_alternation(c.name_cues_zh_after))
         self._zh_after_words = tuple(sorted(set(c.name_cues_zh_after), key=len, reverse=True))
         self._han_run = re.compile(f"[{_HAN}]+")
+        self._zh_title = re.compile(_alternation(c.raw.get("zh_clinician_titles") or ["医生"]))
         self._surnames = c.zh_surnames
         self._compound = frozenset(c.zh_compound_surnames)
         self._given = c.zh_given_chars
@@ -326,6 +330,8 @@ class PatternRecogniser:
             self._find_zh_names(text, spans)
         if has_upper:
             self._find_en_names(text, spans)
+        if self._prose is not None:
+            self._prose.find(text, spans, has_han=has_han, has_upper=has_upper, has_digit=has_digit)
         return spans
 
     def _cue_before(self, text: str, start: int, kind: str) -> bool:
@@ -438,6 +444,8 @@ class PatternRecogniser:
             body = at + surname
             for length in (1, 2):
                 end = body + length
+                if text[at:end] in self.config.zh_name_stopwords:
+                    break
                 if end <= len(text) and all(self._is_han(ch) for ch in text[body:end]) and self._ends_name(text, end):
                     spans.append(Span(at, end, NAME, 0.9))
                     break
@@ -465,6 +473,16 @@ class PatternRecogniser:
                     spans.append(Span(start, end, NAME, 0.85))
                     break
                 if all(ch in given for ch in name[surname:]):
+                    spans.append(Span(start, end, NAME, 0.75))
+                    break
+        # a bare surname before a clinician's title (王医生, 张主任, 欧阳护士)
+        for match in self._zh_title.finditer(text):
+            end = match.start()
+            for length in (2, 1):
+                start = end - length
+                if start >= 0 and self._surname_length(text, start) == length and (
+                        start == 0 or not self._is_han(text[start - 1]) or text[start - 1] in "由和与及、，请找问叫让是位名"
+                        or text[max(0, start - 2):start] in ("今日", "今天", "昨天", "上午", "下午", "晚上", "经过", "已由", "通知")):
                     spans.append(Span(start, end, NAME, 0.75))
                     break
         # standing alone between non-Han characters (a descriptor, a comment field)

@@ -21,11 +21,14 @@ PHONE = "PHONE"
 EMAIL = "EMAIL"
 ADDRESS = "ADDRESS"
 DATE = "DATE"
+LOCATION = "LOCATION"  # hospitals, wards, cities, states, countries named in prose
+ORGANIZATION = "ORGANIZATION"  # employers, companies, insurers, schools that identify
 
-ENTITY_TYPES: tuple[str, ...] = (NAME, ID_NUMBER, MRN, PHONE, EMAIL, ADDRESS, DATE)
+ENTITY_TYPES: tuple[str, ...] = (NAME, ID_NUMBER, MRN, PHONE, EMAIL, ADDRESS, DATE, LOCATION, ORGANIZATION)
 # Tie-break when two equally confident spans of different types overlap:
 # the more specific (validated) type wins.
-TYPE_PRIORITY: dict[str, int] = {ID_NUMBER: 7, EMAIL: 6, PHONE: 5, MRN: 4, DATE: 3, ADDRESS: 2, NAME: 1}
+TYPE_PRIORITY: dict[str, float] = {ID_NUMBER: 7, EMAIL: 6, PHONE: 5, MRN: 4, DATE: 3, ADDRESS: 2.5, LOCATION: 2,
+                                  ORGANIZATION: 1.5, NAME: 1}
 
 
 class Span(NamedTuple):

@@ -33,8 +33,10 @@ from medllm_pipelines.lib.deidentify.text.spans import (
     DATE,
     EMAIL,
     ID_NUMBER,
+    LOCATION,
     MRN,
     NAME,
+    ORGANIZATION,
     PHONE,
     Span,
 )
@@ -153,8 +155,9 @@ class SurrogateFactory:
         return _Draw(_digest_int(self.keyed, f"{label}\x1f{self.scope}\x1f{canonical}"))
 
     def _make(self, label: str, value: str) -> str:
-        maker = {NAME: self._name, ID_NUMBER: self._resident_id, PHONE: self._phone, MRN: self._mrn,
-                 EMAIL: self._email, ADDRESS: self._address, DATE: self._date}.get(label)
+        maker = {NAME: self._name, ID_NUMBER: self._identifier, PHONE: self._phone, MRN: self._mrn,
+                 EMAIL: self._email, ADDRESS: self._address, DATE: self._date, LOCATION: self._location,
+                 ORGANIZATION: self._organization}.get(label)
         if maker is None:
             return f"[{label}]"
         return maker(value)
@@ -190,7 +193,47 @@ class SurrogateFactory:
             return candidate.lower()
         return candidate
 
+    # --- places and organisations -----------------------------------------------------
+    def _location(self, value: str) -> str:
+        draw = self._draw(LOCATION, value)
+        places = self.vocabulary.get("locations", {})
+        if any("\u4e00" <= ch <= "\u9fff" for ch in value):
+            if value.endswith(("医院", "醫院", "卫生院", "诊所", "中心")):
+                return draw.pick(places.get("zh_hospitals", ["示例市人民医院"]))
+            return draw.pick(places.get("zh_places", ["示例市"]))
+        if re.search(r"(?i)hospital|clinic|center|centre|infirmary|medical|health|st\.|saint|memorial", value):
+            return draw.pick(places.get("en_hospitals", ["Riverton General Hospital"]))
+        if re.match(r"(?i)(ward|room|rm|unit|floor|bldg|building|pod|bay)\b", value):
+            return _fill(value, draw.digits(sum(ch.isdigit() for ch in value)))
+        return draw.pick(places.get("en_places", self.vocabulary["en_addresses"]["cities"]))
+
+    def _organization(self, value: str) -> str:
+        draw = self._draw(ORGANIZATION, value)
+        orgs = self.vocabulary.get("organizations", {})
+        if any("\u4e00" <= ch <= "\u9fff" for ch in value):
+            return draw.pick(orgs.get("zh", ["示例有限公司"]))
+        return draw.pick(orgs.get("en", ["Example Company"]))
+
     # --- numbers -------------------------------------------------------------------
+    def _identifier(self, value: str) -> str:
+        """A PRC resident ID keeps its GB 11643 shape; SSNs, cards, licences keep their layout, digits redrawn."""
+        if len(_significant(value)) in (15, 18) and not any(ch.isalpha() and ch not in "Xx" for ch in value):
+            return self._resident_id(value)
+        draw = self._draw(ID_NUMBER, value.upper())
+        out = []
+        for ch in value:
+            if ch.isdigit():
+                out.append(str(draw.below(10)))
+            elif ch.isascii() and ch.isalpha():
+                letter = chr(ord("A") + draw.below(26))
+                out.append(letter if ch.isupper() else letter.lower())
+            else:
+                out.append(ch)
+        new = "".join(out)
+        if re.fullmatch(r"\d{3}-\d{2}-\d{4}", value):  # an SSN: area 900-999 is never issued
+            new = "9" + new[1:]
+        return new if new != value else _fill(value, "0" * len(value))
+
     def _resident_id(self, value: str) -> str:
         compact = _significant(value)
         sex_odd = len(compact) >= 17 and compact[16].isdigit() and int(compact[16]) % 2 == 1
@@ -267,9 +310,138 @@ class SurrogateFactory:
         return shifted if shifted is not None else "[DATE]"
 
 
+_TIME_SUFFIX = re.compile(r"(,?\s*(?:at\s+|@\s*)?\d{1,2}:\d{2}(?::\d{2})?(?:\s*[AaPp]\.?[Mm]\.?)?"
+                          r"|\s+\d{1,2}\s*[AaPp]\.?[Mm]\.?)$")
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_WEEKDAY_WORD = re.compile(r"(?i)(mon|tue|wed|thu|fri|sat|sun)[a-z]*")
+_MONTH_WORD = re.compile(
+    r"(?:(?P<weekday>[A-Za-z]+day),?\s+)?"
+    r"(?:(?P<lead>the\s+)?(?P<day1>\d{1,2})(?P<suf1>st|nd|rd|th)?(?P<of1>\s+of)?\s+(?P<month1>[A-Za-z]+)(?P<dot1>\.?)"
+    r"|(?P<month2>[A-Za-z]+)(?P<dot2>\.?)(?:\s+(?P<the2>the\s+)?(?P<day2>\d{1,2})(?P<suf2>st|nd|rd|th)?)?)"
+    r"(?:(?P<comma>,?)(?P<sep>\s+)(?P<of2>of\s+)?(?P<year>\d{4})|\s*(?P<apos>['’])(?P<yy>\d{2})|-(?P<dashyy>\d{2}))?")
+_REFERENCE_YEAR = 2001  # a date without a year is shifted within a non-leap reference year
+
+
+def _full_year(two_digits: int) -> int:
+    return 2000 + two_digits if two_digits <= (date.today().year % 100) + 1 else 1900 + two_digits
+
+
+def _month_name(month: int, like: str) -> str:
+    name = _MONTHS[month - 1]
+    name = name[:len(like)] if len(like) <= 3 or (len(like) == 4 and like.lower().startswith("sept")) else name
+    if like.isupper():
+        return name.upper()
+    if like.islower():
+        return name.lower()
+    return name
+
+
+def _shift_words(value: str, days: int) -> str | None:
+    """Month names with or without day and year; weekdays; years alone and 'yy."""
+    weekday_alone = _WEEKDAY_WORD.fullmatch(value.split()[0]) if value.split() else None
+    if weekday_alone and len(value.split()) <= 2 and not any(ch.isdigit() for ch in value):
+        word = value.split()[0]
+        index = ("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(weekday_alone.group(1).lower())
+        new = _WEEKDAYS[(index + days) % 7]
+        new = new[:len(word)] if len(word) <= 4 else new + ("s" if word.lower().endswith("days") else "")
+        new = new.upper() if word.isupper() else new.lower() if word.islower() else new
+        return new + value[len(word):]
+    year_alone = re.fullmatch(r"((?:19|20)\d{2})('?s)?|['’](\d{2})", value)
+    if year_alone:
+        year = int(year_alone.group(1)) if year_alone.group(1) else _full_year(int(year_alone.group(3)))
+        moved = (date(year, 7, 1) + timedelta(days=days)).year
+        if year_alone.group(1):
+            return f"{moved}{year_alone.group(2) or ''}"
+        return f"{value[0]}{moved % 100:02d}"
+    match = _MONTH_WORD.fullmatch(value)
+    if not match:
+        return None
+    month_word = match.group("month1") or match.group("month2")
+    month = _MONTH_NUMBER.get(month_word[:3].lower())
+    if month is None:
+        return None
+    day_text = match.group("day1") or match.group("day2")
+    if match.group("year"):
+        year = int(match.group("year"))
+    elif match.group("yy") or match.group("dashyy"):
+        year = _full_year(int(match.group("yy") or match.group("dashyy")))
+    else:
+        year = None
+    try:
+        base = date(year or _REFERENCE_YEAR, month, int(day_text) if day_text else 15)
+    except ValueError:
+        return None
+    moved = base + timedelta(days=days)
+    name = _month_name(moved.month, month_word)
+    if match.group("month1"):
+        day_part = f"{match.group('lead') or ''}{moved.day}{_ordinal(moved.day) if match.group('suf1') else ''}"
+        text = f"{day_part}{match.group('of1') or ''} {name}{match.group('dot1')}"
+    else:
+        text = f"{name}{match.group('dot2')}"
+        if day_text:
+            suffix = _ordinal(moved.day) if match.group("suf2") else ""
+            text += f" {match.group('the2') or ''}{moved.day}{suffix}"
+    if match.group("year"):
+        text += f"{match.group('comma')}{match.group('sep')}{match.group('of2') or ''}{moved.year}"
+    elif match.group("yy"):
+        text += f"{match.group('apos')}{moved.year % 100:02d}"
+    elif match.group("dashyy"):
+        text += f"-{moved.year % 100:02d}"
+    if match.group("weekday"):
+        text = f"{_WEEKDAYS[moved.weekday()]}, {text}" if year else text
+    return text
+
+
+def _shift_numeric_short(value: str, parts: list[re.Match[str]], days: int) -> str | None:
+    """m/d/yy, m/d (no year), m/yy, m/yyyy and M月D日: the same layout, shifted."""
+    numbers = [int(p.group()) for p in parts]
+    try:
+        if len(parts) == 3 and numbers[2] < 100:  # m/d/yy (or d.m.yy when the first cannot be a month)
+            month_first = numbers[0] <= 12
+            month, day = (numbers[0], numbers[1]) if month_first else (numbers[1], numbers[0])
+            moved = date(_full_year(numbers[2]), month, day) + timedelta(days=days)
+            new = [moved.month, moved.day, moved.year % 100] if month_first else [moved.day, moved.month, moved.year % 100]
+        elif len(parts) == 2 and (numbers[1] > 31 or len(parts[1].group()) == 4 or "年" in value):
+            year = numbers[1] if len(parts[1].group()) == 4 else _full_year(numbers[1])
+            if "年" in value:
+                year, month = numbers[0], numbers[1]
+            else:
+                month = numbers[0]
+            moved = date(year, month, 15) + timedelta(days=days)
+            new = [moved.year, moved.month] if "年" in value else [moved.month, moved.year if len(parts[1].group()) == 4 else moved.year % 100]
+        elif len(parts) == 2:  # m/d or M月D日, no year
+            month, day = numbers
+            moved = date(2000 if (month, day) == (2, 29) else _REFERENCE_YEAR, month, day) + timedelta(days=days)
+            new = [moved.month, moved.day]
+        else:
+            return None
+    except ValueError:
+        return None
+    out, last = [], 0
+    for index, part in enumerate(parts):
+        out.append(value[last:part.start()])
+        width = len(part.group())
+        out.append(f"{new[index]:0{width}d}" if part.group().startswith("0") or width == 2 else str(new[index]))
+        last = part.end()
+    out.append(value[last:])
+    return "".join(out)
+
+
 def shift_date_text(value: str, days: int) -> str | None:
-    """``value`` moved by ``days`` in its own format (None when it is not a parseable date)."""
-    english = _EN_DATE.fullmatch(value.strip())
+    """``value`` moved by ``days`` in its own format (None when it is not a parseable date).
+
+    Full dates, dates without a year (3/14, Jan 5, 3月5日: shifted within a
+    reference year), month and year (3/80, January of 2020), years alone and
+    'yy (the year of 1 July shifted), weekdays (moved by ``days`` mod 7); a
+    time after the date is kept. Relative Chinese dates (去年十月, 上周三) and
+    numerals in Han script return None: the caller writes a placeholder.
+    """
+    stripped = value.strip()
+    time_suffix = _TIME_SUFFIX.search(stripped)
+    if time_suffix and time_suffix.start() > 0:
+        shifted = shift_date_text(stripped[:time_suffix.start()], days)
+        return None if shifted is None else shifted + time_suffix.group()
+    english = _EN_DATE.fullmatch(stripped)
     if english:
         if english.group(1):
             month_word, dot, day, suffix, comma, year = english.group(1, 2, 3, 4, 5, 6)
@@ -288,10 +460,16 @@ def shift_date_text(value: str, days: int) -> str | None:
         if english.group(1):
             return f"{name}{dot} {moved.day}{_ordinal(moved.day) if suffix else ''}{comma} {moved.year}"
         return f"{moved.day} {name}{dot}{comma} {moved.year}"
+    if any(ch.isalpha() and ch.isascii() for ch in stripped) or stripped[:1] in "'’":
+        return _shift_words(stripped, days)
     parts = list(_DIGITS.finditer(value))
-    if len(parts) != 3:
+    if len(parts) == 1 and re.fullmatch(r"(?:19|20)\d{2}('?s)?", stripped):
+        return _shift_words(stripped, days)
+    if len(parts) not in (2, 3):
         return None
     numbers = [int(p.group()) for p in parts]
+    if len(parts) == 2 or (numbers[2] < 100 and numbers[0] < 100):
+        return _shift_numeric_short(value, parts, days)
     if 1900 <= numbers[0] <= 2099:
         order = (0, 1, 2)  # y m d
     elif 1900 <= numbers[2] <= 2099:

@@ -34,7 +34,8 @@ LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 FEATURE_VERSION = "2"
 WINDOW = 6  # characters each side
 _SEPARATOR = "\x00" * (WINDOW + 2)
-_MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 15, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 6}
+_MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 8, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 6,
+               "LOCATION": 3, "ORGANIZATION": 3}
 _STRIP = " \t\r\n,.;:!?()[]{}<>\"'、，。；：！？（）【】《》\x00"
 
 # character classes
