@@ -168,8 +168,11 @@ def _summarise(result: LifecycleResult) -> int:
         )
     for check in result.failed_checks():
         click.echo(f"  failed check: {check}")
+    model = next(iter(result.materializations(keys.DIABETES_MODEL)), None)
+    if model and model.get("trained") is False:
+        click.echo(f"model NOT trained: {model.get('reason')} (the data stages completed; deliver more data and rerun)")
     report = next(iter(result.materializations(keys.DIABETES_EVALUATION)), None)
-    if report:
+    if report and report.get("evaluated") is not False:
         click.echo(f"evaluation report: {report.get('report_html')}")
         click.echo(f"  model ROC-AUC {report.get('model_roc_auc')}  baseline ROC-AUC {report.get('baseline_roc_auc')}")
     return 0 if result.success else 1
@@ -356,8 +359,10 @@ def scan_leaks(identities: Path) -> None:
 
 
 from medllm_pipelines.cli_security import register as _register_security
+from medllm_pipelines.cli_text import register as _register_text
 
 _register_security(main)
+_register_text(main)
 
 if __name__ == "__main__":
     main()

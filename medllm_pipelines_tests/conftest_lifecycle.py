@@ -146,8 +146,13 @@ class LifecycleRun:
         return [e.event_specific_data for e in self.result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
 
 
-def run_lifecycle_in(home: Path, hospital: Hospital, extra_env: dict[str, str] | None = None) -> LifecycleRun:
-    """Deliver the hospital into MEDLLM_HOME/landing and materialise everything through Dagster."""
+def run_lifecycle_in(
+    home: Path, hospital: Hospital | None, extra_env: dict[str, str] | None = None, *, bad_input: bool = True
+) -> LifecycleRun:
+    """Deliver the hospital (None: deliver nothing) into MEDLLM_HOME/landing and materialise everything through Dagster.
+
+    ``bad_input``: plant the malformed files of BAD_INPUT beside the hospital's (it needs a DICOM file).
+    """
     from medllm_pipelines.runner import run_lifecycle
     from medllm_pipelines.definitions import make_definitions
     from medllm_pipelines.lib.security.openbao import start_local_server
@@ -159,8 +164,10 @@ def run_lifecycle_in(home: Path, hospital: Hospital, extra_env: dict[str, str] |
         prepare_home(settings)
         os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
         start_local_server(settings.services_dir, port=0)  # what `medllm services up` starts
-        hospital.copy_landing_to(settings.landing_dir)
-        plant_bad_input(settings.landing_dir)
+        if hospital is not None:
+            hospital.copy_landing_to(settings.landing_dir)
+        if bad_input:
+            plant_bad_input(settings.landing_dir)
         from medllm_pipelines.cli import record_demo_approval
 
         record_demo_approval(settings)  # training refuses to run without a valid ethics approval

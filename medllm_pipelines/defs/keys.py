@@ -26,6 +26,10 @@ RAW_OBSERVATIONS = key(INGEST, "observations")
 RAW_MEDICATION_REQUESTS = key(INGEST, "medication_requests")
 RAW_NOTES = key(INGEST, "notes")
 RAW_CONSENTS = key(INGEST, "consents")
+RAW_DIAGNOSTIC_REPORTS = key(INGEST, "diagnostic_reports")
+RAW_PROCEDURES = key(INGEST, "procedures")
+RAW_ALLERGY_INTOLERANCES = key(INGEST, "allergy_intolerances")
+RAW_IMMUNIZATIONS = key(INGEST, "immunizations")
 RAW_DICOM_INSTANCES = key(INGEST, "dicom_instances")
 RAW_DICOM_FRAMES = key(INGEST, "dicom_frames")
 RAW_DIALOGUES = key(INGEST, "dialogues")
@@ -84,6 +88,7 @@ CHECK_NO_LEAKAGE = "no_patient_in_two_splits"
 CHECK_RECONCILED = "records_reconciled"
 CHECK_AGREEMENT = "agreement_meets_threshold"
 CHECK_PREPROCESSING_TRAIN_ONLY = "preprocessing_fitted_on_train_only"
+CHECK_MODEL_TRAINED = "model_trained"  # fails with WARN severity (blocks nothing) below a spec's min_rows
 LABEL_AGREEMENT_TABLE = "agreement"  # label.agreement: one row per labelled set
 
 # jobs / sensors

@@ -1,8 +1,13 @@
 -- The encrypted source path is not carried: marts need no file names.
--- landed_at is written in UTC (ISO 8601 with +00:00).
+-- landed_at is written in UTC (ISO 8601 with +00:00). No ledger yet (nothing ever landed): no rows.
 with source as (
 
-    select * from {{ source('audit', 'file_ledger') }}
+    {{ source_or_empty('audit', 'file_ledger', [
+        ('content_sha256', dbt.type_string()), ('institution', dbt.type_string()),
+        ('file_kind', dbt.type_string()), ('size_bytes', dbt.type_bigint()), ('status', dbt.type_string()),
+        ('reason_code', dbt.type_string()), ('source_path_ciphertext', dbt.type_string()),
+        ('landed_at', dbt.type_string()), ('dagster_run_id', dbt.type_string()),
+    ]) }}
 
 ),
 

@@ -115,8 +115,10 @@ def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource
     wh = warehouse.get()
     spec = load_spec(SPEC_ID)
     features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
-    if len(features) < spec.min_rows:
-        raise ValueError(f"spec {spec.id} needs at least {spec.min_rows} labelled persons, got {len(features)}")
+    needs = spec.needs_met_by(len(features))
+    if not needs.met:
+        # the data stages still split what there is; training says it cannot train (train/diabetes_model)
+        context.log.warning(f"{needs.reason}: splitting anyway, no model will be trained")
     persons = features[["patient_pseudonym", "label"]].copy()
     persons[NEAR_DUPLICATE_KEY] = tabular_near_duplicate_key(features, spec.feature_columns)
     assigned = assign_split_rows(persons, spec.split_config)
@@ -129,6 +131,7 @@ def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource
             **_split_metadata(splits, report, spec, len(features)),
             "dataset_version": training_dataset_version(features, splits),
             "near_duplicate_groups": int((shared > 1).sum()),
+            **needs.as_metadata(),
         }
     )
 
@@ -198,6 +201,13 @@ def diabetes_preprocessing(
     splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
     version = training_dataset_version(features, splits)
     frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
+    needs = spec.needs_met_by(len(frame))
+    if not needs.met:
+        context.log.warning(f"{needs.reason}: no preprocessing fitted")
+        return MaterializeResult(
+            metadata={"dataset_version": version, "fitted": False, **needs.as_metadata(), **_spec_metadata(spec),
+                      **versions_metadata()}
+        )
     fitted = fit_preprocessing(frame, spec.preprocessing)
     paths = save_preprocessing(fitted, _preprocessing_folder(artifacts, spec.id, version))
     shapes = {s: list(transform(fitted, frame[frame["split"] == s]).shape) for s in ("train", "validation", "test")}
@@ -205,6 +215,8 @@ def diabetes_preprocessing(
     return MaterializeResult(
         metadata={
             "dataset_version": version,
+            "fitted": True,
+            **needs.as_metadata(),
             "fitted_on_split": "train",
             "fitted_rows": fitted.fitted_rows,
             "fitted_ids_sha256": fitted.fitted_ids_sha256,
@@ -243,8 +255,12 @@ def preprocessing_fitted_on_train_only(
     features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
     splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
     version = training_dataset_version(features, splits)
-    _, saved = load_preprocessing(_preprocessing_folder(artifacts, spec.id, version))
     frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
+    needs = spec.needs_met_by(len(frame))
+    if not needs.met:  # nothing was fitted or saved, so nothing can have seen a validation or test row
+        return AssetCheckResult(passed=True, severity=AssetCheckSeverity.ERROR,
+                                description=f"no preprocessing fitted ({needs.reason})", metadata=needs.as_metadata())
+    _, saved = load_preprocessing(_preprocessing_folder(artifacts, spec.id, version))
     train_ids = frame.loc[frame["split"] == "train", "patient_pseudonym"].tolist()
     refit = fit_preprocessing(frame, spec.preprocessing)
     everything = fit_preprocessing(frame.assign(split="train"), spec.preprocessing)

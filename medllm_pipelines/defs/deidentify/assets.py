@@ -35,7 +35,13 @@ from medllm_pipelines.defs.common import (
 )
 from medllm_pipelines.defs.deidentify.disclosure import protect_released_table
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
-from medllm_pipelines.lib.deidentify.consent import build_consent_registry
+from medllm_pipelines.lib.deidentify.consent import build_consent_registry, erased_persons
+from medllm_pipelines.lib.deidentify.risk import (
+    K_ANONYMITY_SUPPRESSED,
+    withheld_persons,
+    withheld_registrations,
+    withhold,
+)
 from medllm_pipelines.lib.deidentify.policy import (
     PolicyOutcome,
     apply_policy,
@@ -53,23 +59,31 @@ from medllm_pipelines.resources.raw_zone import RawZoneResource
 from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
+# Identifiable: which (pseudonym, institution) registrations were withheld and by which rule. Kept in the
+# encrypted raw zone (a list of rare persons), read by every person-keyed de-identified table of the run.
+WITHHELD_REGISTRATIONS_TABLE = "deidentify_withheld_registrations"
+# Rules under which a person's registration can be withheld from release; every person-keyed table reports each.
+WITHHOLDING_RULES = (K_ANONYMITY_SUPPRESSED,)
+ERASURE_AUDIT_ACTION = "consent.erasure_applied"
 
-def _policy_metadata(outcome: PolicyOutcome, rows_in: int, k_suppressed: int = 0) -> dict:
-    """``k_suppressed``: rows dropped after the policy because they could not reach k-anonymity."""
+
+def _policy_metadata(outcome: PolicyOutcome, rows_in: int, rows_out: int, removed: dict[str, int]) -> dict:
+    """``removed``: rows withheld after the policy, by rule (k-anonymity suppression here or of the person's registration)."""
     policy = load_policy()
-    records_out = len(outcome.frame) - k_suppressed
+    recon = Reconciliation(rows_in, rows_out, 0, {"unlinked_person": outcome.unlinked_rows, **removed})
     return {
-        "records_in": rows_in,
-        "records_out": records_out,
-        "removed[unlinked_person]": outcome.unlinked_rows,
-        "removed[k_anonymity_suppression]": k_suppressed,
-        "reconciled": rows_in == records_out + outcome.unlinked_rows + k_suppressed,
+        **recon.as_metadata(),
         "columns_removed": MetadataValue.json(outcome.removed_columns),
         "columns_dropped_undeclared": MetadataValue.json(outcome.undeclared_columns),
         "deidentification_policy_version": policy.version,
         "purpose": policy.purpose,
         "purpose_id": policy.purpose_id,
     }
+
+
+def _withheld_registrations(zone) -> pd.DataFrame:
+    """Registrations the released patients table withholds (written by deidentify/patients in this run)."""
+    return zone.read_table(WITHHELD_REGISTRATIONS_TABLE)
 
 
 def _person_lookups(pseudonym_map: pd.DataFrame) -> tuple[dict, dict]:
@@ -158,12 +172,17 @@ def deidentified_patients(
         age_reference=pd.Series(reference, index=frame.index),
     )
     released, k_meta, k_suppressed = protect_released_table("patients", outcome.frame)
+    withheld = withheld_registrations(outcome.frame, released, K_ANONYMITY_SUPPRESSED)
+    zone.write_table(WITHHELD_REGISTRATIONS_TABLE, withheld)
     meta = _write_deidentified(warehouse, keys.DEID_PATIENTS, released)
     return MaterializeResult(
         metadata={
             **meta,
-            **_policy_metadata(outcome, len(frame), k_suppressed),
+            **_policy_metadata(outcome, len(frame), len(released), {K_ANONYMITY_SUPPRESSED: k_suppressed}),
             **k_meta,
+            f"persons_withheld[{K_ANONYMITY_SUPPRESSED}]": int(
+                withheld_persons(withheld, released)["patient_pseudonym"].nunique()),
+            "registrations_withheld": len(withheld),
             "persons": int(released["patient_pseudonym"].nunique()),
             "rows_by_age_band": counts_by(released, "age_band"),
             "rows_by_sex": counts_by(released, "sex"),
@@ -185,12 +204,18 @@ def _deidentify_table(
     frame = zone.read_table(raw_table_name(source))
     by_key, by_mrn = _person_lookups(zone.read_table(raw_table_name(keys.PSEUDONYM_MAP)))
     outcome = apply_policy(policy_table, frame, load_policy(), person_by_key=by_key, person_by_mrn=by_mrn)
-    released, k_meta, k_suppressed = protect_released_table(policy_table, outcome.frame)
+    protected, k_meta, k_suppressed = protect_released_table(policy_table, outcome.frame)
+    # the person's registration was withheld from deidentify/patients: their rows here go too, under that rule
+    withheld = withhold(protected, _withheld_registrations(zone), rules=WITHHOLDING_RULES)
+    removed = dict(withheld.removed_by_rule)
+    removed[K_ANONYMITY_SUPPRESSED] += k_suppressed
+    released = withheld.frame
     meta = _write_deidentified(warehouse, target, released)
     return MaterializeResult(
         metadata={
             **meta,
-            **_policy_metadata(outcome, len(frame), k_suppressed),
+            **_policy_metadata(outcome, len(frame), len(released), removed),
+            **{k: v for k, v in withheld.as_metadata().items() if k.startswith("persons_withheld")},
             **k_meta,
             "rows_by_institution": counts_by(released, "institution"),
             **versions_metadata(),
@@ -200,7 +225,7 @@ def _deidentify_table(
 
 @asset(
     key=keys.DEID_OBSERVATIONS,
-    deps=[keys.CLEAN_OBSERVATIONS, keys.PSEUDONYM_MAP],
+    deps=[keys.CLEAN_OBSERVATIONS, keys.PSEUDONYM_MAP, keys.DEID_PATIENTS],
     group_name=keys.DEIDENTIFY,
     kinds={"python", "duckdb"},
 )
@@ -213,7 +238,7 @@ def deidentified_observations(
 
 @asset(
     key=keys.DEID_CONDITIONS,
-    deps=[keys.CLEAN_CONDITIONS, keys.PSEUDONYM_MAP],
+    deps=[keys.CLEAN_CONDITIONS, keys.PSEUDONYM_MAP, keys.DEID_PATIENTS],
     group_name=keys.DEIDENTIFY,
     kinds={"python", "duckdb"},
 )
@@ -226,7 +251,7 @@ def deidentified_conditions(
 
 @asset(
     key=keys.CONSENT_REGISTRY,
-    deps=[keys.CLEAN_CONSENTS, keys.PSEUDONYM_MAP],
+    deps=[keys.CLEAN_CONSENTS, keys.PSEUDONYM_MAP, keys.DEID_PATIENTS],
     group_name=keys.DEIDENTIFY,
     kinds={"python", "duckdb"},
 )
@@ -235,12 +260,31 @@ def consent_registry(
 ) -> MaterializeResult:
     """Each person's current research consent: granted, refused or withdrawn (latest decision wins)."""
     zone = raw_zone.get()
-    registry = build_consent_registry(
-        zone.read_table(raw_table_name(keys.CLEAN_CONSENTS)), zone.read_table(raw_table_name(keys.PSEUDONYM_MAP))
+    clean_consents = zone.read_table(raw_table_name(keys.CLEAN_CONSENTS))
+    pseudonym_map = zone.read_table(raw_table_name(keys.PSEUDONYM_MAP))
+    registry = build_consent_registry(clean_consents, pseudonym_map)
+    # an erasure a sender asked for (FHIR DELETE Patient) is audited once per person, by pseudonym
+    erased = erased_persons(clean_consents, pseudonym_map)
+    audited = sum(raw_zone.audit_event(ERASURE_AUDIT_ACTION, f"person:{pseudonym}",
+                                       "erasure request from a sender: withdrawn from every derived dataset")
+                  for pseudonym in erased)
+    # one row per person: withheld only when every registration of the person was withheld
+    released_patients = warehouse.get().read_table(*warehouse_location(keys.DEID_PATIENTS))
+    withheld = withhold(
+        registry, withheld_persons(_withheld_registrations(zone), released_patients), rules=WITHHOLDING_RULES
     )
-    meta = _write_deidentified(warehouse, keys.CONSENT_REGISTRY, registry)
+    meta = _write_deidentified(warehouse, keys.CONSENT_REGISTRY, withheld.frame)
+    recon = Reconciliation(len(registry), len(withheld.frame), 0, withheld.removed_by_rule)
     return MaterializeResult(
-        metadata={**meta, "persons_by_status": counts_by(registry, "consent_status"), **versions_metadata()}
+        metadata={
+            **meta,
+            **recon.as_metadata(),
+            **withheld.as_metadata(),
+            "persons_by_status": counts_by(withheld.frame, "consent_status"),
+            "erasure_requests_applied": len(erased),
+            "erasure_requests_audited": audited,
+            **versions_metadata(),
+        }
     )
 
 
@@ -288,7 +332,7 @@ def _image_quarantine(decision) -> QuarantineRecord:
 
 @asset(
     key=keys.DEID_IMAGES,
-    deps=[keys.RAW_DICOM_INSTANCES, keys.PSEUDONYM_MAP, keys.RAW_PATIENTS],
+    deps=[keys.RAW_DICOM_INSTANCES, keys.PSEUDONYM_MAP, keys.RAW_PATIENTS, keys.DEID_PATIENTS],
     group_name=keys.DEIDENTIFY,
     kinds={"python", "dicom"},
 )
@@ -322,6 +366,10 @@ def deidentified_images(
         "dicom_instances", index, load_policy(), person_by_key=by_key, person_by_mrn=by_mrn, hmac_many=vault.hmac_many
     )
     linked = index.loc[outcome.kept_index] if len(outcome.frame) else index.iloc[0:0]
+    # a registration withheld from deidentify/patients takes its images with it: no file is written for them
+    withheld = (withhold(outcome.frame, _withheld_registrations(zone), rules=WITHHOLDING_RULES)
+                if "patient_pseudonym" in outcome.frame.columns else None)
+    releasable = set(withheld.frame["image_id"]) if withheld is not None else set()
     profile = default_profile()
     instances = [
         InstanceToRelease(
@@ -339,6 +387,7 @@ def deidentified_images(
             linked["source_object"],
             strict=True,
         )
+        if image_id in releasable
     ]
     images_dir = artifacts.folder("deidentified", "images")
     # images whose pixels cannot be decoded here: released de-identified, withheld from models (no pixel file)
@@ -372,7 +421,9 @@ def deidentified_images(
     )
     meta = _write_deidentified(warehouse, keys.DEID_IMAGES, frame)
     quarantine_meta = record_quarantine(warehouse.get(), keys.DEID_IMAGES, quarantine)
-    recon = Reconciliation(len(index), len(frame), len(quarantine), {"unlinked_person": outcome.unlinked_rows})
+    withheld_by_rule = withheld.removed_by_rule if withheld is not None else dict.fromkeys(WITHHOLDING_RULES, 0)
+    recon = Reconciliation(len(index), len(frame), len(quarantine),
+                           {"unlinked_person": outcome.unlinked_rows, **withheld_by_rule})
     report = summary.as_dict()
     return MaterializeResult(
         metadata={

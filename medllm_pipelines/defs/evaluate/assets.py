@@ -42,6 +42,12 @@ def diabetes_evaluation_report(
 
     spec = load_spec(SPEC_ID)
     frame, dataset_version = training_frame(warehouse, spec)
+    needs = spec.needs_met_by(len(frame))
+    if not needs.met:  # train/diabetes_model trained nothing on this dataset version: nothing to evaluate
+        context.log.warning(f"evaluate/diabetes_evaluation_report: no model to evaluate ({needs.reason})")
+        return MaterializeResult(
+            metadata={"evaluated": False, "dataset_version": dataset_version, **needs.as_metadata(), **versions_metadata()}
+        )
     frame, _ = impute_declared(frame)  # the same declared, train-fitted imputation the model was trained with
     record = model_folder(artifacts, spec, dataset_version) / TRAINING_RECORD
     if not record.exists():

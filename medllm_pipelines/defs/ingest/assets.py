@@ -35,6 +35,7 @@ from medllm_pipelines.defs.common import (
     versions_metadata,
 )
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
+from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.ingest.dicom import (
     DICOM_FRAME_COLUMNS,
@@ -43,7 +44,14 @@ from medllm_pipelines.lib.ingest.dicom import (
     index_dicom,
     summarise_dicom_index,
 )
-from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, LINEAGE_COLUMNS, ParsedFhir, iter_ndjson_batches, parse_fhir_object
+from medllm_pipelines.lib.ingest.fhir import (
+    FHIR_TABLES,
+    ParsedFhir,
+    check_bulk_manifests,
+    iter_ndjson_batches,
+    parse_fhir_object,
+    rows_to_frame,
+)
 from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_object
 from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES, DICOM, FHIR_BUNDLE, FHIR_NDJSON, HL7V2
@@ -160,6 +168,10 @@ def _fhir_specs() -> list[AssetSpec]:
         "medication_requests": keys.RAW_MEDICATION_REQUESTS,
         "notes": keys.RAW_NOTES,
         "consents": keys.RAW_CONSENTS,
+        "diagnostic_reports": keys.RAW_DIAGNOSTIC_REPORTS,
+        "procedures": keys.RAW_PROCEDURES,
+        "allergy_intolerances": keys.RAW_ALLERGY_INTOLERANCES,
+        "immunizations": keys.RAW_IMMUNIZATIONS,
     }
     return [
         AssetSpec(
@@ -169,8 +181,10 @@ def _fhir_specs() -> list[AssetSpec]:
             kinds={"python", "fhir"},
             partitions_def=INSTITUTION_PARTITIONS,
             description=(
-                f"{rtype} records from FHIR R4 (validated with fhir.resources.R4B) and HL7 v2 feeds, "
-                "one encrypted raw-zone partition per institution."
+                f"{rtype} records from FHIR R4 (validated with fhir.resources.R4B; R4-only elements handled as "
+                "lib/ingest/fhir_r4.py documents) and HL7 v2 feeds, one encrypted raw-zone partition per institution."
+                + (" Also holds erasure requests (DELETE Patient) as consent rows with provision_type "
+                   "erasure_request." if table == "consents" else "")
             ),
         )
         for table, rtype in FHIR_TABLES.items()
@@ -220,6 +234,8 @@ def fhir_resources(
     total = ParsedFhir()
     files_total = files_with_quarantine = records_out_total = 0
     rows_by_table: dict[str, dict[str, int]] = {table: {} for table in FHIR_TABLES}
+    manifest_checks: dict[str, dict] = {}
+    hl7_warnings: dict[str, int] = {}  # lenient HL7 v2 reading: what strict validation would have rejected
     for partition in context.partition_keys:
         objects = stored_objects(warehouse, CLINICAL_FEED_KINDS, institution=partition)
         writers = {table: zone.partition_writer(raw_table_name(FHIR_KEY_OF_TABLE[table]), partition) for table in FHIR_TABLES}
@@ -233,44 +249,46 @@ def fhir_resources(
                 written[table] += len(rows)
                 buffered[table] = []
 
-        partition_quarantine: list[QuarantineRecord] = []
-        seen = out_of_scope = 0
+        in_partition = ParsedFhir(rows={})  # counts only: rows go straight to the writers
+        ndjson_types: dict[str, int] = {}
         outcomes = FileOutcomes(asset_name(keys.key(keys.INGEST, "fhir_resources")))
         for done, row in enumerate(objects.itertuples(index=False), start=1):
             for batch in _parse_clinical_object(zone, row):
-                partition_quarantine.extend(batch.quarantine)
-                seen += batch.resources_seen
-                out_of_scope += batch.out_of_scope
                 outcomes.add(
                     row.content_sha256, row.institution, records_in=batch.resources_seen,
-                    records_out=batch.records_out, quarantine=batch.quarantine,
-                    removed_by_rule={"out_of_scope_resource_type": batch.out_of_scope},
+                    records_out=batch.records_out, quarantine=batch.quarantine, removed_by_rule=batch.removals(),
                 )
+                for code, n in getattr(batch, "warnings_by_code", {}).items():
+                    hl7_warnings[code] = hl7_warnings.get(code, 0) + n
+                if row.file_kind == FHIR_NDJSON:
+                    for rtype, n in batch.types_seen.items():
+                        ndjson_types[rtype] = ndjson_types.get(rtype, 0) + n
                 for table, rows in batch.rows.items():
                     buffered[table].extend(rows)
                     flush(table)
+                batch.rows = {}
+                in_partition.extend(batch)
             if done % 200 == 0:
                 context.log.info(f"{partition}: parsed {done}/{len(objects)} clinical files")
-        files_with_quarantine += len({q.source_object for q in partition_quarantine})
+        files_with_quarantine += len({q.source_object for q in in_partition.quarantine})
         for table in FHIR_TABLES:
             flush(table, force=True)
             if not written[table]:
-                writers[table].write(pd.DataFrame(columns=LINEAGE_COLUMNS))
+                writers[table].write(rows_to_frame(table, []))  # an empty partition still has the table's columns
             writers[table].commit()
             rows_by_table[table][partition] = written[table]
         files_total += len(objects)
-        record_quarantine(warehouse.get(), keys.key(keys.INGEST, "fhir_resources"), partition_quarantine, partition)
+        if in_partition.manifests:
+            manifest_checks[partition] = check_bulk_manifests(in_partition.manifests, ndjson_types).as_metadata()
+        record_quarantine(warehouse.get(), keys.key(keys.INGEST, "fhir_resources"), in_partition.quarantine, partition)
         record_file_outcomes(warehouse.get(), outcomes, partition)
         Reconciliation(
-            seen, sum(written.values()), len(partition_quarantine), {"out_of_scope_resource_type": out_of_scope}
+            in_partition.resources_seen, sum(written.values()), len(in_partition.quarantine), in_partition.removals()
         ).check()
-        total.quarantine.extend(partition_quarantine)
-        total.resources_seen += seen
-        total.out_of_scope += out_of_scope
         records_out_total += sum(written.values())
-    recon = Reconciliation(
-        total.resources_seen, records_out_total, len(total.quarantine), {"out_of_scope_resource_type": total.out_of_scope}
-    ).check()
+        in_partition.manifests = []
+        total.extend(in_partition)
+    recon = Reconciliation(total.resources_seen, records_out_total, len(total.quarantine), total.removals()).check()
     context.log.info(f"{recon.records_in} entries read, {recon.records_out} out, {recon.quarantined} quarantined")
     by_reason: dict[str, int] = {}
     for record in total.quarantine:
@@ -283,8 +301,15 @@ def fhir_resources(
         "feed_resources_out": recon.records_out,
         "feed_quarantined": recon.quarantined,
         "feed_out_of_scope": total.out_of_scope,
+        "feed_out_of_scope_by_type": MetadataValue.json(dict(sorted(total.out_of_scope_by_type.items()))),
+        "feed_removed_by_rule": MetadataValue.json(dict(sorted(total.removals().items()))),
+        "feed_events": MetadataValue.json(dict(sorted(total.events.items()))),
+        "feed_erasure_requests": total.events.get(codes.ERASURE_REQUEST, 0),
         "feed_reconciled": recon.balanced,
         "feed_quarantined_by_reason": MetadataValue.json(dict(sorted(by_reason.items()))),
+        "feed_bulk_manifest_checks": MetadataValue.json(manifest_checks),
+        "feed_bulk_counts_match": all(c["bulk_counts_match"] for c in manifest_checks.values()),
+        "feed_hl7_warnings_by_code": MetadataValue.json(dict(sorted(hl7_warnings.items()))),
     }
     for table in FHIR_TABLES:
         yield MaterializeResult(
@@ -401,10 +426,12 @@ def dicom_index(context: AssetExecutionContext, raw_zone: RawZoneResource, wareh
         Reconciliation(index.records_in, len(instances), len(index.quarantine),
                        {"dicomdir_index": len(index.directories)}).check()
         studies, series = summarise_dicom_index(instances)
-        per_partition[partition] = {
-            "studies": len(studies), "series": len(series), "instances": len(instances), "frames": len(frames),
-            "quarantined": len(index.quarantine), **({"dicomdir": index.directory_summary()} if index.directories else {}),
-        }
+        if index.records_in:  # institutions that sent no DICOM in this run are not listed
+            per_partition[partition] = {
+                "studies": len(studies), "series": len(series), "instances": len(instances), "frames": len(frames),
+                "quarantined": len(index.quarantine),
+                **({"dicomdir": index.directory_summary()} if index.directories else {}),
+            }
         for key, value in (("in", index.records_in), ("out", len(instances)), ("quarantined", len(index.quarantine)),
                            ("frames", len(frames)), ("files", len(index.outcomes)), ("dicomdirs", len(index.directories))):
             totals[key] += value

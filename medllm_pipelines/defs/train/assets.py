@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.common import code_version, run_id_of, versions_metadata, warehouse_location
@@ -58,12 +66,32 @@ def impute_declared(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return result.frame, result.report()
 
 
+def _trained_check(needs) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=keys.CHECK_MODEL_TRAINED,
+        passed=needs.met,
+        severity=AssetCheckSeverity.WARN,
+        description="trained" if needs.met else f"not trained: {needs.reason}",
+        metadata=needs.as_metadata(),
+    )
+
+
 @asset(
     key=keys.DIABETES_MODEL,
     deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS],
     group_name=keys.TRAIN,
     kinds={"pytorch", "mlflow"},
-    description="Checkpoint of the type 2 diabetes risk MLP (Lightning), with its fitted preprocessing; one MLflow run per materialisation.",
+    description="Checkpoint of the type 2 diabetes risk MLP (Lightning), with its fitted preprocessing; one MLflow run per "
+    "materialisation. Below the spec's min_rows nothing is trained: metadata trained=false with the reason, and "
+    "the model_trained check warns.",
+    check_specs=[
+        AssetCheckSpec(
+            keys.CHECK_MODEL_TRAINED,
+            asset=keys.DIABETES_MODEL,
+            blocking=True,  # as every check here; it fails with WARN severity, which blocks nothing downstream
+            description="A model was trained: the dataset holds the spec's min_rows (warns, never stops the data stages).",
+        )
+    ],
 )
 def diabetes_model(
     context: AssetExecutionContext,
@@ -80,6 +108,16 @@ def diabetes_model(
         spec.project, spec.id, dt.date.today(), spec_version=spec.version
     )
     frame, dataset_version = training_frame(warehouse, spec)
+    needs = spec.needs_met_by(len(frame))
+    if not needs.met:
+        # The data stages succeeded; the model could not be trained. Not a green model: trained=false, and the
+        # model_trained check fails (WARN) with the reason, which `medllm run` prints. Earlier models stay on disk.
+        context.log.warning(f"train/diabetes_model not trained: {needs.reason}")
+        return MaterializeResult(
+            metadata={"trained": False, "dataset_version": dataset_version, **needs.as_metadata(),
+                      **spec.as_metadata(), **versions_metadata()},
+            check_results=[_trained_check(needs)],
+        )
     # Who is in this dataset version: what a later consent withdrawal is checked against (row S5).
     save_membership(membership_folder(artifacts), dataset_version, frame["patient_pseudonym"])
     frame, imputation = impute_declared(frame)
@@ -119,7 +157,10 @@ def diabetes_model(
         f"val ROC-AUC {result.val_metrics.get('val_roc_auc')}"
     )
     return MaterializeResult(
+        check_results=[_trained_check(needs)],
         metadata={
+            "trained": True,
+            **needs.as_metadata(),
             "checkpoint_path": str(result.checkpoint_path),
             "model_dir": str(result.model_dir),
             "dataset_version": dataset_version,

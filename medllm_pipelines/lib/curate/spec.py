@@ -22,6 +22,27 @@ SPECS_DIR = Path(__file__).with_name("specs")
 
 
 @dataclass(frozen=True)
+class DataNeeds:
+    """Whether a dataset holds the rows a spec needs to train on; ``reason`` names the spec and both counts."""
+
+    spec_id: str
+    rows_needed: int
+    rows: int
+
+    @property
+    def met(self) -> bool:
+        return self.rows >= self.rows_needed
+
+    @property
+    def reason(self) -> str:
+        return "" if self.met else f"spec {self.spec_id} needs {self.rows_needed} rows, has {self.rows}"
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"data_needs_met": self.met, "min_rows": self.rows_needed, "rows_available": self.rows,
+                **({"reason": self.reason} if not self.met else {})}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     version: str
@@ -45,6 +66,10 @@ class ModelSpec:
     data_needs: dict[str, Any] = field(default_factory=dict)
     # The research project whose ethics approval must cover this spec (clause 4.1.2, row E1).
     project: str = ""
+
+    def needs_met_by(self, rows: int) -> DataNeeds:
+        """``min_rows`` against a dataset of ``rows``: the data stages run whatever the count, training only above it."""
+        return DataNeeds(self.id, self.min_rows, int(rows))
 
     @property
     def split_config(self) -> SplitConfig:

@@ -24,6 +24,7 @@ from medllm_pipelines.lib.quality.code_validation import (
     loinc_is_valid,
     validate_icd10,
 )
+from medllm_pipelines.lib.quality.crosswalk import INVALID, UNMAPPED, load_crosswalk, map_condition_code
 from medllm_pipelines.lib.quality.units import UnitConversion, build_conversions
 
 STAGE = "quality"
@@ -180,9 +181,9 @@ def clean_patients(patients: pd.DataFrame, asset: str, today: dt.date, rules: Cl
         keep.append(index)
         birth_dates.append(birth.isoformat())
     out = deduped.iloc[keep].copy()
-    out["birth_date"] = birth_dates
+    out["birth_date"] = pd.Series(birth_dates, index=out.index, dtype=object)  # typed also when empty
     out["gender"] = out["gender"].where(out["gender"].isin(rules.genders), "unknown").fillna("unknown")
-    out["resident_id_valid"] = out["resident_id"].map(resident_id_is_valid)
+    out["resident_id_valid"] = out["resident_id"].map(resident_id_is_valid).astype(bool)
     recon = Reconciliation(
         len(patients),
         len(out),
@@ -327,7 +328,7 @@ def clean_observations(
             "source_object",
             "source_position",
         ],
-    )
+    ).astype({"value": "float64"})  # typed also when empty
     recon = Reconciliation(
         len(observations),
         len(out),
@@ -354,18 +355,34 @@ def normalise_icd10(code_system: str | None, code: str | None) -> str | None:
     return validate_icd10(code_system, code).who_code
 
 
+CONDITION_COLUMNS_ADDED = ["icd10", "icd10_category", "icd10_mapping", "onset_date"]
+
+
 def clean_conditions(conditions: pd.DataFrame, patients: pd.DataFrame, asset: str, rules: CleaningRules) -> CleaningResult:
+    """Diagnoses in any code system unified to WHO ICD-10 (``lib/quality/crosswalk.py``).
+
+    The sender's ``code_system`` and ``code`` are kept beside ``icd10``.
+    Invalid codes are quarantined (``invalid_code``); well-formed codes the
+    crosswalk does not map (a SNOMED concept outside it, a local code without
+    a dictionary) are removed under ``unmapped_code`` - not errors, and still
+    in the raw zone. Zero surviving rows give an empty, well-typed frame.
+    """
+    crosswalk = load_crosswalk()
     deduped, duplicates, superseded = _dedupe(conditions)
-    known = set(zip(patients["institution"], patients["resource_key"], strict=True))
+    known = set(zip(patients["institution"], patients["resource_key"], strict=True)) if len(patients) else set()
     quarantine: list[QuarantineRecord] = []
     keep: list[int] = []
-    icd: list[str] = []
-    onset_dates: list[str | None] = []
+    added: dict[str, list[Any]] = {name: [] for name in CONDITION_COLUMNS_ADDED}
+    unmapped: dict[str, int] = {}
+    mapped_via: dict[str, int] = {}
     for index, row in enumerate(deduped.itertuples(index=False)):
-        validated = validate_icd10(row.code_system, row.code)
-        code = validated.who_code
-        if code is None:
-            quarantine.append(_quarantine(row, asset, "invalid_code", f"diagnosis: {validated.problem}"))
+        mapped = map_condition_code(row.code_system, row.code, crosswalk)
+        if mapped.verdict == INVALID:
+            quarantine.append(_quarantine(row, asset, "invalid_code", f"diagnosis: {mapped.problem}"))
+            continue
+        if mapped.verdict == UNMAPPED:
+            system = str(row.code_system) if isinstance(row.code_system, str) else "<none>"
+            unmapped[system] = unmapped.get(system, 0) + 1
             continue
         if (row.institution, row.patient_key) not in known:
             quarantine.append(
@@ -378,27 +395,72 @@ def clean_conditions(conditions: pd.DataFrame, patients: pd.DataFrame, asset: st
             quarantine.append(_quarantine(row, asset, "unparseable_date", "onset/recordedDate is not ISO 8601"))
             continue
         keep.append(index)
-        icd.append(code)
-        onset_dates.append(parsed[0].isoformat() if parsed else None)
-    out = deduped.iloc[keep].copy()
-    out["icd10"] = icd
-    out["icd10_category"] = out["icd10"].str[:3]
-    out["onset_date"] = onset_dates
+        added["icd10"].append(mapped.icd10)
+        added["icd10_category"].append(str(mapped.icd10)[:3])
+        added["icd10_mapping"].append(mapped.via)
+        added["onset_date"].append(parsed[0].isoformat() if parsed else None)
+        mapped_via[str(mapped.via)] = mapped_via.get(str(mapped.via), 0) + 1
+    out = deduped.iloc[keep].copy().reset_index(drop=True)
+    for name in CONDITION_COLUMNS_ADDED:
+        out[name] = pd.Series(added[name], index=out.index, dtype="object")
     recon = Reconciliation(
-        len(conditions), len(out), len(quarantine), {"duplicate_record": duplicates, "superseded_version": superseded}
+        len(conditions), len(out), len(quarantine),
+        {"duplicate_record": duplicates, "superseded_version": superseded, "unmapped_code": sum(unmapped.values())},
     ).check()
-    return CleaningResult(out.reset_index(drop=True), quarantine, recon)
+    details = {"code_crosswalk": crosswalk.version, "mapped_via": mapped_via, "unmapped_by_code_system": unmapped}
+    return CleaningResult(out, quarantine, recon, details)
 
 
 # --- consents -----------------------------------------------------------------
+def _erasure_target(row: Any, patients: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(patient key, None) for an erasure request by identifier, or (None, quarantine reason code)."""
+    value = getattr(row, "erasure_identifier_value", None)
+    system = getattr(row, "erasure_identifier_system", None)
+    if not isinstance(value, str) or not value:
+        return None, "unknown_patient"
+    same_site = patients[patients["institution"] == row.institution] if len(patients) else patients
+    columns = ["resident_id"] if system == codes.PRC_RESIDENT_ID else ["mrn", "resident_id"]
+    matched: set[str] = set()
+    for column in columns:
+        if column in same_site.columns:
+            matched.update(str(k) for k in same_site.loc[same_site[column] == value, "resource_key"])
+    if not matched:
+        return None, "unknown_patient"
+    if len(matched) > 1:
+        return None, "ambiguous_erasure_target"
+    return matched.pop(), None
+
+
 def clean_consents(consents: pd.DataFrame, patients: pd.DataFrame, asset: str, rules: CleaningRules) -> CleaningResult:
+    """Consent records deduplicated, linked to cleaned patients and dated (UTC).
+
+    Erasure requests (``provision_type == erasure_request``, from a FHIR
+    ``DELETE Patient``) are consent rows too: a conditional one
+    (``Patient?identifier=...``) is resolved here to the one cleaned patient of
+    its institution holding that MRN or resident ID (none: ``unknown_patient``;
+    several: ``ambiguous_erasure_target``, quarantined for a person to act on,
+    as FHIR answers 412 to an ambiguous conditional delete). An erasure never
+    waits on a date: a missing or unreadable one leaves ``decided_at`` empty.
+    """
     deduped, duplicates, superseded = _dedupe(consents)
-    known = set(zip(patients["institution"], patients["resource_key"], strict=True))
+    known = set(zip(patients["institution"], patients["resource_key"], strict=True)) if len(patients) else set()
     quarantine: list[QuarantineRecord] = []
     keep: list[int] = []
     decided: list[str | None] = []
+    patient_keys: list[Any] = []
+    erasures = 0
     for index, row in enumerate(deduped.itertuples(index=False)):
-        if (row.institution, row.patient_key) not in known:
+        erasure = getattr(row, "provision_type", None) == codes.ERASURE_REQUEST
+        patient_key = row.patient_key
+        if erasure and not (isinstance(patient_key, str) and patient_key):
+            patient_key, problem = _erasure_target(row, patients)
+            if problem is not None:
+                reason = ("erasure request (conditional DELETE) matches several patients of this institution"
+                          if problem == "ambiguous_erasure_target"
+                          else "erasure request matches no cleaned patient of this institution")
+                quarantine.append(_quarantine(row, asset, problem, reason))
+                continue
+        if (row.institution, patient_key) not in known:
             quarantine.append(
                 _quarantine(row, asset, "unknown_patient", "patient is not a cleaned patient of this institution")
             )
@@ -406,13 +468,18 @@ def clean_consents(consents: pd.DataFrame, patients: pd.DataFrame, asset: str, r
         try:
             parsed = parse_fhir_datetime(row.date_time, rules.timezone_for(row.institution))
         except UnparseableDate:
-            quarantine.append(_quarantine(row, asset, "unparseable_date", "Consent.dateTime is not ISO 8601"))
-            continue
+            if not erasure:
+                quarantine.append(_quarantine(row, asset, "unparseable_date", "Consent.dateTime is not ISO 8601"))
+                continue
+            parsed = None
         keep.append(index)
+        patient_keys.append(patient_key)
+        erasures += int(erasure)
         decided.append((parsed[1] or dt.datetime.combine(parsed[0], dt.time(), tzinfo=dt.UTC)).isoformat() if parsed else None)
-    out = deduped.iloc[keep].copy()
-    out["decided_at"] = decided
+    out = deduped.iloc[keep].copy().reset_index(drop=True)
+    out["patient_key"] = pd.Series(patient_keys, index=out.index, dtype="object")
+    out["decided_at"] = pd.Series(decided, index=out.index, dtype="object")
     recon = Reconciliation(
         len(consents), len(out), len(quarantine), {"duplicate_record": duplicates, "superseded_version": superseded}
     ).check()
-    return CleaningResult(out.reset_index(drop=True), quarantine, recon)
+    return CleaningResult(out, quarantine, recon, {"erasure_requests": erasures})

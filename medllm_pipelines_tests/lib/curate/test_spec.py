@@ -53,3 +53,18 @@ def test_unknown_split_strategy_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(spec_module, "SPECS_DIR", tmp_path)
     with pytest.raises(ValueError, match="strategy"):
         load_spec("bad_strategy_spec")
+
+
+@pytest.mark.parametrize("rows", [0, 7, 49, 50, 1000])
+def test_data_needs_name_the_spec_and_both_counts(rows: int) -> None:
+    from medllm_pipelines.lib.curate.spec import load_spec
+
+    spec = load_spec("t2d_risk")
+    needs = spec.needs_met_by(rows)
+    assert needs.met == (rows >= spec.min_rows)
+    meta = needs.as_metadata()
+    assert meta["data_needs_met"] is needs.met and meta["rows_available"] == rows
+    if not needs.met:
+        assert meta["reason"] == f"spec t2d_risk needs {spec.min_rows} rows, has {rows}"
+    else:
+        assert "reason" not in meta
