@@ -152,7 +152,8 @@ def whitelist_names(text: str, spans: Iterable[Span]) -> list[Span]:
             continue
         value = text[span.start:span.end]
         words = list(_WORD.finditer(value))
-        if "/" in value or ":" in value:  # signature initials (JS/mk, XGT:holmes): no prose words
+        if "/" in value or ":" in value or any(ch.isdigit() for ch in value):
+            # signature initials (JS/mk, XGT:holmes) and dictation codes (FB59): no prose words
             out.append(span)
             continue
         if not words or any("\u3400" <= ch <= "\u9fff" for ch in value):

@@ -23,6 +23,7 @@ from medllm_pipelines.lib.deidentify.text.spans import (
     DATE,
     ID_NUMBER,
     LOCATION,
+    MRN,
     NAME,
     ORGANIZATION,
     PHONE,
@@ -30,6 +31,20 @@ from medllm_pipelines.lib.deidentify.text.spans import (
 )
 
 _HAN = "\u4e00-\u9fff\u3400-\u4dbf"
+# street suffixes that after a name are more often something else (Smith Center, Jones Station)
+_NOT_STREET_SUFFIXES = frozenset("""Center Centers Club Station Mission Well Wells Rest Course Light Lights Common Commons
+Run Walk Key Keys Spring Fall Falls Land Branch Bottom Point Estate Estates Camp Green Greens Field Fields Union Unions Mount
+Forest Garden Gardens Village Villages Haven Manor Manors View Views Crossing Landing Lodge""".split())
+# words after "born in", "lives in" that are no place
+_NOT_PLACES = frozenset("""home house bed chair floor room unit clinic hospital hospice rehab care nursing baseline
+pain good fair poor stable distress apartment shelter jail prison town city country state area village family order
+addition general particular time place bed front back there here school college work group march april june july august
+""".split())
+# listed as names somewhere (He is a Chinese surname) but never one before "said" or in a list of names
+_FUNCTION_WORDS = frozenset("""he she they it we you who this that there here then which what one someone everyone nobody
+anyone all both each either neither none nothing something anything everything his her their our your its mom dad
+will may can could would should might must shall did does do had has have was were are is also only just still now so
+well yet but and or nor not no yes him me us them hers""".split())
 _MONTH_FULL = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
                "November", "December")
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sept?(?:ember)?|"
@@ -145,15 +160,37 @@ class ProseRecogniser:
         self._title_scan = re.compile(rf"(?<![A-Za-z]){title}")
         self._cue_scan = re.compile(rf"(?<![a-z]){cue}")  # on the lower-cased text
         self._given = frozenset(w.lower() for w in str(raw.get("en_given_names", "")).split())
-        self._after_cue = re.compile(r"^(?:,?\s*(?:M\.?D\.?|MD|RN|D\.?O\.?|NP|PA-C|PA|PhD|FACP|MBBS)\b|\s+\((?:MRN|DOB|PCP|"
-                                     r"attending|resident)\b|,\s+(?:MD|RN|NP|PA)\b)")
+        # (no "^": Pattern.match(text, pos) anchors at pos, "^" would only match at the text's start)
+        self._after_cue = re.compile(r"(?:,?[ \t]*(?:M\.D\.|MD|RN|D\.O\.|NP|PA-C|PhD|FACP|MBBS)(?![\w])|\s+\((?:MRN|DOB|PCP|"
+                                     r"attending|resident)\b|,\s+(?:MD|RN|NP|PA|DO)\b"
+                                     r"|\s+is\s+an?\s+\d{1,3}[\s\-]*(?:yo\b|y/o|y\.o\.|years?\b|-year|yr\b|month))")
         self._token = re.compile(r"[^\W\d_\u3400-\u9fff]+(?:['’\-][^\W\d_\u3400-\u9fff]+)*")
         self._lower_cue_scan = re.compile(
             rf"(?<![a-z])(?:(?:seen|signed|dictated|reviewed|examined|evaluated|cosigned|transcribed|"
             rf"discussed with|spoke with|spoke to|d/w)\s+(?:by\s+)?(?:dr\.?\s+)?|"
             rf"(?:{_alternation({c.lower() for c in raw.get('en_relative_cues', [])})})[:\s,]+|"
             rf"(?:{_alternation({t.lower() for t in raw['en_titles']})})\.?\s+)")  # on the lower-cased text
-        self._signature = re.compile(r"(?m)(?:^|(?<=\s))([A-Z]{2,4})\s?[/:]\s?([a-z]{2,12}|[A-Z]{2,4})(?=\s|$|[,.;])")
+        self._signature = re.compile(r"(?m)(?:^|(?<=\s))([A-Z]{2,4})(?:\s?/\s?([a-z]{2,12}|[A-Z]{2,4})|:([a-z]{2,12}))"
+                                     r"(?:/[a-z]{2,12}){0,3}(?=\s|$|[,.;])")  # JS/mk, XGT:holmes; not "CV: NSR"
+        self._place_or_org_after = re.compile(r"\s+(?:Hospital|Clinic|Center|Centre|Medical|Health|Inc|LLC|Ltd|Corp|"
+                                              r"University|College|School|Street|St\b|Road|Rd\b|Avenue|Ave\b|County|City|"
+                                              r"Park|Lake|Beach|Valley|Heights|Springs)")
+        suffixes = [w for w in str(raw.get("en_street_suffixes", "")).split() if (len(w) >= 4 or w in ("Ave", "Rd", "Blvd", "Ln", "Way"))
+                    and w not in _NOT_STREET_SUFFIXES]
+        self._street_after = re.compile(rf"[ \t]+(?:{_alternation(suffixes)})(?![\w\-])\.?") if suffixes else re.compile(r"(?!)")
+        self._lower_middle = re.compile(r" [a-z]\.? (?=[a-z])")
+        # a name told by what follows it: a verb of speech or living ("Graves said", "Kowalski lives in")
+        self._name_verb = re.compile(r"(?:['’]s)?\s+(?:says|said|states|stated|reports|reported|denies|denied|shouted|asked|told|"
+                                     r"explained|lives|lived|began|agrees|agreed|wants|wanted|feels|felt|spent|complains|"
+                                     r"had given|has given|is very|was seen|was called|called back)\b")
+        # a name before a possessive relative ("Smith's wife", "roberto's daughter")
+        relatives = _alternation(w for w in raw.get("en_relative_cues", []) if w.isalpha() and w.islower() and len(w) > 2
+                                 and w not in ("named", "per", "called", "friend", "partner"))
+        self._possessive = re.compile(rf"(?<![\w'’])([^\W\d_][^\W\d_\-]+)['’]s\s+(?:{relatives})\b")
+        # a doctor's dictation code after the degree ("FILBERT BRIGHT, M.D.    FB59")
+        self._dictation_code = re.compile(r"(?:M\.D\.|\bMD|D\.O\.|\bRN|\bNP|PA-C)[ \t]+([A-Z]{2,3}\d{1,3})(?![\w])")
+        # a list of names ("Smith, Jones and Brown"): joined by a comma or "and"
+        self._list_gap = re.compile(r",\s?|,?\s+(?:and|&)\s+")
         self._username = re.compile(r"(?i:user(?:name)?|login|userid|user id)\s*[:=]\s*([A-Za-z][\w.\-]{2,30})")
         # dates
         self._numeric_date = re.compile(r"(?<![\d/.\-])(?<!\d:)(\d{1,2})([/\-.])(\d{1,2})\2(\d{4}|\d{2})(?![\d/\-]|\.\d)")
@@ -198,7 +235,7 @@ class ProseRecogniser:
             rf"(?:\s+(?:of|at)\s+[A-Z][A-Za-z.\-]+(?:\s+[A-Z][A-Za-z.\-]+){{0,2}})?"
             rf"|(?:{hospital})\s+of\s+[A-Z][A-Za-z.\-]+(?:\s+[A-Z][A-Za-z.\-]+){{0,2}})")
         self._hospital_caps = re.compile(rf"((?:[A-Z]{{2,}}\s+){{1,4}}(?:{hospital.upper()}|ED|EMERGENCY DEPT)(?![A-Za-z]))")
-        self._saint = re.compile(r"(?<![A-Za-z])((?:St\.?|Saint)\s+[A-Z][a-z]+(?:['’]s)?(?:\s+[A-Z][a-z]+)?)")
+        self._saint = re.compile(r"(?<![A-Za-z])((?:St\.?|Saint)[ \t]+[A-Z][a-z]+(?:['’]s)?(?:[ \t]+[A-Z][a-z]+)?)")
         self._ward = re.compile(r"(?<![A-Za-z])((?:Ward|Room|Rm\.?|Unit|Floor|Bldg\.?|Building|Pod|Bay)\s+#?\d{1,4}[A-Z]?)(?![\w])")
         self._org = re.compile(
             rf"((?:[A-Z][A-Za-z&'’.\-]*\s+){{1,4}}(?:{raw.get('en_org_words', 'Inc')})(?![A-Za-z])"
@@ -206,6 +243,11 @@ class ProseRecogniser:
         self._org_cue = re.compile(rf"(?:{_alternation(raw.get('org_cues', []))})\s+((?:the\s+)?[A-Z][\w&'’.\-]*(?:\s+[A-Z][\w&'’.\-]*){{0,4}})")
         self._loc_cue = re.compile(rf"(?<![A-Za-z])(?:{_alternation(raw.get('location_cues', []))})\s+"
                                    r"((?:the\s+)?[A-Z][\w'’\-]*[a-z][\w'’\-]*(?:\s+[A-Z][\w'’\-]*[a-z][\w'’\-]*){0,2})")
+        strong = _alternation(raw.get("location_strong_cues", []))
+        place_word = rf"{_UPPER_ANY}[^\W\d_]*(?:['’\-]{_UPPER_ANY}?[^\W\d_]+)*"
+        self._loc_strong = re.compile(rf"(?<![^\W\d_])(?i:{strong})[ \t]+(?:the[ \t]+)?({place_word}(?:[ \t]+{place_word}){{0,2}}"
+                                      rf"|[a-z]+(?:[ \t][a-z]+)?)") if strong else None
+        self._loc_strong_gate = re.compile(r"(?i:\bin\b|from|to\b|\bof\b)")
         self._city_state = re.compile(r"(?<![A-Za-z])([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?),\s+([A-Z]{2})(?=\s+\d{5}|\W*$|[\s.,;)])")
         self._zh_hospital_anchor = re.compile(_alternation(raw.get("zh_hospital_suffixes", ["医院"])))
         self._zh_org_anchor = re.compile(_alternation(raw.get("zh_org_suffixes", ["公司"])))
@@ -222,10 +264,10 @@ class ProseRecogniser:
         letter = r"[^\W\d_]"
         self._street_intl = re.compile(
             rf"(?<![\w])((?:\d{{1,6}}\s+){{0,2}}(?:{street_start}\s+(?:{letter}[\w'’.\-]*\s+){{0,4}}\d{{1,5}}[A-Za-z]?"
-            rf"|(?:{letter}[\w'’.\-]*\s+){{0,2}}{letter}[\w'’\-]*(?i:{street_end})\.?\s+\d{{1,5}}[A-Za-z]?"
+            rf"|(?:{_UPPER_ANY}[\w'’.\-]*\s+){{0,2}}{letter}[\w'’\-]*(?i:{street_end})\.?\s+\d{{1,5}}[A-Za-z]?"
             rf"|{letter}[\w'’\-]*\s+(?:u\.|utca|út|tér|krt\.)\s+\d{{1,5}}\.?"
             rf"|(?:{letter}[\w'’.\-]*\s+){{1,3}}(?i:strasse|straße|gasse|weg|vej|gade|laan|straat|allee|street|road|avenue|lane)\s+\d{{1,5}}"
-            rf"|\d{{3,6}}\s+(?:{letter}[\w'’.\-]*\s+){{1,3}}\d{{1,5}}[A-Za-z]?))(?![\w])")
+            rf"|\d{{3,6}}[ \t]+(?:{letter}[\w'’.\-]*[ \t]+){{1,3}}\d{{1,5}}[A-Za-z]?))(?![\w])")
         self._zip_cue = re.compile(r"(?i:\b(?:zip|zip code|postcode|post code|postal code|PLZ))[\s:#]*(\d{3,5}(?:[ \-]\d{2,4})?)(?!\d)")
         self._street_gate = re.compile(rf"\d{{3,6}}\s+(?:{_UPPER_ANY}|[^\W\d_]+\s+\d)|(?i:{street_end}|street|road|avenue|lane|rue|via|calle|rua|"
                                        rf"ul\.|u\.|utca|út|tér|av\.|strada|viale|piazza|largo|carrer|λεωφόρος)\s+\d")
@@ -234,6 +276,9 @@ class ProseRecogniser:
             r"(?:(?:[ \t]*,[ \t]*|[ \t]*\n(?:[ \t]*\n)?[ \t]*(?:,[ \t]*)?|[ \t]+)"
             r"(?:(?:Apt\.?|Suite|Unit|Ste\.?|Box|Flat|Floor|#)\s*[\w\-]+|\d{4,6}(?:-\d{4})?|[A-Z]{2,3}(?![\w])|\([^()\n]{1,20}\)"
             r"|[^\W\d_][\w'’.\-]*(?:[ \t]+[^\W\d_][\w'’.\-]*){0,3}))")
+        self._unit_piece = re.compile(r"(?:Apt|Suite|Unit|Ste|Box|Flat|Floor|Fl|Rm|Room|#|P\.?O\.?|St|Rd|Ave|Blvd|Dr|Street|Road|"
+                                      r"Avenue)\b", re.IGNORECASE)
+        self._trailing_postcode = re.compile(r"[ \t]*(\d{3,6}(?:[ \-]\d{2,4})?|[A-Z]\d[A-Z] ?\d[A-Z]\d)$")
         # phone numbers in other countries' layouts
         self._phone_intl = re.compile(r"(?<![\w+])(\+\d{1,3}[ \-.]?(?:\(0\)[ ]?)?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){1,5})(?![\w])")
         self._phone_groups = re.compile(r"(?<![\w.+/:])((?:\(\d{2,5}\)[ ]?|\d{2,5}[ \-.])\d{2,5}(?:[ \-.]\d{2,5}){0,3})(?![\w]|[.,]\d)")
@@ -256,6 +301,10 @@ class ProseRecogniser:
         self._iban_gate = re.compile(r"[A-Z]{2}\d{2} ?[A-Z0-9]{4}")
         self._card = re.compile(r"(?<![\d\-])(\d{4}[\- ]?\d{4}[\- ]?\d{4}[\- ]?\d{1,7}|\d{13,19})(?![\d])")
         self._iban = re.compile(r"(?<![A-Z0-9])([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)(?![A-Za-z0-9])")
+        # a record number standing alone in a header column: line start, a wide gap or a "|" on both sides
+        # ("OROZCO,KYLE   560-40-78-5        VISIT DATE", "123456789 | SH | 12345678 | | 1234567 | 01/02/2003")
+        self._record_column = re.compile(r"(?m)(?:^|(?<=[ \t]{2})|(?<=\t)|(?<=\|)[ \t]*)[ \t]*"
+                                         r"([A-Z]{0,3}\d[\dA-Z]*(?:[\-/][\dA-Z]+){0,4})(?=[ \t]*$|[ \t]{2,}|[ \t]*\|)")
         self._taiwan_id = re.compile(r"(?<![A-Za-z0-9])([A-Z][12]\d{8})(?![A-Za-z0-9])")
 
     @property
@@ -273,6 +322,8 @@ class ProseRecogniser:
             self._find_word_dates(text, spans)
         if has_upper or _LOWER_LATIN.search(text):
             self._find_en_names(text, spans)
+        if self._loc_strong is not None and self._loc_strong_gate.search(text):
+            self._find_cued_places(text, spans)
         if has_upper:
             self._find_places(text, spans)
             if has_digit:
@@ -294,12 +345,14 @@ class ProseRecogniser:
         # (single letters are initials inside a name, Mary A. Smith, not tokens of their own)
         given = self._given
         tokens = [t for t in self._token.finditer(text) if t.end() - t.start() > 1 and (
-            t.group()[0].isupper() or t.start() in lower_ends or t.group() in given)]
+            t.group()[0].isupper() or t.start() in lower_ends or t.group() in given
+            or (t.end() - t.start() >= 3 and lexicon.is_first(t.group())))]
         if not tokens:
             return
         n = len(tokens)
         words = [t.group().rstrip("'’").removesuffix("'s").removesuffix("’s") for t in tokens]
-        kinds = [lexicon.kind(w) if len(w) > 1 else NEVER for w in words]
+        kinds = [lexicon.kind(w) if len(w) > 1 and not w.startswith(("I'", "I’")) and not (
+            w[0].islower() and w in _FUNCTION_WORDS) else NEVER for w in words]
         caps = [w[:1].isupper() for w in words]
         upper = [w.isupper() and len(w) > 1 for w in words]
         mostly_upper = sum(upper) > 0.6 * n
@@ -314,8 +367,12 @@ class ProseRecogniser:
                 name[i] = True
             elif kinds[i] == LISTED and caps[i] and (not upper[i] or not mostly_upper or self._neighbour_listed(i, kinds, upper, tokens, text)):
                 name[i] = True
-            elif caps[i] and kinds[i] in (AMBIGUOUS, UNKNOWN, LISTED) and self._after_cue.match(text, tokens[i].end()):
+            elif (caps[i] and kinds[i] in (AMBIGUOUS, UNKNOWN, LISTED) and self._after_cue.match(text, tokens[i].end())
+                  and (kinds[i] != AMBIGUOUS or self._name_like(words[i]))):
                 name[i] = True
+            elif (caps[i] and not upper[i] and self._name_verb.match(text, tokens[i].end()) and (
+                    kinds[i] != AMBIGUOUS or (self._name_like(words[i]) and not self._sentence_start(text, tokens[i].start())))):
+                name[i] = True  # "Graves said", "Kowalski lives alone"
         # a run of two or three capitalised words none of which is an English or clinical word
         # (Krisztián Szöllösy, Stefanía K. Oddgeirsdóttir): a name unless a place/organisation word follows
         for i in range(n - 1):
@@ -337,10 +394,12 @@ class ProseRecogniser:
                 name[i] = True
         # lower-case names: a common given name then a surname-like word (follow up with patricia desrosiers)
         for i in range(n):
-            if not name[i] and not caps[i] and words[i] in given and kinds[i] == LISTED:
-                following = self._token.match(text, tokens[i].end() + 1)
+            if not name[i] and not caps[i] and kinds[i] == LISTED and (words[i] in given or lexicon.is_first(words[i])):
+                middle = self._lower_middle.match(text, tokens[i].end())
+                following = self._token.match(text, middle.end() if middle else tokens[i].end() + 1)
                 if (following and text[tokens[i].end()] == " " and following.group()[:1].islower()
-                        and len(following.group()) > 2 and lexicon.kind(following.group()) in (LISTED, UNKNOWN)):
+                        and len(following.group()) > 2 and lexicon.kind(following.group()) in (LISTED, UNKNOWN)
+                        and (len(words[i]) >= 4 or words[i] in given or lexicon.kind(following.group()) == LISTED)):
                     name[i] = True
                     spans.append(Span(tokens[i].start(), following.end(), NAME, 0.7))
         # grow: a capitalised non-word beside a name ("Teresa Kreutzmann", "Smith, John", "Mary A. Brown")
@@ -356,29 +415,107 @@ class ProseRecogniser:
                             break
             if not changed:
                 break
+        listed_apart = self._mark_name_lists(text, tokens, words, kinds, caps, upper, skip, name)
         # an ambiguous first name right before a capitalised surname (Mary Smith, Will Turner)
         for i in range(n - 1):
-            if (not name[i] and kinds[i] == AMBIGUOUS and caps[i] and not upper[i] and lexicon.is_first(words[i])
-                    and name[i + 1] and self._joined(text, tokens[i], tokens[i + 1])):
-                name[i] = True
+            if (not name[i] and kinds[i] == AMBIGUOUS and caps[i] and not upper[i] and self._name_like(words[i])
+                    and lexicon.is_first(words[i]) and self._joined(text, tokens[i], tokens[i + 1])
+                    and "," not in text[tokens[i].end():tokens[i + 1].start()]):
+                if name[i + 1]:
+                    name[i] = True
+                elif (caps[i + 1] and not upper[i + 1] and not skip[i + 1] and kinds[i + 1] in (LISTED, UNKNOWN)
+                      and not self._place_or_org_after.match(text, tokens[i + 1].end())):
+                    name[i] = name[i + 1] = True  # Albert Svenningsen, Katrina Mota
         i = 0
         while i < n:
             if not name[i]:
                 i += 1
                 continue
             j = i
-            while j + 1 < n and name[j + 1] and self._joined(text, tokens[j], tokens[j + 1]):
+            while j + 1 < n and name[j + 1] and self._joined(text, tokens[j], tokens[j + 1]) and not (
+                    j in listed_apart and j + 1 in listed_apart and "," in text[tokens[j].end():tokens[j + 1].start()]):
                 j += 1
             start, end = tokens[i].start(), tokens[j].start() + len(words[j])
             score = 0.9 if any(cued[k] for k in range(i, j + 1)) else 0.8
+            street = self._street_after.match(text, end) if score < 0.9 else None
+            street_end = street.end() if street is not None else None
+            if street is not None and street.group().endswith(".") and len(street.group().strip()) > 4:
+                street_end -= 1  # "Bridge Road." ends a sentence; "Ave." is an abbreviation
+            number = re.search(r"(?<![\w.,/\-])\d{1,6}[ \t]+$", text[max(0, start - 8):start])
+            if street is None and score < 0.9 and j > i and self._street_after.fullmatch(" " + words[j]):
+                # the suffix was taken as part of the name (Mall, Parks are surnames too): a street only with
+                # a house number before it or a street abbreviation after it (12 Isaac Parks, Martinez Mall St.)
+                abbreviation = re.match(r"[ \t]+(?:St|Rd|Ave|Blvd)\b\.?", text[end:end + 8])
+                if number or abbreviation:
+                    street_end = end + (abbreviation.end() if abbreviation else 0)
+            if street_end is not None:  # a street named after a person: Martinez Mall, Eriksson Bridge, 12 Isaac Lodge
+                spans.append(Span(start - (len(number.group()) if number else 0), street_end, ADDRESS, 0.85))
+                i = j + 1
+                continue
             spans.append(Span(start, end, NAME, score))
             i = j + 1
         for match in self._signature.finditer(text):
-            if match.group(1).lower() in lexicon.forced or self.lexicon.kind(match.group(2)) == NEVER and len(match.group(2)) > 4:
+            second = match.group(2) or match.group(3)
+            if match.group(1).lower() in lexicon.forced or self.lexicon.kind(second) == NEVER and len(second) > 4:
                 continue
-            spans.append(Span(match.start(1), match.end(2), NAME, 0.8))
+            spans.append(Span(match.start(1), match.end(), NAME, 0.8))
         for match in self._username.finditer(text):
             spans.append(Span(match.start(1), match.end(1), NAME, 0.85))
+        if "'" in text or "’" in text:
+            for match in self._possessive.finditer(text):
+                if len(match.group(1)) > 2 and lexicon.kind(match.group(1)) != NEVER:
+                    spans.append(Span(match.start(1), match.end(1), NAME, 0.8))
+        for match in self._dictation_code.finditer(text):
+            spans.append(Span(match.start(1), match.end(1), NAME, 0.8))
+
+    @staticmethod
+    def _sentence_start(text: str, at: int) -> bool:
+        """First word of a sentence or line, where a word is capitalised anyway ("Hope states she slept")."""
+        before = text[max(0, at - 4):at].rstrip(" \t\"'“(")
+        return not before or before[-1] in ".!?:;\n"
+
+    def _name_like(self, word: str) -> bool:
+        """A word that is also a name (Graves, White), not a pronoun or function word that a name list holds (He, Will)."""
+        return (len(word) > 2 and word.lower() not in _FUNCTION_WORDS
+                and (self.lexicon.is_first(word) or self.lexicon.is_last(word)))
+
+    def _mark_name_lists(self, text: str, tokens: list[re.Match[str]], words: list[str], kinds: list[int],
+                         caps: list[bool], upper: list[bool], skip: list[bool], name: list[bool]) -> set[int]:
+        """Capitalised words listed with a name ("seen by Smith, Graves and Reed"): names too.
+
+        A list counts when one member is already a name, is a listed name that is no
+        English word, or two members are names that are also words (Graves, Reed);
+        every member must be capitalised, not possessive (Parkinson's, Crohn's) and
+        either a name or a word of no vocabulary. Not when an organisation word
+        follows (Davis, Reynolds and Williamson Orchestra). Returns the members of lists of three or more, or
+        with an "and": one name each, not "Last, First".
+        """
+        n = len(tokens)
+        apart: set[int] = set()
+        i = 0
+        while i < n:
+            j = i
+            while (j + 1 < n and self._list_gap.fullmatch(text, tokens[j].end(), tokens[j + 1].start())
+                   and "\n" not in text[tokens[j].end():tokens[j + 1].start()]):
+                j += 1
+            if j > i:
+                members = range(i, j + 1)
+                usable = all(caps[k] and not skip[k] and kinds[k] != NEVER and words[k] == tokens[k].group() and (
+                    kinds[k] != AMBIGUOUS or self._name_like(words[k])) for k in members)
+                anchored = (any(name[k] for k in members) or any(kinds[k] == LISTED and not upper[k] for k in members)
+                            or sum(self._name_like(words[k]) for k in members) >= 2)
+                tail = text[tokens[j].end():tokens[j].end() + 40]
+                organisation = re.match(r"[\s,]+(?:(?:[A-Z][a-z]+\s+){0,2})(?:Orchestra|Band|Inc|LLC|Ltd|Corp|Group|"
+                                        r"Associates|Partners|Law|Hospital|Clinic|Center|Centre|Company|Co\b|PC|LLP)", tail)
+                if usable and anchored and not organisation:
+                    for k in members:
+                        if not upper[k] or name[k]:
+                            name[k] = True
+                    gaps = [text[tokens[k].end():tokens[k + 1].start()] for k in range(i, j)]
+                    if j - i >= 2 or any("," not in gap for gap in gaps):
+                        apart.update(members)
+            i = j + 1
+        return apart
 
     @staticmethod
     def _in_code(text: str, start: int, end: int) -> bool:
@@ -522,6 +659,9 @@ class ProseRecogniser:
                 continue
             spans.append(Span(start, end, LOCATION, 0.85))
         for match in self._state_abbr.finditer(text):
+            before = re.search(r"([^\W\d_]+)$", text[max(0, match.start() - 30):match.start()].rstrip(" ,"))
+            if before and lexicon.kind(before.group(1)) == NEVER and before.group(1) not in self._place_set:
+                continue  # "Soft, ND, NT": an examination finding, not a state after a town
             spans.append(Span(match.start(1), match.end(1), LOCATION, 0.8))
         for match in self._city_state.finditer(text):
             if match.group(2) in ("MD", "DO", "PA", "NP", "RN") and not re.match(r"\s+\d{5}", text[match.end(2):]):
@@ -554,13 +694,49 @@ class ProseRecogniser:
                 if value.startswith(lead):
                     start += len(lead)
             if len(match.group(1)[start - match.start(1):].split()) >= 2 or "of" in value:
-                spans.append(Span(start, match.end(1), ORGANIZATION, 0.8))
+                end = match.end(1) - (1 if value.endswith(".") and not value.endswith(("Inc.", "Co.", "Ltd.", "Corp.")) else 0)
+                spans.append(Span(start, end, ORGANIZATION, 0.8))
         for match in self._org_cue.finditer(text):
             value = match.group(1)
             start = match.start(1) + (4 if value.startswith("the ") else 0)
             words = text[start:match.end(1)].split()
             if words and lexicon.kind(words[0]) != NEVER:
                 spans.append(Span(start, match.end(1), ORGANIZATION, 0.75))
+
+    def _find_cued_places(self, text: str, spans: list[Span]) -> None:
+        """The place after "grew up in", "originally from", "moved here from", "flew to": any capitalised words
+        that are no clinical or English word (all capitals too: HELSINKI), or a listed place in lower case."""
+        lexicon = self.lexicon
+        for match in self._loc_strong.finditer(text):
+            value, start = match.group(1), match.start(1)
+            if value[:1].islower():
+                for count in (2, 1):
+                    words = value.split()[:count]
+                    if len(words) == count and " ".join(words).title() in self._place_set:
+                        spans.append(Span(start, start + len(" ".join(words)), LOCATION, 0.85))
+                        break
+                continue
+            direction = re.match(r"(?:Northern|Southern|Eastern|Western|Central|Rural|Upstate|Downstate)[ \t]+(?=\S)", value)
+            if direction and value not in self._place_set:
+                start += direction.end()  # "in Southern Tunisia": the place is Tunisia
+                value = value[direction.end():]
+            kept = 0
+            end = start
+            # "grew up in Helsinki": a word of the English list is a place here, but not after "returned to"
+            # or "moved to" (returned to Baseline, moved to Chair)
+            origin = not re.match(r"(?i)(?:returned|moved|i'm|i am|we're)", match.group())
+            for word in re.finditer(r"\S+", value):
+                bare = word.group().rstrip(".,;:!?")
+                listed = bare in self._place_set or bare.title() in self._place_set
+                if bare.isupper() and len(bare) <= 4 and not listed:
+                    break  # ICU, PACU, ED
+                if not listed and lexicon.kind(bare) == NEVER and not (
+                        origin and kept == 0 and len(bare) >= 4 and bare.lower() not in _NOT_PLACES):
+                    break
+                kept += 1
+                end = start + word.start() + len(bare)
+            if kept:
+                spans.append(Span(start, end, LOCATION, 0.85))
 
     def _places_in(self, text: str) -> list[tuple[int, int]]:
         """(start, end) of listed countries, states and cities: a set lookup per capitalised word."""
@@ -626,6 +802,7 @@ class ProseRecogniser:
                 anchors.append((match.start(1), match.end(1)))
         for start, end in anchors:
             cursor = end
+            pieces: list[tuple[int, int]] = []
             while True:
                 tail = self._address_tail.match(text, cursor)
                 if not tail:
@@ -640,9 +817,37 @@ class ProseRecogniser:
                 if piece in ("I", "Im") or piece.startswith(("I ", "I'")):
                     break
                 cursor = tail.end()
-            spans.append(Span(start, cursor, ADDRESS, 0.85 if cursor > end else 0.8))
+                piece_start = tail.start() + len(tail.group()) - len(tail.group().lstrip(" \t\n,"))
+                pieces.append((piece_start, piece_start + len(piece)))
+            self._address_pieces(text, start, end, pieces, spans)
         for match in self._zip_cue.finditer(text):
             spans.append(Span(match.start(1), match.end(1), ADDRESS, 0.85))
+
+    def _address_pieces(self, text: str, start: int, end: int, pieces: list[tuple[int, int]], spans: list[Span]) -> None:
+        """A street line and what follows it: flat, box and postcode stay ADDRESS; town, state and country are LOCATION.
+
+        i2b2 and presidio-research both label the city, state and country of an
+        address as places (CITY/STATE/COUNTRY, GPE), the street and postcode as
+        the address.
+        """
+        address_end = end
+        score = 0.85 if pieces else 0.8
+        for piece_start, piece_end in pieces:
+            piece = text[piece_start:piece_end]
+            if (self._unit_piece.match(piece) or not re.search(r"[^\W\d_]", piece)
+                    or re.match(r"(?:APO|FPO|DPO|AA|AE|AP)\b", piece)):  # military post: APO AE 09012
+                if piece_start <= address_end + 3 and "\n" not in text[address_end:piece_start]:
+                    address_end = piece_end
+                else:
+                    spans.append(Span(piece_start, piece_end, ADDRESS, score))
+                continue
+            code = self._trailing_postcode.search(piece)
+            place_end = piece_start + (code.start() if code else len(piece))
+            if place_end > piece_start:
+                spans.append(Span(piece_start, place_end, LOCATION, 0.85))
+            if code:
+                spans.append(Span(piece_start + code.start(1), piece_end, ADDRESS, score))
+        spans.append(Span(start, address_end, ADDRESS, score))
 
     # --- identifiers --------------------------------------------------------------------
     def _find_identifiers(self, text: str, spans: list[Span]) -> None:
@@ -675,6 +880,19 @@ class ProseRecogniser:
             for match in self._iban.finditer(text):
                 if _iban_ok(match.group(1)):
                     spans.append(Span(match.start(1), match.end(1), ID_NUMBER, 1.0))
+        for match in (self._record_column.finditer(text) if "\n" in text.strip() or "|" in text or "  " in text.strip()
+                      else ()):  # a note's layout, not a lone field value ("20002749" in a DICOM tag)
+            value = match.group(1)
+            line_start = text.rfind("\n", 0, match.start(1)) + 1
+            line_end = text.find("\n", match.end(1))
+            alone = not text[line_start:match.start(1)].strip() and not text[match.end(1):len(text) if line_end < 0 else line_end].strip()
+            if alone and text[:line_start].count("\n") > 12 and not re.search(r"_{5,}|-{5,}|={5,}", text[max(0, line_start - 200):line_start]):
+                continue  # a number on a line of its own: a record number near the top of a note or after a rule line
+            digits = sum(ch.isdigit() for ch in value)
+            if digits < (7 if value.isdigit() else 6) or digits > 16 or re.fullmatch(r"\d{3}-\d{3}-\d{4}|\d{3}-\d{4}|\d{4}-\d{4}|\d{1,4}[/\-]\d{1,2}[/\-]\d{2,4}"
+                                                          r"|\d{2,4}[/\-]\d{1,2}[/\-]\d{1,2}", value):
+                continue  # phone numbers, time ranges (0700-1900) and dates have their own rules
+            spans.append(Span(match.start(1), match.end(1), MRN, 0.8))
         for match in self._taiwan_id.finditer(text):
             if is_valid_taiwan_id(match.group(1)):
                 spans.append(Span(match.start(1), match.end(1), ID_NUMBER, 1.0))
