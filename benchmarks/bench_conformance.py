@@ -44,14 +44,16 @@ def _medllm(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
     return proc
 
 
-def measure(corpus: Path, base: Path) -> dict[str, Any]:
+def measure(corpus: Path, base: Path, folders: tuple[str, ...] | None) -> dict[str, Any]:
     home, landing = base / "home", base / "home" / "landing"
     sources_file = base / "sources.yaml"
     env = _env(home, sources_file)
     from medllm_pipelines.lib.ingest.corpus import stage_corpus
 
-    staged = stage_corpus(corpus, landing, sources_file=sources_file)
-    corpus_of = {landed: source for landed, source in staged.delivered.items()}
+    staged = stage_corpus(corpus, landing, sources_file=sources_file, folders=folders)
+    # by content: `medllm run` consumes the landing zone
+    by_hash = {hashlib.sha256((landing / landed).read_bytes()).hexdigest(): source
+               for landed, source in staged.delivered.items()}
     _medllm("services", "up", env=env)
     try:
         from medllm_pipelines.cli import record_demo_approval
@@ -66,9 +68,6 @@ def measure(corpus: Path, base: Path) -> dict[str, Any]:
         _medllm("services", "down", env=env, check=False)
     report = json.loads(reconcile.stdout) if reconcile.stdout.strip().startswith("{") else {}
     files = report.get("files", [])
-    by_hash: dict[str, str] = {}
-    for landed, source in corpus_of.items():
-        by_hash[hashlib.sha256((landing / landed).read_bytes()).hexdigest()] = source
     outcomes = []
     for entry in files:
         records_out = sum(a.get("out", 0) for a in entry.get("assets", []))
@@ -105,15 +104,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--out", default="conformance")
+    parser.add_argument("--folder", dest="folders", action="append",
+                        help="top-level sub-folders to deliver (default: fhir, hl7v2, dicom; text/ is the "
+                             "de-identification dev set, measured by bench_text_deid.py); 'all' for every one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_conformance_") as tmp:
-        result = measure(args.corpus.resolve(), Path(tmp))
+        folders = None if args.folders == ["all"] else tuple(args.folders or ("fhir", "hl7v2", "dicom"))
+        result = measure(args.corpus.resolve(), Path(tmp), folders)
     payload = {
         "benchmark": "conformance",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus_visible": os.cpu_count()},
         "corpus": str(args.corpus),
+        "folders": args.folders or ["fhir", "hl7v2", "dicom"],
         **result,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
