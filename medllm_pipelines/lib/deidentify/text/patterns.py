@@ -73,6 +73,10 @@ def is_valid_resident_id(value: str) -> bool:
     return resident_id_status(re.sub(r"[ \-]", "", value)) == "valid"
 
 
+# After-cues that also follow ordinary words (高血压患者, 安全家属区): the name before them needs given characters.
+_ZH_WEAK_AFTER = frozenset({"患者", "家属", "本人", "今年", "年龄"})
+
+
 @dataclass(frozen=True)
 class MrnPattern:
     institution: str
@@ -466,10 +470,13 @@ class PatternRecogniser:
                 if not surname or surname >= length:
                     continue
                 name = text[start:end]
-                if not all(self._is_han(ch) for ch in name):
+                if not all(self._is_han(ch) for ch in name) or name in self.config.zh_name_stopwords:
                     continue
                 boundary = start == 0 or not self._is_han(text[start - 1])
-                if boundary:
+                # after a weak cue (患者, 家属, 今年, 的儿子...) a disease or a word also precedes it
+                # (高血压患者): there the given name must look like one
+                weak = cue.group() in _ZH_WEAK_AFTER or cue.group().startswith("的")
+                if boundary and (not weak or all(ch in given for ch in name[surname:])):
                     spans.append(Span(start, end, NAME, 0.85))
                     break
                 if all(ch in given for ch in name[surname:]):
