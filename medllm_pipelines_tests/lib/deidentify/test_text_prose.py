@@ -261,6 +261,70 @@ def test_strong_place_cues_stop_at_clinical_words(detector: Detector, text: str)
     assert labelled(detector, text, "LOCATION") == [], found(detector, text)
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        # flats, suites and apartments, on their own line or after a street
+        ("Address: 450 Oak Pkwy Suite 300", "450 Oak Pkwy Suite 300"),
+        ("Home: 88 Harbor Ter, Apt 5B", "88 Harbor Ter, Apt 5B"),
+        ("Address: Suite 300\nBoston, MA 02114", "Suite 300"),
+        ("Forward mail to Apartment 4C", "Apartment 4C"),
+        ("> 77 Ringvej 144\n> Apt. 902\n> Qaqortoq\n> Denmark 96817", "96817"),  # a quoted e-mail's address block
+        # post office boxes and rural routes
+        ("Mailing address: PO Box 1234, Springfield, IL 62704", "PO Box 1234"),
+        ("Send the forms to P.O. Box 77.", "P.O. Box 77"),
+        ("He lives on Rural Route 2, Box 14.", "Rural Route 2, Box 14"),
+        ("Postbox 53\nNarsarsuaq", "Postbox 53"),
+        # USPS street types, house numbers with letters, fractions and ranges
+        ("Resides at 45 Lakeview Cir.", "45 Lakeview Cir."),
+        ("Pt lives at 12A Main St with his wife.", "12A Main St"),
+        ("Lives at 12 1/2 Elm Street.", "12 1/2 Elm Street."),
+        ("Lives at 12-14 Oak Avenue", "12-14 Oak Avenue"),
+        ("Moved into 9 Cedar Xing last spring.", "9 Cedar Xing"),
+        ("Her son drove in from 300 Route Tpke.", "300 Route Tpke."),
+        ("The restaurant is at 17151 2450 Crown St", "17151 2450 Crown St"),  # a building number before the street
+        # other countries
+        ("221B Baker Street, London NW1 6XE", "221B Baker Street"),
+        ("221B Baker Street, London NW1 6XE", "NW1 6XE"),
+        ("Her postcode is SW1A 1AA.", "SW1A 1AA"),
+        ("Postal code: K1A 0B1", "K1A 0B1"),
+        ("Lives at 7 Willow Close, Leeds LS6 2AB.", "7 Willow Close"),
+        ("He lives at Hauptstraße 5 in Berlin.", "Hauptstraße 5"),
+        ("She moved to 12 rue de la Paix last year.", "12 rue de la Paix"),
+        ("Lives on Calle Mayor 14 with her daughter.", "Calle Mayor 14"),
+        ("Ciset lives on Rua Mina 50 now.", "Rua Mina 50"),
+        ("sent to Hanne and ul. Miła 53", "ul. Miła 53"),
+        ("Please mail it to Kuusiku 7 before Friday.", "Kuusiku 7"),
+        ("my zip code is 35350", "35350"),
+        ("Zip code is 02114-1234.", "02114-1234"),
+        ("ul. Słowicza 10\nWrocław\nPoland 53-320", "53-320"),
+        # intersections: each street its own span
+        ("The patient lives at the corner of Main Street and Elm.", "Main Street"),
+        ("Found at the junction of Oak Road and Pine Street after the fall.", "Pine Street"),
+        ("Meet me at the corner of Bygget 64 and Komel Club", "Bygget 64"),
+    ],
+)
+def test_street_addresses_in_many_forms(detector: Detector, text: str, value: str) -> None:
+    # covered by an address span (a cue's neighbour or the town may ride along: "Hanne and ul. Miła 53")
+    assert any(value in masked for masked in labelled(detector, text, "ADDRESS")), found(detector, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Pt walked 12 laps around the unit with PT.", "Flat T waves in V4-V6; heparin 5000 units.",
+     "RR 18, HR 72, BP 120/80, sat 98% on RA.", "BP is at 120 Systolic now", "Pain is at 7 Today",
+     "Given via NG tube 3 times daily.", "H1N1 vaccine given; HC 34 cm; L4 5S1 disc bulge.",
+     "Lives at home with wife; dropped off at ED 3 days ago.", "Moved to Room 12 overnight.",
+     "Returned to Step 2 of the protocol.", "Follow up in 2 weeks at the same suite."],
+)
+def test_address_rules_leave_clinical_numbers_alone(detector: Detector, text: str) -> None:
+    assert labelled(detector, text, "ADDRESS") == [], found(detector, text)
+
+
+def test_a_street_word_after_a_first_name_is_a_surname(detector: Detector) -> None:
+    assert labelled(detector, "Glenn Close was seen in clinic.", "ADDRESS") == []
+
+
 def test_a_person_whose_surname_is_a_street_word_stays_a_name(detector: Detector) -> None:
     assert labelled(detector, "John Parks was seen in clinic.", "NAME") == ["John Parks"]
 
@@ -327,8 +391,8 @@ def test_chinese_relative_dates(detector: Detector, text: str, value: str) -> No
 # --- text written by others ----------------------------------------------------------------
 # Floors at what the detector reaches (patterns only, no tagger) on presidio-research's
 # synthetic dataset (1,500 English sentences, not ours): regression guards, not targets.
-DEV_RECALL_FLOORS = {"NAME": 0.89, "PHONE": 0.95, "EMAIL": 0.99, "DATE": 0.97, "ADDRESS": 0.69, "ID_NUMBER": 0.78,
-                     "LOCATION": 0.72}
+DEV_RECALL_FLOORS = {"NAME": 0.89, "PHONE": 0.95, "EMAIL": 0.99, "DATE": 0.97, "ADDRESS": 0.92, "ID_NUMBER": 0.78,
+                     "LOCATION": 0.76}
 DEV_MAX_OVER_MASKING = 0.01
 
 

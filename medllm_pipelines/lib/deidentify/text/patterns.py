@@ -260,7 +260,7 @@ class PatternRecogniser:
             r"(\d{1,6}(?: [A-Z][A-Za-z'.\-]*){1,5}(?:,? (?:Apt\.?|Suite|Unit|Ste\.?|#) ?[\w\-]+)?"
             r", [A-Z][A-Za-z.'\-]*(?: [A-Z][A-Za-z.'\-]*){0,3}, [A-Z]{2} \d{5}(?:-\d{4})?)(?!\d)")
         self._en_address_street = re.compile(
-            rf"(\d{{1,6}} (?:[A-Z][A-Za-z'\-]+ ){{1,3}}(?:{_alternation(c.en_street_suffixes)})\.?"
+            rf"(\d{{1,6}}(?:[A-Z](?![\w])|-\d{{1,6}})?(?: 1/2| ½)? (?:[A-Z][A-Za-z'\-]+ ){{1,3}}(?:{_alternation(c.en_street_suffixes)})\.?"
             r"(?: (?:Apt\.?|Suite|Unit|Ste\.?|#) ?[\w\-]+)?)(?![\w])")
 
     # --- compilation helpers --------------------------------------------------------
