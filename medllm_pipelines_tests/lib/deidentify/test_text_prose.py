@@ -75,6 +75,78 @@ def test_clinical_words_are_never_names(detector: Detector, text: str) -> None:
     assert labelled(detector, text, "NAME") == []
 
 
+# names told by their place in the sentence (recognisers 2.4.0): invented names, varied phrasings
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        # a dialogue speaker: a name, a colon, then speech (a quotation or I/you/me)
+        ("Ella: What a wife.\nDestiny: Remember me? I was there.", ["Destiny"]),
+        ('Alexander: "Who are you?"\nOrsolya: "I am the night nurse."', ["Alexander", "Orsolya"]),
+        ('mika: "who are you?"\ntracy:"i\'m her daughter".', ["mika", "tracy"]),
+        # vocatives: the addressee between a comma and a ? or !, or first and asked something
+        ("Remember me, Mary? We met last spring.", ["Mary"]),
+        ("Don't go to town, Derrick!", ["Derrick"]),
+        ("Warrane, can I please speak to your manager?", ["Warrane"]),
+        ("Jolanda, could you bring the consent form", ["Jolanda"]),
+        ("Tamsin, please call the pharmacy back.", ["Tamsin"]),
+        # greetings and sign-offs
+        ("Hi Sarah,\nthe results are back.", ["Sarah"]),
+        ("Thanks, Jacob. Talk soon.", ["Jacob"]),
+        ("Kind regards,\nAmy Okonkwo", ["Amy Okonkwo"]),
+        ("Sincerely,\n\nSandra Vuković", ["Sandra Vuković"]),
+        # a name told by a phrase, in any case
+        ("name:    hyuuma t. maida\naddress: unit 4", ["hyuuma t. maida"]),
+        ("my name is borna jerković but everyone calls me b", ["borna jerković"]),
+        ("She named him Luís after his grandfather.", ["Luís"]),
+        ("sometimes people call me višeslav", ["višeslav"]),
+        # a creator before a work
+        ("Unlike the Dratchev novel, it is short.", ["Dratchev"]),
+        ("the codey m ross version recorded in 1990", ["codey m ross"]),
+        ("I prefer the Halldór Ó Árnþórsson recording.", ["Halldór Ó Árnþórsson"]),
+        # a list of given names in lower case
+        ("they had 6: silvana, adam, christopher, kristina, chad and caleb.", ["silvana", "adam", "caleb"]),
+        ("visitors today: brian, pamela, terrence & donna", ["brian", "pamela", "donna"]),
+        # a sentence-initial name told by a verb only people take
+        ("Jacob lives on a farm outside town.", ["Jacob"]),
+        ("selma is from stillwater. bártová began writing as a teenager.", ["selma", "bártová"]),
+        ("Walker began writing as a teenager.", ["Walker"]),
+        # the other person of a telling
+        ("I'm so jealous! said Carla to Sandra", ["Carla", "Sandra"]),
+        ("David had given Angel his address last week.", ["Angel"]),
+        ("The nurse handed Marisol her discharge papers.", ["Marisol"]),
+        # a name line above an organisation line or a blank line stays a name (no organisation across lines)
+        ("Katrina Mota\nKnowledge Agency\n55470 Ach Street", ["Katrina Mota"]),
+        ("Albert Svenningsen\n\nChildren's librarian", ["Albert Svenningsen"]),
+    ],
+)
+def test_names_told_by_the_sentence(detector: Detector, text: str, names: list[str]) -> None:
+    got = labelled(detector, text, "NAME")
+    for name in names:
+        assert name in got, found(detector, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # section headers are not speakers: no speech after the colon
+        "Pain: 5/10\nPlan: continue heparin\nNeuro: A&O x3\nMood: calm, cooperative",
+        "Skin: intact\nDiet: cardiac\nActivity: OOB to chair with walker",
+        # a header that is also a given name, over speech, outside a dialogue
+        "Neuro: A&O x3\nComfort: pt asked 'are you my nurse?'\nResp: LS clear",
+        # lists of drugs and symptoms are not lists of names
+        "Meds: heparin, lasix, metoprolol and aspirin. ROS: fever, chills, nausea, vomiting.",
+        # a vocative's slot holding a clinical word, a work noun after clinical words
+        "Is the pain sharp, Dull? Continue Lasix, please. Use the new version of the protocol.",
+        "Patient lives alone. Pt lives with wife. Hope is from church. Will began to improve. Wife lives nearby.",
+        "Best Practice Advisory reviewed. Good morning labs drawn.",
+        "Nurse gave Lasix 40 mg. Sent Coumadin dosing to pharmacy.",
+        "Reviewed the cxr series and the ekg version from the OSH.",
+    ],
+)
+def test_sentence_rules_keep_clinical_text_readable(detector: Detector, text: str) -> None:
+    assert labelled(detector, text, "NAME") == [], found(detector, text)
+
+
 def test_whitelist_filters_tagger_and_pattern_names() -> None:
     lexicon = name_lexicon()
     for word in ("HEPARIN", "CARDIAC", "WITH", "Lasix", "metoprolol", "COPD"):
@@ -391,7 +463,7 @@ def test_chinese_relative_dates(detector: Detector, text: str, value: str) -> No
 # --- text written by others ----------------------------------------------------------------
 # Floors at what the detector reaches (patterns only, no tagger) on presidio-research's
 # synthetic dataset (1,500 English sentences, not ours): regression guards, not targets.
-DEV_RECALL_FLOORS = {"NAME": 0.89, "PHONE": 0.95, "EMAIL": 0.99, "DATE": 0.97, "ADDRESS": 0.92, "ID_NUMBER": 0.78,
+DEV_RECALL_FLOORS = {"NAME": 0.96, "PHONE": 0.95, "EMAIL": 0.99, "DATE": 0.97, "ADDRESS": 0.92, "ID_NUMBER": 0.78,
                      "LOCATION": 0.76}
 DEV_MAX_OVER_MASKING = 0.01
 

@@ -45,7 +45,8 @@ addition general particular time place bed front back there here school college 
 _FUNCTION_WORDS = frozenset("""he she they it we you who this that there here then which what one someone everyone nobody
 anyone all both each either neither none nothing something anything everything his her their our your its mom dad
 will may can could would should might must shall did does do had has have was were are is also only just still now so
-well yet but and or nor not no yes him me us them hers""".split())
+well yet but and or nor not no yes him me us them hers
+gave gives states stated says said told asks asked went came took got""".split())  # verbs after a cue: "nurse gave"
 _MONTH_FULL = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
                "November", "December")
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sept?(?:ember)?|"
@@ -192,6 +193,38 @@ class ProseRecogniser:
         self._dictation_code = re.compile(r"(?:M\.D\.|\bMD|D\.O\.|\bRN|\bNP|PA-C)[ \t]+([A-Z]{2,3}\d{1,3})(?![\w])")
         # a list of names ("Smith, Jones and Brown"): joined by a comma or "and"
         self._list_gap = re.compile(r",\s?|,?\s+(?:and|&)\s+")
+        # kinds of name told by the sentence around it (2.4.0)
+        word = r"[^\W\d_][^\W\d_'’\-]*"
+        # a dialogue line's speech: a quotation or a first/second person pronoun ("Amy: Remember me?")
+        self._speech = re.compile(r"""[ \t]*(?:["“]|.*(?:\b(?:I|I'm|me|my|you|your|we)\b|[?!]))""")
+        # a vocative: "Remember me, Mary?", "Don't go to town, Mark!"; "Mary, can I speak to you"
+        self._vocative_after = re.compile(r"[ \t]*[?!]")
+        self._vocative_start = re.compile(r",[ \t]+(?:(?:can|could|would|will|may|shall)[ \t]+(?:I|you|we)\b|please\b|"
+                                          r"(?:do|did|are|have|were)[ \t]+you\b)")
+        # greetings and sign-offs: "Hi Sarah,", "Thanks, John.", "Regards,\nX Y"
+        self._greeting = re.compile(rf"(?:(?<![^\W\d_])(?:Hi|Hello|Hey|Dear|Thanks|Thank you|Cheers|Regards|Best|Sincerely|"
+                                    rf"Best wishes|Kind regards|Warm regards|Yours|Yours truly|Love|Bye|Goodbye|Morning|"
+                                    rf"Good morning|Good afternoon|Good evening)),?[ \t]*\n?[ \t]*(?=[A-Z])")
+        # a told name in lower case: "my name is borna", "name:    hyuuma t. maida", "call me višeslav", "named him Luís"
+        self._told_name = re.compile(rf"(?i:(?<![^\W\d_])(?:my name is|name\s*:|names? (?:is|was)|call(?:s|ed)? me|"
+                                     rf"(?:named|called|call|calls) (?:him|her|them))[ \t]+)"
+                                     rf"({word}(?:[ \t]+[^\W\d_](?![^\W\d_])\.?)?(?:[ \t]+{word}){{0,2}})")
+        # a creator before a work: "the Dratchev novel", "the codey m ross version"
+        self._work = re.compile(rf"(?<![^\W\d_])[Tt]he[ \t]+({word}\.?(?:[ \t]+{word}\.?){{0,3}})[ \t]+(?:novel|novels|version|book|"
+                                rf"books|film|films|movie|poem|song|songs|album|biography|memoir|recording|painting|"
+                                rf"adaptation|remix|trilogy)(?![^\W\d_])")  # not "series", "story": the cxr series
+        # a person's verb, strong enough to tell a name at a sentence's start ("Jacob lives on", "selma is from")
+        self._person_verb = re.compile(r"[ \t]+(?:lives|lived|grew up|was born|began writing|began|spent|had given|has given|"
+                                       r"is from|was from|comes from|came from)\b")
+        self._line_start_word = re.compile(r"(?m)(?:^|(?<=[.!?][ \t])|(?<=[.!?][ \t]{2}))[ \t\"“]*([^\W\d_][^\W\d_'’\-]+)")
+        # the other person of a telling: "said Carla to Sandra", "had given Angel his address"
+        self._told_to = re.compile(r"(?:said|says|whispered|replied|shouted|wrote|explained)[ \t]+[A-Z][^\W\d_]+[ \t]+to[ \t]+$"
+                                   r"|(?<![^\W\d_])(?:given|gave|told|showed|sent|handed|asked)[ \t]+$")
+        self._possessive_after = re.compile(r"[ \t]+(?:his|her|their)\b")
+        # a list of lower-case given names ("silvana, adam, christopher, kristina, chad and caleb")
+        # (three commas at least: "owens, duran and oneal" is a firm's name as often as three people)
+        self._lower_list = re.compile(rf"(?<![^\W\d_,] )(?<![^\W\d_])([a-zà-ÿ][^\W\d_]+(?:,[ \t]*[a-zà-ÿ][^\W\d_]+){{2,}}"
+                                      rf"(?:,?[ \t]+(?:and|&)[ \t]+[a-zà-ÿ][^\W\d_]+)?)(?![^\W\d_])")
         self._username = re.compile(r"(?i:user(?:name)?|login|userid|user id)\s*[:=]\s*([A-Za-z][\w.\-]{2,30})")
         # dates
         self._numeric_date = re.compile(r"(?<![\d/.\-])(?<!\d:)(\d{1,2})([/\-.])(\d{1,2})\2(\d{4}|\d{2})(?![\d/\-]|\.\d)")
@@ -231,15 +264,16 @@ class ProseRecogniser:
         self._state_abbr = re.compile(rf"(?<=[a-z]),\s+({_alternation(lists['states_abbr'])})(?![A-Za-z])")
         hospital = str(raw.get("en_hospital_words", "Hospital"))
         cap = r"(?:St\.|[A-Z][A-Za-z'’.\-]*|of|the|and|&)"
+        gap = r"(?:[ \t]+\n?[ \t]*|\n[ \t]*)"  # a name may wrap onto the next line, never across a blank line
         self._hospital = re.compile(
-            rf"((?:(?:St\.?|Saint)\s+)?(?:[A-Z][A-Za-z'’.\-]*\s+)(?:{cap}\s+){{0,4}}(?:{hospital})(?![A-Za-z])"
+            rf"((?:(?:St\.?|Saint)\s+)?(?:[A-Z][A-Za-z'’.\-]*{gap})(?:{cap}{gap}){{0,4}}(?:{hospital})(?![A-Za-z])"
             rf"(?:\s+(?:of|at)\s+[A-Z][A-Za-z.\-]+(?:\s+[A-Z][A-Za-z.\-]+){{0,2}})?"
             rf"|(?:{hospital})\s+of\s+[A-Z][A-Za-z.\-]+(?:\s+[A-Z][A-Za-z.\-]+){{0,2}})")
         self._hospital_caps = re.compile(rf"((?:[A-Z]{{2,}}\s+){{1,4}}(?:{hospital.upper()}|ED|EMERGENCY DEPT)(?![A-Za-z]))")
         self._saint = re.compile(r"(?<![A-Za-z])((?:St\.?|Saint)[ \t]+[A-Z][a-z]+(?:['’]s)?(?:[ \t]+[A-Z][a-z]+)?)")
         self._ward = re.compile(r"(?<![A-Za-z])((?:Ward|Room|Rm\.?|Unit|Floor|Bldg\.?|Building|Pod|Bay)\s+#?\d{1,4}[A-Z]?)(?![\w])")
         self._org = re.compile(
-            rf"((?:[A-Z][A-Za-z&'’.\-]*\s+){{1,4}}(?:{raw.get('en_org_words', 'Inc')})(?![A-Za-z])"
+            rf"((?:[A-Z][A-Za-z&'’.\-]*[ \t]+){{1,4}}(?:{raw.get('en_org_words', 'Inc')})(?![A-Za-z])"
             rf"|(?:University|Bank|College|Institute|Department)\s+of\s+[A-Z][A-Za-z.\-]+(?:\s+[A-Z][A-Za-z.\-]+){{0,2}})")
         self._org_cue = re.compile(rf"(?:{_alternation(raw.get('org_cues', []))})\s+((?:the\s+)?[A-Z][\w&'’.\-]*(?:\s+[A-Z][\w&'’.\-]*){{0,4}})")
         self._loc_cue = re.compile(rf"(?<![A-Za-z])(?:{_alternation(raw.get('location_cues', []))})\s+"
@@ -374,6 +408,7 @@ class ProseRecogniser:
     # --- names --------------------------------------------------------------------------
     def _find_en_names(self, text: str, spans: list[Span]) -> None:
         lexicon = self.lexicon
+        self._find_told_names(text, spans)  # also in text with no candidate token
         # one scan for every cue; a token is cued when one ends right before it
         low = text.lower()
         if len(low) != len(text):  # a character whose lower case is longer (İ): scan the text as is
@@ -431,6 +466,7 @@ class ProseRecogniser:
             if (not name[i] and caps[i] and not upper[i] and kinds[i] in (LISTED, UNKNOWN)
                     and (t.start() == 0 or text[t.start() - 1] == "\n") and text[t.end():t.end() + 1] == ":"):
                 name[i] = True
+        self._mark_told_names(text, tokens, words, kinds, caps, upper, skip, name)
         # lower-case names: a common given name then a surname-like word (follow up with patricia desrosiers)
         for i in range(n):
             if not name[i] and not caps[i] and kinds[i] == LISTED and (words[i] in given or lexicon.is_first(words[i])):
@@ -506,6 +542,85 @@ class ProseRecogniser:
                     spans.append(Span(match.start(1), match.end(1), NAME, 0.8))
         for match in self._dictation_code.finditer(text):
             spans.append(Span(match.start(1), match.end(1), NAME, 0.8))
+
+    def _speaker_ok(self, word: str, kind: int) -> bool:
+        """A word that can be a speaker or a vocative: not clinical or everyday, or a listed first name."""
+        return kind in (LISTED, UNKNOWN) or (kind == AMBIGUOUS and self._name_like(word) and self.lexicon.is_first(word))
+
+    def _mark_told_names(self, text: str, tokens: list[re.Match[str]], words: list[str], kinds: list[int],
+                         caps: list[bool], upper: list[bool], skip: list[bool], name: list[bool]) -> None:
+        """Names told by their place in a sentence: a dialogue speaker, a vocative, a greeting's addressee."""
+        greeted = {m.end() for m in self._greeting.finditer(text)} if caps else set()
+        # speaker lines whose word can be a name: a word that is also English or clinical (Destiny, Comfort)
+        # speaks only in a dialogue, two such lines at least, not under one "Comfort:" header of a nursing note
+        speakers = sum(1 for i, t in enumerate(tokens) if kinds[i] != NEVER and self._speaker_ok(words[i], kinds[i])
+                       and (t.start() == 0 or text[t.start() - 1] == "\n") and text[t.end():t.end() + 1] == ":")
+        for i, t in enumerate(tokens):
+            if name[i] or skip[i] or upper[i] or kinds[i] == NEVER or not self._speaker_ok(words[i], kinds[i]):
+                continue
+            start, end = t.start(), t.end()
+            line_start = start == 0 or text[start - 1] == "\n"
+            if line_start and text[end:end + 1] == ":" and (caps[i] or kinds[i] != UNKNOWN) and (
+                    kinds[i] != AMBIGUOUS or speakers >= 2):
+                # a dialogue speaker ("Destiny: Remember me", 'tracy:"i'm ...'); a section header has no speech
+                line_end = text.find("\n", end)
+                if self._speech.match(text[end + 1:line_end if line_end >= 0 else len(text)]):
+                    name[i] = True
+                continue
+            if not caps[i]:
+                continue
+            if start in greeted:
+                name[i] = True  # "Hi Sarah,", "Regards,\nJohn"
+            elif text[max(0, start - 2):start] in (", ", ",\t") and self._vocative_after.match(text, end):
+                name[i] = True  # "Remember me, Mary?"
+            elif self._sentence_start(text, start) and self._vocative_start.match(text, end):
+                name[i] = True  # "Warrane, can I please speak to your boss"
+            elif kinds[i] != UNKNOWN and self._told_to.search(text, max(0, start - 40), start) and (
+                    text[start - 4:start].strip() == "to" or self._possessive_after.match(text, end)):
+                name[i] = True  # "said Carla to Sandra", "had given Angel his address"
+
+    def _find_told_names(self, text: str, spans: list[Span]) -> None:
+        """Names in lower case or unlisted, told by a phrase: "my name is", "named him", "the X novel", a list of names."""
+        lexicon = self.lexicon
+        low = text.lower()
+        if "name" in low or "call" in low:
+            for match in self._told_name.finditer(text):
+                end = match.start(1)
+                for piece in re.finditer(r"[^\W\d_][^\W\d_'’\-]*\.?", match.group(1)):
+                    bare = piece.group().rstrip(".")
+                    if len(bare) > 1 and (lexicon.kind(bare) == NEVER or bare.lower() in _FUNCTION_WORDS):
+                        break
+                    end = match.start(1) + piece.end() - (1 if piece.group().endswith(".") and len(bare) > 1 else 0)
+                if end > match.start(1) and len(text[match.start(1):end].strip()) > 1:
+                    spans.append(Span(match.start(1), end, NAME, 0.85))
+        for match in self._line_start_word.finditer(text):
+            bare = match.group(1)
+            if len(bare) < 3 or bare.isupper() or bare.lower() in _FUNCTION_WORDS or not self._person_verb.match(text, match.end(1)):
+                continue
+            kind = lexicon.kind(bare)
+            verb = self._person_verb.match(text, match.end(1)).group().split()
+            # a word that is also English ("Hope is from church", "Will began to") needs a verb only people take
+            if kind in (LISTED, UNKNOWN) or (kind == AMBIGUOUS and self._name_like(bare) and bare[0].isupper()
+                                             and (verb[0] in ("lives", "lived", "grew", "spent", "had", "has")
+                                                  or verb[:2] == ["began", "writing"])):
+                spans.append(Span(match.start(1), match.end(1), NAME, 0.8))
+        for match in self._work.finditer(text):
+            pieces = [w.rstrip(".") for w in match.group(1).split()]
+            long = [w for w in pieces if len(w) > 1]
+            if long and all(lexicon.kind(w) != NEVER and w.lower() not in _FUNCTION_WORDS
+                            and (lexicon.kind(w) != AMBIGUOUS or self._name_like(w)) for w in long):
+                spans.append(Span(match.start(1), match.start(1) + len(match.group(1).rstrip(".")), NAME, 0.8))
+        if "," in text:
+            for match in self._lower_list.finditer(text):
+                members = list(re.finditer(r"[^\W\d_]+", match.group(1)))
+                members = [m for m in members if m.group() not in ("and",)]
+                kinds = [lexicon.kind(m.group()) for m in members]
+                firsts = sum(lexicon.is_first(m.group()) and k != NEVER for m, k in zip(members, kinds))
+                unknown = sum(k == UNKNOWN for k in kinds)
+                if (len(members) >= 3 and NEVER not in kinds and unknown <= 1 and firsts >= len(members) - 1
+                        and not any(m.group() in _FUNCTION_WORDS for m in members)):
+                    for m in members:
+                        spans.append(Span(match.start(1) + m.start(), match.start(1) + m.end(), NAME, 0.8))
 
     @staticmethod
     def _sentence_start(text: str, at: int) -> bool:
