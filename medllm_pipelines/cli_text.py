@@ -108,17 +108,15 @@ def deidentify_text_command(in_file: Path, out_file: Path, spans_only: bool) -> 
             batch = records[begin:begin + BATCH]
             texts = [r["text"] for r in batch]
             found = detector.detect_many(texts)
-            surrogates: dict[str, Any] = {}
-            if not spans_only and vault is not None:
-                scopes = [str(r.get("patient") or r.get("id") or begin + i) for i, r in enumerate(batch)]
-                surrogates = _surrogates_for(vault, scopes)
-            for offset, (record, text, spans) in enumerate(zip(batch, texts, found, strict=True)):
+            # surrogates are consistent per patient (or per line when the line names none)
+            scopes = [str(r.get("patient") or r.get("id") or begin + i) for i, r in enumerate(batch)]
+            surrogates = _surrogates_for(vault, scopes) if not spans_only and vault is not None else {}
+            for record, text, spans, scope in zip(batch, texts, found, scopes, strict=True):
                 if spans_only:
                     clean = text
                 elif vault is None:
                     clean = replace_spans(text, spans, placeholder)
                 else:
-                    scope = str(record.get("patient") or record.get("id") or begin + offset)
                     clean = replace_spans(text, spans, surrogates[scope])
                 row = {"id": record.get("id"), "text": clean,
                        "spans": [{"start": s.start, "end": s.end, "label": s.label} for s in spans]}

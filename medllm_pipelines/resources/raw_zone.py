@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
@@ -44,28 +42,23 @@ class RawZoneResource(ConfigurableResource):
             self._zone = RawZone(self.path, self.vault, on_read=self._audit_read if self.audit_log else None)
         return self._zone
 
-    def _audit_log(self) -> AuditLog:
+    def _append(self, action: str, resource: str, reason: str) -> None:
         if self._log is None:
             assert self.audit_log is not None
             self._log = transit_audit_log(self.audit_log, self.vault.key_service())
-        return self._log
+        self._log.append(actor=PIPELINE_ACTOR, role=PIPELINE_ACTOR, action=action, resource=resource,
+                         outcome="succeeded", reason=reason, details={"dagster_run_id": self._run_id or "outside-a-run"})
 
     def audit_event(self, action: str, resource: str, reason: str) -> bool:
         """Append one pipeline event to the audit log (pseudonyms and codes only: the log refuses
         identifier-like content); False when this resource has no audit log configured."""
         if not self.audit_log:
             return False
-        self._audit_log().append(actor=PIPELINE_ACTOR, role=PIPELINE_ACTOR, action=action, resource=resource,
-                                 outcome="succeeded", reason=reason,
-                                 details={"dagster_run_id": self._run_id or "outside-a-run"})
+        self._append(action, resource, reason)
         return True
 
     def _audit_read(self, table: str) -> None:
         if table in self._audited:
             return
-        self._audit_log()
-        assert self._log is not None
-        details: dict[str, Any] = {"dagster_run_id": self._run_id or "outside-a-run"}
-        self._log.append(actor=PIPELINE_ACTOR, role=PIPELINE_ACTOR, action=READ_ACTION, resource=table,
-                         outcome="succeeded", reason="pipeline read of the identifiable raw zone", details=details)
+        self._append(READ_ACTION, table, "pipeline read of the identifiable raw zone")
         self._audited.add(table)

@@ -36,7 +36,7 @@ from medllm_pipelines.defs.common import (
 )
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation
+from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation, count_reasons
 from medllm_pipelines.lib.ingest.dicom import (
     DICOM_FRAME_COLUMNS,
     DICOM_INDEX_COLUMNS,
@@ -290,9 +290,7 @@ def fhir_resources(
         total.extend(in_partition)
     recon = Reconciliation(total.resources_seen, records_out_total, len(total.quarantine), total.removals()).check()
     context.log.info(f"{recon.records_in} entries read, {recon.records_out} out, {recon.quarantined} quarantined")
-    by_reason: dict[str, int] = {}
-    for record in total.quarantine:
-        by_reason[record.reason_code] = by_reason.get(record.reason_code, 0) + 1
+    by_reason = count_reasons(total.quarantine)
     feed_meta = {
         "partitions_in_run": MetadataValue.json(list(context.partition_keys)),
         "feed_files": files_total,
@@ -363,8 +361,7 @@ def _parse_objects_to_partition(
         seen_total, out_total, quarantined_total = seen_total + seen, out_total + len(frame), quarantined_total + len(quarantine)
         files_total += len(objects)
         rows_by_institution[partition] = len(frame)
-        for record in quarantine:
-            by_reason[record.reason_code] = by_reason.get(record.reason_code, 0) + 1
+        count_reasons(quarantine, by_reason)
     recon = Reconciliation(seen_total, out_total, quarantined_total).check()
     context.log.info(f"{name}: {recon.records_in} in, {recon.records_out} out, {recon.quarantined} quarantined")
     return MaterializeResult(
@@ -435,8 +432,7 @@ def dicom_index(context: AssetExecutionContext, raw_zone: RawZoneResource, wareh
         for key, value in (("in", index.records_in), ("out", len(instances)), ("quarantined", len(index.quarantine)),
                            ("frames", len(frames)), ("files", len(index.outcomes)), ("dicomdirs", len(index.directories))):
             totals[key] += value
-        for record in index.quarantine:
-            by_reason[record.reason_code] = by_reason.get(record.reason_code, 0) + 1
+        count_reasons(index.quarantine, by_reason)
         for reason, n in index.undecodable_by_reason().items():
             undecodable[reason] = undecodable.get(reason, 0) + n
     recon = Reconciliation(totals["in"], totals["out"], totals["quarantined"], {"dicomdir_index": totals["dicomdirs"]}).check()

@@ -36,7 +36,6 @@ from medllm_pipelines.lib.quality.cleaning import (
     clean_patients,
     load_rules,
 )
-from medllm_pipelines.lib.common.records import Reconciliation
 from medllm_pipelines.lib.quality.inputs import conform_parsed_table
 from medllm_pipelines.lib.quality.accuracy import MATCH_RULE, find_disagreements, link_patients
 from medllm_pipelines.lib.quality.expectations import build_data_docs, load_suite, run_suite
@@ -158,29 +157,10 @@ clean_observations_asset = patient_linked_cleaning(
     _clean_and_double_verify,
     "Observations mapped to LOINC concepts, converted to one UCUM unit each, range- and date-checked.",
 )
-def empty_input_guard(clean: PatientLinkedCleaner, derived_columns: dict[str, str]) -> PatientLinkedCleaner:
-    """Run ``clean``, except on an input without rows: that gives an empty table of the input's columns
-    plus ``derived_columns`` (name -> dtype), the cleaner's additions, with nothing quarantined or removed.
-
-    For cleaners that derive a column with ``.str`` (an empty column has no string dtype to take it).
-    """
-
-    def _guarded(records: pd.DataFrame, patients: pd.DataFrame, name: str) -> CleaningResult:
-        if len(records):
-            return clean(records, patients, name)
-        empty = records.iloc[0:0].assign(**{c: pd.Series(dtype=t) for c, t in derived_columns.items()})
-        return CleaningResult(empty.reset_index(drop=True), [], Reconciliation(0, 0))
-
-    return _guarded
-
-
 clean_conditions_asset = patient_linked_cleaning(
     keys.RAW_CONDITIONS,
     keys.CLEAN_CONDITIONS,
-    empty_input_guard(
-        lambda records, patients, name: clean_conditions(records, patients, name, load_rules()),
-        {"icd10": "object", "icd10_category": "object", "icd10_mapping": "object", "onset_date": "object"},
-    ),
+    lambda records, patients, name: clean_conditions(records, patients, name, load_rules()),
     "Diagnoses from ICD-10 (WHO), ICD-10-CM, the Chinese clinical edition, SNOMED CT and local codes unified to WHO "
     "ICD-10 (versioned crosswalk lib/quality/code_crosswalk.yaml); unmapped codes counted as unmapped_code.",
 )

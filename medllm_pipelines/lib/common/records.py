@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,14 @@ class QuarantineRecord:
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def count_reasons(records: Iterable[QuarantineRecord], counts: dict[str, int] | None = None) -> dict[str, int]:
+    """``counts`` (a new dict when None) with one more for each record's reason code; returned."""
+    counts = {} if counts is None else counts
+    for record in records:
+        counts[record.reason_code] = counts.get(record.reason_code, 0) + 1
+    return counts
 
 
 def quarantine_frame(records: list[QuarantineRecord]) -> pd.DataFrame:
@@ -177,8 +186,7 @@ class FileOutcomes:
         outcome = self.of(source_object, institution)
         outcome.records_in += records_in
         outcome.records_out += records_out
-        for record in quarantine:
-            outcome.quarantined_by_reason[record.reason_code] = outcome.quarantined_by_reason.get(record.reason_code, 0) + 1
+        count_reasons(quarantine, outcome.quarantined_by_reason)
         for rule, count in (removed_by_rule or {}).items():
             if count:
                 outcome.removed_by_rule[rule] = outcome.removed_by_rule.get(rule, 0) + int(count)

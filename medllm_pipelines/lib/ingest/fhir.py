@@ -163,6 +163,10 @@ TABLE_SCHEMAS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# The pandas dtype of each declared column type (nullable integers: Int64).
+PANDAS_DTYPES = {"string": "object", "float64": "float64", "int64": "Int64"}
+
+
 def table_columns(table: str) -> list[str]:
     """Column names of a parsed table, in order (extracted, then lineage)."""
     return [name for name, _ in TABLE_SCHEMAS[table]]
@@ -173,8 +177,7 @@ def rows_to_frame(table: str, rows: list[dict[str, Any]]) -> Any:
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=table_columns(table))
-    dtypes = {"string": "object", "float64": "float64", "int64": "Int64"}
-    return frame.astype({name: dtypes[kind] for name, kind in TABLE_SCHEMAS[table]})
+    return frame.astype({name: PANDAS_DTYPES[kind] for name, kind in TABLE_SCHEMAS[table]})
 
 
 def arrow_schema(table: str) -> Any:
@@ -928,13 +931,16 @@ def _encounter(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _coded(concept: dict[str, Any] | None) -> dict[str, Any]:
+    """The first coding of a CodeableConcept as the tables' code_system / code / display columns."""
+    coding = _first_coding(concept)
+    return {"code_system": coding.get("system"), "code": coding.get("code"), "display": coding.get("display")}
+
+
 def _condition(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
-    coding = _first_coding(r.get("code"))
     return {
         "patient_key": _reference_key(r.get("subject"), refs),
-        "code_system": coding.get("system"),
-        "code": coding.get("code"),
-        "display": coding.get("display"),
+        **_coded(r.get("code")),
         "clinical_status": _first_coding(r.get("clinicalStatus")).get("code"),
         "onset": r.get("onsetDateTime"),
         "recorded_date": r.get("recordedDate"),
@@ -942,16 +948,13 @@ def _condition(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
 
 
 def _observation(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
-    coding = _first_coding(r.get("code"))
     quantity = r.get("valueQuantity") or {}
     value = quantity.get("value")
     return {
         "patient_key": _reference_key(r.get("subject"), refs),
         "status": r.get("status"),
         "category": _first_coding((r.get("category") or [{}])[0]).get("code"),
-        "code_system": coding.get("system"),
-        "code": coding.get("code"),
-        "display": coding.get("display"),
+        **_coded(r.get("code")),
         "value": float(value) if value is not None else None,
         "unit": quantity.get("code") or quantity.get("unit"),
         "unit_system": quantity.get("system"),
@@ -960,13 +963,10 @@ def _observation(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
 
 
 def _medication_request(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
-    coding = _first_coding(r.get("medicationCodeableConcept"))
     return {
         "patient_key": _reference_key(r.get("subject"), refs),
         "status": r.get("status"),
-        "code_system": coding.get("system"),
-        "code": coding.get("code"),
-        "display": coding.get("display"),
+        **_coded(r.get("medicationCodeableConcept")),
         "authored_on": r.get("authoredOn"),
     }
 
@@ -1009,11 +1009,6 @@ def _consent(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
         "erasure_identifier_system": None,
         "erasure_identifier_value": None,
     }
-
-
-def _coded(concept: dict[str, Any] | None) -> dict[str, Any]:
-    coding = _first_coding(concept)
-    return {"code_system": coding.get("system"), "code": coding.get("code"), "display": coding.get("display")}
 
 
 def _diagnostic_report(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medllm_pipelines.lib.ingest.fhir import TABLE_SCHEMAS, rows_to_frame
+from medllm_pipelines.lib.ingest.fhir import PANDAS_DTYPES, TABLE_SCHEMAS, rows_to_frame
 
 __all__ = ["conform_parsed_table"]
-
-_DTYPES = {"string": "object", "float64": "float64", "int64": "Int64"}
-
 
 def conform_parsed_table(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     """``frame`` with every declared column of the parsed ``table`` (missing ones empty, typed).
@@ -32,4 +29,4 @@ def conform_parsed_table(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     if not missing:
         return frame
     return frame.assign(**{name: pd.Series(pd.NA if kind != "float64" else float("nan"), index=frame.index,
-                                           dtype=_DTYPES[kind]) for name, kind in missing.items()})
+                                           dtype=PANDAS_DTYPES[kind]) for name, kind in missing.items()})

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.ingest.fhir import FHIR_TABLES, ParsedFhir, parse_fhir_object, rows_to_frame
+from medllm_pipelines.lib.ingest.fhir import ParsedFhir, parse_fhir_object, rows_to_frame
 from medllm_pipelines.lib.ingest.fhir_validation import FULL, ResourceValidator
 from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE
 

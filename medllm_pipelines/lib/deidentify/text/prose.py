@@ -202,9 +202,9 @@ class ProseRecogniser:
         self._vocative_start = re.compile(r",[ \t]+(?:(?:can|could|would|will|may|shall)[ \t]+(?:I|you|we)\b|please\b|"
                                           r"(?:do|did|are|have|were)[ \t]+you\b)")
         # greetings and sign-offs: "Hi Sarah,", "Thanks, John.", "Regards,\nX Y"
-        self._greeting = re.compile(rf"(?:(?<![^\W\d_])(?:Hi|Hello|Hey|Dear|Thanks|Thank you|Cheers|Regards|Best|Sincerely|"
-                                    rf"Best wishes|Kind regards|Warm regards|Yours|Yours truly|Love|Bye|Goodbye|Morning|"
-                                    rf"Good morning|Good afternoon|Good evening)),?[ \t]*\n?[ \t]*(?=[A-Z])")
+        self._greeting = re.compile(r"(?:(?<![^\W\d_])(?:Hi|Hello|Hey|Dear|Thanks|Thank you|Cheers|Regards|Best|Sincerely|"
+                                    r"Best wishes|Kind regards|Warm regards|Yours|Yours truly|Love|Bye|Goodbye|Morning|"
+                                    r"Good morning|Good afternoon|Good evening)),?[ \t]*\n?[ \t]*(?=[A-Z])")
         # a told name in lower case: "my name is borna", "name:    hyuuma t. maida", "call me višeslav", "named him Luís"
         self._told_name = re.compile(rf"(?i:(?<![^\W\d_])(?:my name is|name\s*:|names? (?:is|was)|call(?:s|ed)? me|"
                                      rf"(?:named|called|call|calls) (?:him|her|them))[ \t]+)"
@@ -223,8 +223,8 @@ class ProseRecogniser:
         self._possessive_after = re.compile(r"[ \t]+(?:his|her|their)\b")
         # a list of lower-case given names ("silvana, adam, christopher, kristina, chad and caleb")
         # (three commas at least: "owens, duran and oneal" is a firm's name as often as three people)
-        self._lower_list = re.compile(rf"(?<![^\W\d_,] )(?<![^\W\d_])([a-zà-ÿ][^\W\d_]+(?:,[ \t]*[a-zà-ÿ][^\W\d_]+){{2,}}"
-                                      rf"(?:,?[ \t]+(?:and|&)[ \t]+[a-zà-ÿ][^\W\d_]+)?)(?![^\W\d_])")
+        self._lower_list = re.compile(r"(?<![^\W\d_,] )(?<![^\W\d_])([a-zà-ÿ][^\W\d_]+(?:,[ \t]*[a-zà-ÿ][^\W\d_]+){2,}"
+                                      r"(?:,?[ \t]+(?:and|&)[ \t]+[a-zà-ÿ][^\W\d_]+)?)(?![^\W\d_])")
         self._username = re.compile(r"(?i:user(?:name)?|login|userid|user id)\s*[:=]\s*([A-Za-z][\w.\-]{2,30})")
         # dates
         self._numeric_date = re.compile(r"(?<![\d/.\-])(?<!\d:)(\d{1,2})([/\-.])(\d{1,2})\2(\d{4}|\d{2})(?![\d/\-]|\.\d)")
