@@ -373,7 +373,7 @@ def reidentify_command(pseudonym: str, reason: str, case_reference: str | None, 
                        totp: str | None) -> None:
     """Resolve a pseudonym to institution + MRN: privacy_officer with MFA, audited."""
     from medllm_pipelines.defs import keys
-    from medllm_pipelines.defs.common import raw_table_name
+    from medllm_pipelines.defs.keys import raw_table_name
     from medllm_pipelines.lib.security.raw_zone import RawZone
     from medllm_pipelines.lib.security.reidentify import (
         PseudonymNotFound,
@@ -563,7 +563,7 @@ def export_command(dataset: str, recipient: str, agreement_id: str, out_file: Pa
                    principal: str | None, totp: str | None) -> None:
     """Export a de-identified warehouse table (schema.table) under a sharing agreement, encrypted."""
     from medllm_pipelines.defs import keys as asset_keys
-    from medllm_pipelines.defs.common import raw_table_name
+    from medllm_pipelines.defs.keys import raw_table_name
     from medllm_pipelines.lib.common.warehouse import Warehouse
     from medllm_pipelines.lib.security.governance import (
         ExportRefused,

@@ -74,6 +74,7 @@ class Settings:
     dp_dataset: str = "deidentified-cohort"
     dp_epsilon_budget: float = 10.0
     dp_epsilon_per_release: float = 1.0
+    purpose: str | None = None  # MEDLLM_PURPOSE; None: the de-identification policy's default_purpose
 
     # --- derived locations -------------------------------------------------
     @property
@@ -208,6 +209,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dp_dataset=env.get("MEDLLM_DP_DATASET") or "deidentified-cohort",
         dp_epsilon_budget=_number(env, "MEDLLM_DP_EPSILON_BUDGET", 10.0, float, 1e-9),
         dp_epsilon_per_release=_number(env, "MEDLLM_DP_EPSILON_PER_RELEASE", 1.0, float, 1e-9),
+        purpose=processing_purpose(env),
     )
 
 

@@ -3,6 +3,8 @@
 
 from dagster import AssetKey
 
+from medllm_pipelines.lib.ingest.intake import LEDGER_SCHEMA, LEDGER_TABLE
+
 INGEST = "ingest"
 QUALITY = "quality"
 DEIDENTIFY = "deidentify"
@@ -15,6 +17,25 @@ STAGES = (INGEST, QUALITY, DEIDENTIFY, LABEL, CURATE, TRAIN, EVALUATE)
 
 def key(stage: str, name: str) -> AssetKey:
     return AssetKey([stage, name])
+
+
+def asset_name(asset_key: AssetKey) -> str:
+    return "/".join(asset_key.path)
+
+
+def raw_table_name(asset_key: AssetKey) -> str:
+    """Raw-zone table file name of an identifiable asset."""
+    return "_".join(asset_key.path)
+
+
+def warehouse_location(asset_key: AssetKey) -> tuple[str, str]:
+    """De-identified assets live in schema ``<stage>``, table ``<name>``."""
+    return asset_key.path[0], asset_key.path[1]
+
+
+# model specs (lib/curate/specs/<id>.yaml) the wiring builds datasets, models and reports for
+DIABETES_SPEC_ID = "t2d_risk"
+LESION_SPEC_ID = "lesion_segmentation"
 
 
 # ingest
@@ -99,7 +120,7 @@ DAILY_ARRIVALS_JOB = "daily_arrivals_job"
 LANDING_SENSOR = "landing_sensor"
 
 # warehouse schemas and audit tables
-AUDIT_SCHEMA = "audit"
-FILE_LEDGER_TABLE = "file_ledger"
+AUDIT_SCHEMA = LEDGER_SCHEMA  # "audit"
+FILE_LEDGER_TABLE = LEDGER_TABLE  # "file_ledger"
 QUARANTINE_TABLE = "quarantine"
 FILE_OUTCOMES_TABLE = "file_outcomes"  # per landed file and ingest asset: in / out / quarantined / removed

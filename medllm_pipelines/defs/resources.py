@@ -14,6 +14,7 @@ from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.landing import LandingZone
 from medllm_pipelines.resources.mlflow import MLflowResource
 from medllm_pipelines.resources.raw_zone import RawZoneResource
+from medllm_pipelines.resources.run_settings import RunSettingsResource
 from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 from medllm_pipelines.settings import Settings
@@ -31,6 +32,19 @@ def vault_resource(settings: Settings, **overrides: Any) -> VaultResource:
     )
 
 
+def run_settings_resource(settings: Settings) -> RunSettingsResource:
+    """The run-time choices assets read (purpose, k, l, privacy budget), from the settings the Definitions bind."""
+    return RunSettingsResource(
+        purpose=settings.purpose,
+        k_anonymity_k=settings.k_anonymity_k,
+        l_diversity_l=settings.l_diversity_l,
+        dp_dataset=settings.dp_dataset,
+        dp_epsilon_budget=settings.dp_epsilon_budget,
+        dp_epsilon_per_release=settings.dp_epsilon_per_release,
+        sources_file=str(settings.sources_file or ""),
+    )
+
+
 def build_resources(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
     import os
 
@@ -45,6 +59,7 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
         ui_url=settings.mlflow_ui_url,
     )
     return {
+        "run_settings": run_settings_resource(settings),
         "vault": vault,
         "warehouse": warehouse,
         "mlflow": mlflow,

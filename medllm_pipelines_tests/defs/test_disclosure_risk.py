@@ -12,7 +12,7 @@ import pytest
 from dagster import AssetsDefinition, asset, materialize
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import warehouse_location
+from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.deidentify import disclosure
 from medllm_pipelines.lib.deidentify.dp import PrivacyLedger
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource

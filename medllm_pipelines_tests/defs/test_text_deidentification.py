@@ -9,7 +9,7 @@ import re
 import pytest
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import warehouse_location
+from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.lib.common.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow

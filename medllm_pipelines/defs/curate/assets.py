@@ -23,20 +23,13 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    asset_name,
-    counts_by,
-    frame_metadata,
-    versions_metadata,
-    warehouse_location,
-)
-from medllm_pipelines.defs.label.assets import SPEC_ID
+from medllm_pipelines.defs.keys import asset_name, warehouse_location
+from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_metadata
 from medllm_pipelines.lib.curate.features import build_features
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
-LESION_SPEC_ID = "lesion_segmentation"
 NEAR_DUPLICATE_KEY = "near_duplicate_key"
 # Keys whose values must never be found in two splits, per split table.
 LEAKAGE_KEYS = {
@@ -58,7 +51,7 @@ def _spec_metadata(spec) -> dict:
 def diabetes_features(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """One row per labelled person: age (band midpoint), sex, median vitals and labs in canonical units."""
     wh = warehouse.get()
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     labels = wh.read_table(*warehouse_location(keys.DIABETES_LABELS))
     frame = build_features(
         labels,
@@ -113,7 +106,7 @@ def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource
     )
 
     wh = warehouse.get()
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
     needs = spec.needs_met_by(len(features))
     if not needs.met:
@@ -196,7 +189,7 @@ def diabetes_preprocessing(
     )
 
     wh = warehouse.get()
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
     splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
     version = training_dataset_version(features, splits)
@@ -251,7 +244,7 @@ def preprocessing_fitted_on_train_only(
     )
 
     wh = warehouse.get()
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
     splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
     version = training_dataset_version(features, splits)
@@ -340,7 +333,7 @@ def lesion_segmentation_dataset(
     from medllm_pipelines.lib.curate.splits import image_near_duplicate_key
 
     wh = warehouse.get()
-    spec = load_spec(LESION_SPEC_ID)
+    spec = load_spec(keys.LESION_SPEC_ID)
     masks = wh.read_table(*warehouse_location(keys.LESION_MASKS))
     images = wh.read_table(*warehouse_location(keys.DEID_IMAGES))
     wanted = spec.dataset.get("modalities")
@@ -378,7 +371,7 @@ def lesion_segmentation_splits(context: AssetExecutionContext, warehouse: Wareho
     from medllm_pipelines.lib.curate.splits import assign_split_rows, check_leakage
 
     wh = warehouse.get()
-    spec = load_spec(LESION_SPEC_ID)
+    spec = load_spec(keys.LESION_SPEC_ID)
     dataset = wh.read_table(*warehouse_location(keys.LESION_DATASET))
     assigned = assign_split_rows(dataset, spec.split_config)
     splits = assigned[["image_id", "patient_pseudonym", "study_key", NEAR_DUPLICATE_KEY, "institution", "lesion", "split", "fold"]]
@@ -418,7 +411,7 @@ def dataset_catalog(context: AssetExecutionContext, warehouse: WarehouseResource
     quarantine = wh.read_table(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE) if wh.table_exists(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE) else pd.DataFrame()
     cards = build_card_set(
         tables, agreement, quarantine,
-        specs={asset_name(keys.DIABETES_SPLITS): load_spec(SPEC_ID), asset_name(keys.LESION_SPLITS): load_spec(LESION_SPEC_ID)},
+        specs={asset_name(keys.DIABETES_SPLITS): load_spec(keys.DIABETES_SPEC_ID), asset_name(keys.LESION_SPLITS): load_spec(keys.LESION_SPEC_ID)},
         leakage_keys={asset_name(k): v for k, v in LEAKAGE_KEYS.items()},
     )
     folder = artifacts.folder("reports", "datasets")

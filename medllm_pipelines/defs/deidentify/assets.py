@@ -24,15 +24,10 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    asset_name,
-    counts_by,
-    frame_metadata,
-    raw_table_name,
-    record_quarantine,
-    versions_metadata,
-    warehouse_location,
-)
+from medllm_pipelines.defs.audit_tables import record_quarantine
+from medllm_pipelines.defs.checks import identifier_leak_gate
+from medllm_pipelines.defs.keys import asset_name, raw_table_name, warehouse_location
+from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_metadata
 from medllm_pipelines.defs.deidentify.disclosure import protect_released_table
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.deidentify.consent import build_consent_registry, erased_persons
@@ -458,35 +453,6 @@ def deidentified_images(
             **versions_metadata(dicom_profile=profile.version),
         }
     )
-
-
-def identifier_leak_gate(asset_key: AssetKey):
-    """Blocking check: no identifier of the raw zone's patients appears in this de-identified table."""
-
-    @asset_check(
-        asset=asset_key,
-        name=keys.CHECK_NO_IDENTIFIERS,
-        blocking=True,
-        description="Scans every text column for the raw zone's names, ID numbers, MRNs, phones, emails, addresses.",
-    )
-    def _leak_gate(
-        context: AssetCheckExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource
-    ) -> AssetCheckResult:
-        needles = identifier_needles(raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS)))
-        schema, table = warehouse_location(asset_key)
-        hits = scan_frame(warehouse.get().read_table(schema, table), needles, f"{schema}.{table}")
-        return AssetCheckResult(
-            passed=not hits,
-            severity=AssetCheckSeverity.ERROR,
-            description="no direct identifier found" if not hits else f"{len(hits)} identifier kinds found",
-            metadata={
-                "identifier_kinds_scanned": MetadataValue.json(sorted(needles)),
-                "values_scanned": sum(len(v) for v in needles.values()),
-                "hits": MetadataValue.json([{"location": h.location, "kind": h.identifier_kind, "count": h.count} for h in hits]),
-            },
-        )
-
-    return _leak_gate
 
 
 ASSETS = [

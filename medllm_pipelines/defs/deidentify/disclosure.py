@@ -30,12 +30,8 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    frame_metadata,
-    run_id_of,
-    versions_metadata,
-    warehouse_location,
-)
+from medllm_pipelines.defs.keys import warehouse_location
+from medllm_pipelines.defs.metadata import frame_metadata, run_id_of, versions_metadata
 from medllm_pipelines.lib.deidentify.dp import (
     PrivacyBudgetExceeded,
     PrivacyLedger,

@@ -19,16 +19,12 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    counts_by,
-    raw_table_name,
-    run_id_of,
-    versions_metadata,
-)
+from medllm_pipelines.defs.keys import raw_table_name
+from medllm_pipelines.defs.metadata import counts_by, run_id_of, versions_metadata
+from medllm_pipelines.defs.checks import identifier_leak_gate
 from medllm_pipelines.defs.deidentify.assets import (
     _person_lookups,
     _write_deidentified,
-    identifier_leak_gate,
 )
 from medllm_pipelines.resources.raw_zone import RawZoneResource
 from medllm_pipelines.resources.vault import VaultResource

@@ -7,8 +7,8 @@ import json
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import code_version, package_versions, run_id_of, versions_metadata
-from medllm_pipelines.defs.label.assets import SPEC_ID
+from medllm_pipelines.defs.metadata import package_versions, run_id_of, versions_metadata
+from medllm_pipelines.lib.common.versions import code_version
 from medllm_pipelines.defs.train.assets import TRAINING_RECORD, impute_declared, model_folder, training_frame
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
@@ -40,7 +40,7 @@ def diabetes_evaluation_report(
     from medllm_pipelines.lib.evaluate.report import build_evaluation_report, write_report
     from medllm_pipelines.lib.train.predictor import TabularPredictor
 
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     frame, dataset_version = training_frame(warehouse, spec)
     needs = spec.needs_met_by(len(frame))
     if not needs.met:  # train/diabetes_model trained nothing on this dataset version: nothing to evaluate

@@ -22,7 +22,8 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import raw_table_name, run_id_of, versions_metadata
+from medllm_pipelines.defs.keys import raw_table_name
+from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
 from medllm_pipelines.resources.raw_zone import RawZoneResource

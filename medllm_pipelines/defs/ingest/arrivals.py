@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.ingest.assets import read_ledger
+from medllm_pipelines.lib.ingest.intake import read_ledger
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
 # end_offset=1: today is a partition too (the feed summary fills as the day goes).
@@ -36,7 +36,7 @@ DAILY_PARTITIONS = DailyPartitionsDefinition(start_date="2024-01-01", timezone="
 )
 def daily_arrivals(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     day = context.partition_key
-    ledger = read_ledger(warehouse)
+    ledger = read_ledger(warehouse.get())
     landed = pd.to_datetime(ledger["landed_at"], utc=True, errors="coerce").dt.tz_convert(DAILY_PARTITIONS.timezone)
     todays = ledger[landed.dt.strftime("%Y-%m-%d") == day]
     summary = (

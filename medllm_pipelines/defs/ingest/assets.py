@@ -25,15 +25,9 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    asset_name,
-    counts_by,
-    raw_table_name,
-    record_file_outcomes,
-    record_quarantine,
-    run_id_of,
-    versions_metadata,
-)
+from medllm_pipelines.defs.audit_tables import record_file_outcomes, record_quarantine
+from medllm_pipelines.defs.keys import asset_name, raw_table_name
+from medllm_pipelines.defs.metadata import counts_by, run_id_of, versions_metadata
 from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation, count_reasons
@@ -52,7 +46,15 @@ from medllm_pipelines.lib.ingest.fhir import (
     parse_fhir_object,
     rows_to_frame,
 )
-from medllm_pipelines.lib.ingest.intake import LEDGER_COLUMNS, STORED, consume, ledger_quarantine, take_in
+from medllm_pipelines.lib.ingest.intake import (
+    LEDGER_COLUMNS,
+    STORED,
+    consume,
+    ledger_quarantine,
+    read_ledger,
+    stored_objects,
+    take_in,
+)
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_object
 from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES, DICOM, FHIR_BUNDLE, FHIR_NDJSON, HL7V2
 from medllm_pipelines.resources.landing import LandingZone
@@ -63,22 +65,6 @@ from medllm_pipelines.resources.warehouse import WarehouseResource
 warnings.filterwarnings("ignore", message=".*backfill_policy.*is currently in beta", category=BetaWarning)
 
 RAW_STORAGE = "raw zone (envelope-encrypted Parquet, one file per institution)"
-
-
-def read_ledger(warehouse: WarehouseResource) -> pd.DataFrame:
-    wh = warehouse.get()
-    if not wh.table_exists(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE):
-        return pd.DataFrame(columns=LEDGER_COLUMNS)
-    return wh.read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE)
-
-
-def stored_objects(warehouse: WarehouseResource, kinds: tuple[str, ...], institution: str | None = None) -> pd.DataFrame:
-    """Ledger rows of stored (not quarantined) raw objects of the given kinds (and institution)."""
-    ledger = read_ledger(warehouse)
-    selected = ledger[(ledger["status"] == STORED) & ledger["file_kind"].isin(kinds)]
-    if institution is not None:
-        selected = selected[selected["institution"] == institution]
-    return selected.sort_values("content_sha256").reset_index(drop=True)
 
 
 @asset(
@@ -103,7 +89,7 @@ def landed_files(
     partitions = context.partition_keys
     registry = landing_zone.registry()
     wh = warehouse.get()
-    known = set(read_ledger(warehouse)["content_sha256"])
+    known = set(read_ledger(warehouse.get())["content_sha256"])
     files = [f for partition in partitions for f in landing_zone.scan_partition(partition, registry.codes)]
     context.log.info(f"{','.join(partitions)}: {len(files)} files in the landing zone, {len(known)} already in the ledger")
 
@@ -126,7 +112,7 @@ def landed_files(
     # a duplicate delivery for the rerun to skip, never a lost file.
     if outcome.ledger_rows:
         wh.write_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE, outcome.ledger_frame(), mode="append")
-    ledger = read_ledger(warehouse)
+    ledger = read_ledger(warehouse.get())
     quarantined_by_partition = {}
     for partition in partitions:
         in_partition = ledger[
@@ -237,7 +223,7 @@ def fhir_resources(
     manifest_checks: dict[str, dict] = {}
     hl7_warnings: dict[str, int] = {}  # lenient HL7 v2 reading: what strict validation would have rejected
     for partition in context.partition_keys:
-        objects = stored_objects(warehouse, CLINICAL_FEED_KINDS, institution=partition)
+        objects = stored_objects(warehouse.get(), CLINICAL_FEED_KINDS, institution=partition)
         writers = {table: zone.partition_writer(raw_table_name(FHIR_KEY_OF_TABLE[table]), partition) for table in FHIR_TABLES}
         buffered: dict[str, list[dict]] = {table: [] for table in FHIR_TABLES}
         written = {table: 0 for table in FHIR_TABLES}
@@ -338,7 +324,7 @@ def _parse_objects_to_partition(
     rows_by_institution: dict[str, int] = {}
     by_reason: dict[str, int] = {}
     for partition in context.partition_keys:
-        objects = stored_objects(warehouse, (kind,), institution=partition)
+        objects = stored_objects(warehouse.get(), (kind,), institution=partition)
         rows: list[dict] = []
         quarantine: list[QuarantineRecord] = []
         outcomes = FileOutcomes(name)
@@ -410,7 +396,7 @@ def dicom_index(context: AssetExecutionContext, raw_zone: RawZoneResource, wareh
     undecodable: dict[str, int] = {}
     for partition in context.partition_keys:
         index = DicomPartition(name)
-        for row in stored_objects(warehouse, (DICOM,), institution=partition).itertuples(index=False):
+        for row in stored_objects(warehouse.get(), (DICOM,), institution=partition).itertuples(index=False):
             index.add(row.content_sha256, row.institution,
                       index_dicom(zone.get_object(row.content_sha256), institution=row.institution,
                                   source_object=row.content_sha256, asset=name))

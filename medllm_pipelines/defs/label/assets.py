@@ -27,17 +27,11 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    asset_name,
-    counts_by,
-    frame_metadata,
-    raw_table_name,
-    record_quarantine,
-    versions_metadata,
-    warehouse_location,
-)
-from medllm_pipelines.defs.deidentify.assets import identifier_leak_gate
-from medllm_pipelines.defs.ingest.assets import stored_objects
+from medllm_pipelines.defs.audit_tables import record_quarantine
+from medllm_pipelines.defs.keys import asset_name, raw_table_name, warehouse_location
+from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_metadata
+from medllm_pipelines.defs.checks import identifier_leak_gate
+from medllm_pipelines.lib.ingest.intake import stored_objects
 from medllm_pipelines.lib.common.records import Reconciliation
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.lib.label.conditions import label_from_conditions
@@ -46,7 +40,6 @@ from medllm_pipelines.resources.raw_zone import RawZoneResource
 from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
-SPEC_ID = "t2d_risk"
 BRAT_KINDS = ("brat_ann", "brat_text")
 IMAGE_KINDS = ("nifti_mask", "dicom_seg", "coco")
 LABELLED_SET_KEYS = {
@@ -72,7 +65,7 @@ IMPORT_OF_SET = {
 def diabetes_labels(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Type 2 diabetes labels (ICD-10 E11 from any institution) for persons with a granted research consent."""
     wh = warehouse.get()
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     labelled = label_from_conditions(
         wh.read_table(*warehouse_location(keys.DEID_PATIENTS)),
         wh.read_table(*warehouse_location(keys.DEID_CONDITIONS)),
@@ -134,7 +127,7 @@ def _raw_objects(warehouse: WarehouseResource, vault: VaultResource, kinds: tupl
     """Stored annotation files; landing paths decrypted (in memory only) when pairing needs them."""
     from medllm_pipelines.lib.label.importers import RawObject
 
-    ledger = stored_objects(warehouse, kinds)
+    ledger = stored_objects(warehouse.get(), kinds)
     return [
         RawObject(row.content_sha256, row.institution, row.file_kind,
                   vault.decrypt(row.source_path_ciphertext).decode("utf-8") if with_paths else "")

@@ -25,7 +25,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from pydantic import Field
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import run_id_of, versions_metadata
+from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.curate import dbt_project as project

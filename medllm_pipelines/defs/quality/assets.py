@@ -19,15 +19,10 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import (
-    asset_name,
-    counts_by,
-    frame_metadata,
-    raw_table_name,
-    reconciliation_by_institution,
-    record_quarantine,
-    versions_metadata,
-)
+from medllm_pipelines.defs.audit_tables import record_quarantine
+from medllm_pipelines.defs.keys import asset_name, raw_table_name
+from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_metadata
+from medllm_pipelines.lib.common.records import reconciliation_by_institution
 from medllm_pipelines.lib.quality.cleaning import (
     CleaningResult,
     clean_conditions,

@@ -17,8 +17,9 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.common import code_version, run_id_of, versions_metadata, warehouse_location
-from medllm_pipelines.defs.label.assets import SPEC_ID
+from medllm_pipelines.defs.keys import warehouse_location
+from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
+from medllm_pipelines.lib.common.versions import code_version
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.curate.spec import ModelSpec, load_spec
 from medllm_pipelines.lib.deidentify.withdrawal import load_memberships, models_needing_retraining, save_membership
@@ -102,7 +103,7 @@ def diabetes_model(
     from medllm_pipelines.lib.train.tabular import TrainConfig, train_tabular_classifier
     from medllm_pipelines.lib.train.tracking import log_training, make_mlflow_epoch_logger
 
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     # Clause 4.1.2 (row E1): no model is trained for a project without a valid ethics approval.
     approval = GovernanceStore(artifacts.folder("governance")).require_valid_approval(
         spec.project, spec.id, dt.date.today(), spec_version=spec.version
@@ -200,7 +201,7 @@ def retraining_required(
 ) -> MaterializeResult:
     from mlflow.tracking import MlflowClient
 
-    spec = load_spec(SPEC_ID)
+    spec = load_spec(keys.DIABETES_SPEC_ID)
     registry = warehouse.get().read_table(*warehouse_location(keys.CONSENT_REGISTRY))
     records = training_records(artifacts, spec)
     needs = models_needing_retraining(

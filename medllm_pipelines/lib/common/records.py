@@ -219,3 +219,32 @@ class FileOutcomes:
         frame = pd.DataFrame(rows, columns=FILE_OUTCOME_COLUMNS)
         counts = ["records_in", "records_out", "records_quarantined", "records_removed"]
         return frame.astype({**{c: "int64" for c in counts}, **{c: "string" for c in FILE_OUTCOME_COLUMNS if c not in counts}})
+
+
+def reconciliation_by_institution(
+    records_in: pd.DataFrame, records_out: pd.DataFrame, quarantine: list[QuarantineRecord]
+) -> dict[str, dict[str, int]]:
+    """Per institution: in, out, quarantined, and removed by declared rules (the remainder).
+
+    The rule removals are counted exactly per rule at the stage level
+    (``Reconciliation``); per institution they are what is left, and a
+    negative remainder would mean records were invented, which is refused.
+    """
+    def counts(frame: pd.DataFrame) -> dict[str, int]:
+        if frame.empty or "institution" not in frame.columns:
+            return {}
+        return {str(k): int(v) for k, v in frame["institution"].fillna("<none>").value_counts().items()}
+
+    seen_in, seen_out = counts(records_in), counts(records_out)
+    held: dict[str, int] = {}
+    for record in quarantine:
+        key = record.institution or "<none>"
+        held[key] = held.get(key, 0) + 1
+    result = {}
+    for institution in sorted(set(seen_in) | set(seen_out) | set(held)):
+        n_in, n_out, n_held = seen_in.get(institution, 0), seen_out.get(institution, 0), held.get(institution, 0)
+        removed = n_in - n_out - n_held
+        if removed < 0:
+            raise ValueError(f"institution {institution}: more records out than in")
+        result[institution] = {"in": n_in, "out": n_out, "quarantined": n_held, "removed": removed}
+    return result

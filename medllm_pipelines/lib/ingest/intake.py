@@ -18,11 +18,14 @@ from typing import Any
 import pandas as pd
 
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
+from medllm_pipelines.lib.common.warehouse import Warehouse
 from medllm_pipelines.lib.ingest.landing import UNSUPPORTED, LandedFile
 from medllm_pipelines.lib.security.raw_zone import RawZone
 
 STORED = "stored"
 QUARANTINED = "quarantined"
+LEDGER_SCHEMA = "audit"
+LEDGER_TABLE = "file_ledger"
 
 LEDGER_COLUMNS = [
     "content_sha256",
@@ -150,3 +153,19 @@ def consume(paths: Iterable[Path], landing_root: Path) -> int:
                 break
             current = current.parent
     return removed
+
+
+def read_ledger(warehouse: Warehouse) -> pd.DataFrame:
+    """The file ledger (audit.file_ledger): one row per landed file, stored or quarantined."""
+    if not warehouse.table_exists(LEDGER_SCHEMA, LEDGER_TABLE):
+        return pd.DataFrame(columns=LEDGER_COLUMNS)
+    return warehouse.read_table(LEDGER_SCHEMA, LEDGER_TABLE)
+
+
+def stored_objects(warehouse: Warehouse, kinds: tuple[str, ...], institution: str | None = None) -> pd.DataFrame:
+    """Ledger rows of stored (not quarantined) raw objects of the given kinds (and institution)."""
+    ledger = read_ledger(warehouse)
+    selected = ledger[(ledger["status"] == STORED) & ledger["file_kind"].isin(kinds)]
+    if institution is not None:
+        selected = selected[selected["institution"] == institution]
+    return selected.sort_values("content_sha256").reset_index(drop=True)
