@@ -6,6 +6,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from medllm_pipelines.lib.train.store import ModelStore
+
 
 class ArtifactStoreResource(ConfigurableResource):
     """Local folders in the embedded mode; a mounted volume in production.
@@ -29,3 +31,7 @@ class ArtifactStoreResource(ConfigurableResource):
         path = Path(base, *parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def model_store(self) -> ModelStore:
+        """Preprocessing, models, training records and memberships, laid out by spec and dataset version."""
+        return ModelStore(self.folder("models"))

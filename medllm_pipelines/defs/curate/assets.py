@@ -25,6 +25,7 @@ from dagster import (
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.keys import asset_name, warehouse_location
 from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_metadata
+from medllm_pipelines.lib.curate.dataset import join_features_with_splits, read_split_dataset
 from medllm_pipelines.lib.curate.features import build_features
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
@@ -68,7 +69,8 @@ def diabetes_features(context: AssetExecutionContext, warehouse: WarehouseResour
             "records_out": len(frame),
             "reconciled": len(labels) == len(frame),
             "missing_values_per_feature": MetadataValue.json(missing),
-            "missing_value_policy": "median imputation fitted on the training split only (curate/diabetes_preprocessing)",
+            "missing_value_policy": "declared policy (lib/quality/missing_values.yaml) then the spec's median, fitted on "
+            "the training split only (curate/diabetes_preprocessing)",
             "rows_by_label": counts_by(frame, "label"),
             **_spec_metadata(spec),
             **versions_metadata(),
@@ -98,7 +100,6 @@ def _split_metadata(splits: pd.DataFrame, report, spec, records_in: int) -> dict
 @asset(key=keys.DIABETES_SPLITS, deps=[keys.DIABETES_FEATURES], group_name=keys.CURATE, kinds={"python", "duckdb"})
 def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Patient-level, label-stratified 70/15/15 split (seeded), near-duplicate feature rows kept together, k folds."""
-    from medllm_pipelines.lib.curate.cards import training_dataset_version
     from medllm_pipelines.lib.curate.splits import (
         assign_split_rows,
         check_leakage,
@@ -122,7 +123,7 @@ def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource
     return MaterializeResult(
         metadata={
             **_split_metadata(splits, report, spec, len(features)),
-            "dataset_version": training_dataset_version(features, splits),
+            "dataset_version": join_features_with_splits(features, splits).version,
             "near_duplicate_groups": int((shared > 1).sum()),
             **needs.as_metadata(),
         }
@@ -166,48 +167,37 @@ def leakage_gate(split_key: AssetKey):
     return _leakage_gate
 
 
-def _preprocessing_folder(artifacts: ArtifactStoreResource, spec_id: str, dataset_version: str):
-    return artifacts.folder("models", "datasets", spec_id, dataset_version[:16])
-
-
 @asset(
     key=keys.DIABETES_PREPROCESSING,
     deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS],
     group_name=keys.CURATE,
     kinds={"python", "sklearn"},
-    description="The spec's preprocessing (imputation, z-score/min-max, one-hot, feature selection, PCA) fitted on the "
-    "training split only, saved with the dataset version, applied unchanged to validation/test/serving.",
+    description="The spec's preprocessing (declared missing-value policy, imputation, z-score/min-max, one-hot, feature "
+    "selection, PCA) fitted on the training split only, saved with the dataset version; training, the baseline, "
+    "evaluation and serving load it and apply it unchanged.",
 )
 def diabetes_preprocessing(
     context: AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource
 ) -> MaterializeResult:
-    from medllm_pipelines.lib.curate.cards import training_dataset_version
-    from medllm_pipelines.lib.curate.preprocessing import (
-        fit_preprocessing,
-        save_preprocessing,
-        transform,
-    )
+    from medllm_pipelines.lib.curate.preprocessing import fit_preprocessing, save_preprocessing
 
-    wh = warehouse.get()
     spec = load_spec(keys.DIABETES_SPEC_ID)
-    features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
-    splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
-    version = training_dataset_version(features, splits)
-    frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
-    needs = spec.needs_met_by(len(frame))
+    dataset = read_split_dataset(warehouse.get(), warehouse_location(keys.DIABETES_FEATURES),
+                                 warehouse_location(keys.DIABETES_SPLITS))
+    needs = spec.needs_met_by(len(dataset.frame))
     if not needs.met:
         context.log.warning(f"{needs.reason}: no preprocessing fitted")
         return MaterializeResult(
-            metadata={"dataset_version": version, "fitted": False, **needs.as_metadata(), **_spec_metadata(spec),
+            metadata={"dataset_version": dataset.version, "fitted": False, **needs.as_metadata(), **_spec_metadata(spec),
                       **versions_metadata()}
         )
-    fitted = fit_preprocessing(frame, spec.preprocessing)
-    paths = save_preprocessing(fitted, _preprocessing_folder(artifacts, spec.id, version))
-    shapes = {s: list(transform(fitted, frame[frame["split"] == s]).shape) for s in ("train", "validation", "test")}
+    fitted = fit_preprocessing(dataset.frame, spec.preprocessing, dataset_version=dataset.version)
+    paths = save_preprocessing(fitted, artifacts.model_store().preprocessing_folder(spec.id, dataset.version))
+    shapes = {s: list(fitted.transform_array(dataset.split(s)).shape) for s in ("train", "validation", "test")}
     described = fitted.describe()
     return MaterializeResult(
         metadata={
-            "dataset_version": version,
+            "dataset_version": dataset.version,
             "fitted": True,
             **needs.as_metadata(),
             "fitted_on_split": "train",
@@ -216,6 +206,7 @@ def diabetes_preprocessing(
             "fingerprint": fitted.fingerprint(),
             "output_features": MetadataValue.json(fitted.output_features),
             "selected_features": MetadataValue.json(described.get("feature_selection", {}).get("selected", fitted.output_features)),
+            "missing_values": MetadataValue.json(fitted.missing_values),
             "transformed_shape_per_split": MetadataValue.json(shapes),
             "preprocessing": MetadataValue.json(spec.preprocessing.as_dict()),
             "pipeline_path": MetadataValue.path(paths["pipeline"]),
@@ -236,36 +227,27 @@ def diabetes_preprocessing(
 def preprocessing_fitted_on_train_only(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource
 ) -> AssetCheckResult:
-    from medllm_pipelines.lib.curate.cards import training_dataset_version
-    from medllm_pipelines.lib.curate.preprocessing import (
-        fit_preprocessing,
-        ids_digest,
-        load_preprocessing,
-    )
+    from medllm_pipelines.lib.curate.preprocessing import fit_preprocessing, ids_digest
 
-    wh = warehouse.get()
     spec = load_spec(keys.DIABETES_SPEC_ID)
-    features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
-    splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
-    version = training_dataset_version(features, splits)
-    frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
-    needs = spec.needs_met_by(len(frame))
+    dataset = read_split_dataset(warehouse.get(), warehouse_location(keys.DIABETES_FEATURES),
+                                 warehouse_location(keys.DIABETES_SPLITS))
+    needs = spec.needs_met_by(len(dataset.frame))
     if not needs.met:  # nothing was fitted or saved, so nothing can have seen a validation or test row
         return AssetCheckResult(passed=True, severity=AssetCheckSeverity.ERROR,
                                 description=f"no preprocessing fitted ({needs.reason})", metadata=needs.as_metadata())
-    _, saved = load_preprocessing(_preprocessing_folder(artifacts, spec.id, version))
-    train_ids = frame.loc[frame["split"] == "train", "patient_pseudonym"].tolist()
-    refit = fit_preprocessing(frame, spec.preprocessing)
-    everything = fit_preprocessing(frame.assign(split="train"), spec.preprocessing)
-    same_rows = saved["fitted_on"]["ids_sha256"] == ids_digest(train_ids)
-    same_stats = saved["fingerprint"] == refit.fingerprint()
+    saved = artifacts.model_store().fitted_preprocessing(spec.id, dataset.version)
+    refit = fit_preprocessing(dataset.frame, spec.preprocessing, dataset_version=dataset.version)
+    everything = fit_preprocessing(dataset.frame.assign(split="train"), spec.preprocessing)
+    same_rows = saved.fitted_ids_sha256 == ids_digest(dataset.split("train")["patient_pseudonym"].tolist())
+    same_stats = saved.fingerprint() == refit.fingerprint()
     return AssetCheckResult(
         passed=bool(same_rows and same_stats),
         severity=AssetCheckSeverity.ERROR,
         description="fitted on the training split only" if same_rows and same_stats else "saved preprocessing was not fitted on the training rows",
         metadata={
-            "fitted_rows": saved["fitted_on"]["rows"],
-            "train_rows": len(train_ids),
+            "fitted_rows": saved.fitted_rows,
+            "train_rows": len(dataset.split("train")),
             "fitted_ids_match_train": bool(same_rows),
             "refit_on_train_reproduces_statistics": bool(same_stats),
             "fit_on_all_rows_would_differ": everything.fingerprint() != refit.fingerprint(),

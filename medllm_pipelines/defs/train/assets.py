@@ -1,11 +1,8 @@
-"""Train stage: a Lightning model per model spec, tracked in MLflow."""
+"""Train stage: a Lightning model per model spec, on the preprocessing the curate stage fitted, tracked in MLflow."""
 
 
 import datetime as dt
-import json
-from pathlib import Path
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -20,51 +17,17 @@ from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.lib.common.versions import code_version
-from medllm_pipelines.lib.common.records import frame_content_hash
+from medllm_pipelines.lib.curate.dataset import SplitDataset, read_split_dataset
 from medllm_pipelines.lib.curate.spec import ModelSpec, load_spec
+from medllm_pipelines.lib.deidentify.policy import load_policy
 from medllm_pipelines.lib.deidentify.withdrawal import load_memberships, models_needing_retraining, save_membership
 from medllm_pipelines.lib.security.governance import GovernanceStore
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
+from medllm_pipelines.resources.run_settings import RunSettingsResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
-
-TRAINING_RECORD = "training_run.json"
 NEEDS_RETRAINING_TAG = "medllm.needs_retraining"
-
-
-def membership_folder(artifacts: ArtifactStoreResource) -> Path:
-    return artifacts.folder("models", "memberships")
-
-
-def training_records(artifacts: ArtifactStoreResource, spec: ModelSpec) -> list[dict]:
-    """Every model version trained for ``spec`` (one record per dataset version)."""
-    folder = artifacts.folder("models", spec.id)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"*/{TRAINING_RECORD}"))]
-
-
-def model_folder(artifacts: ArtifactStoreResource, spec: ModelSpec, dataset_version: str) -> Path:
-    """Models are filed by dataset version: the evaluation finds the model trained on exactly its data."""
-    return artifacts.folder("models", spec.id, dataset_version[:16])
-
-
-def training_frame(warehouse: WarehouseResource, spec: ModelSpec) -> tuple[pd.DataFrame, str]:
-    """Features joined with their split; the dataset version is the content hash of exactly this frame."""
-    wh = warehouse.get()
-    features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
-    splits = wh.read_table(*warehouse_location(keys.DIABETES_SPLITS))
-    frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
-    frame = frame.sort_values("patient_pseudonym").reset_index(drop=True)
-    return frame, frame_content_hash(frame)
-
-
-def impute_declared(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Missing values per the declared per-column policy (lib/quality/missing_values.yaml, row D5),
-    with statistics and imputation models fitted on the training split only."""
-    from medllm_pipelines.lib.quality.imputation import apply_missing_value_policy
-
-    result = apply_missing_value_policy(frame, reference=frame[frame["split"] == "train"])
-    return result.frame, result.report()
 
 
 def _trained_check(needs) -> AssetCheckResult:
@@ -77,14 +40,28 @@ def _trained_check(needs) -> AssetCheckResult:
     )
 
 
+def _foundations(spec: ModelSpec, approval, run_settings: RunSettingsResource, artifacts: ArtifactStoreResource,
+                 dataset: SplitDataset) -> dict:
+    """What the model rests on, readable without walking the lineage: consent, policy, purpose, approval, card."""
+    policy = load_policy(purpose=run_settings.purpose)
+    card = artifacts.folder("reports", "datasets") / keys.asset_name(keys.DIABETES_SPLITS).replace("/", "__")
+    return {
+        "consent_basis": f"consent {spec.data_needs.get('consent', 'granted')} (deidentify/consent_registry)",
+        "deidentification_policy_version": policy.version,
+        "processing_purpose": policy.purpose_id,
+        "ethics_approval": MetadataValue.json(approval.as_metadata()),
+        "dataset_card": MetadataValue.path(str(card / dataset.version[:16] / "card.md")),
+    }
+
+
 @asset(
     key=keys.DIABETES_MODEL,
-    deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS],
+    deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS, keys.DIABETES_PREPROCESSING],
     group_name=keys.TRAIN,
     kinds={"pytorch", "mlflow"},
-    description="Checkpoint of the type 2 diabetes risk MLP (Lightning), with its fitted preprocessing; one MLflow run per "
-    "materialisation. Below the spec's min_rows nothing is trained: metadata trained=false with the reason, and "
-    "the model_trained check warns.",
+    description="Checkpoint of the type 2 diabetes risk MLP (Lightning) on the preprocessing curate/diabetes_preprocessing "
+    "fitted for the dataset version; one MLflow run per materialisation. Below the spec's min_rows nothing is "
+    "trained: metadata trained=false with the reason, and the model_trained check warns.",
     check_specs=[
         AssetCheckSpec(
             keys.CHECK_MODEL_TRAINED,
@@ -99,90 +76,52 @@ def diabetes_model(
     warehouse: WarehouseResource,
     mlflow: MLflowResource,
     artifacts: ArtifactStoreResource,
+    run_settings: RunSettingsResource,
 ) -> MaterializeResult:
-    from medllm_pipelines.lib.train.tabular import TrainConfig, train_tabular_classifier
-    from medllm_pipelines.lib.train.tracking import log_training, make_mlflow_epoch_logger
+    from medllm_pipelines.lib.train.runs import train_spec_model
 
     spec = load_spec(keys.DIABETES_SPEC_ID)
     # Clause 4.1.2 (row E1): no model is trained for a project without a valid ethics approval.
     approval = GovernanceStore(artifacts.folder("governance")).require_valid_approval(
         spec.project, spec.id, dt.date.today(), spec_version=spec.version
     )
-    frame, dataset_version = training_frame(warehouse, spec)
-    needs = spec.needs_met_by(len(frame))
-    if not needs.met:
-        # The data stages succeeded; the model could not be trained. Not a green model: trained=false, and the
-        # model_trained check fails (WARN) with the reason, which `medllm run` prints. Earlier models stay on disk.
+    dataset = read_split_dataset(warehouse.get(), warehouse_location(keys.DIABETES_FEATURES),
+                                 warehouse_location(keys.DIABETES_SPLITS))
+    needs = spec.needs_met_by(len(dataset.frame))
+    if not needs.met:  # data stages succeeded; trained=false and a WARN check, which `medllm run` prints
         context.log.warning(f"train/diabetes_model not trained: {needs.reason}")
         return MaterializeResult(
-            metadata={"trained": False, "dataset_version": dataset_version, **needs.as_metadata(),
+            metadata={"trained": False, "dataset_version": dataset.version, **needs.as_metadata(),
                       **spec.as_metadata(), **versions_metadata()},
             check_results=[_trained_check(needs)],
         )
-    # Who is in this dataset version: what a later consent withdrawal is checked against (row S5).
-    save_membership(membership_folder(artifacts), dataset_version, frame["patient_pseudonym"])
-    frame, imputation = impute_declared(frame)
-    config = TrainConfig.from_dict(spec.training)
-    output_dir = model_folder(artifacts, spec, dataset_version)
-    tags = {
-        "ethics_approval": approval.id,
-        "dagster_run_id": run_id_of(context),
-        "dagster_asset": "/".join(keys.DIABETES_MODEL.path),
-        "model_spec": f"{spec.id}@{spec.version}",
-        "scenario": spec.scenario,
-        "code_version": code_version(),
-    }
+    store = artifacts.model_store()
+    try:  # never a new fit here: the pipeline curate/diabetes_preprocessing fitted for this dataset version
+        preprocessing = store.fitted_preprocessing(spec.id, dataset.version)
+    except FileNotFoundError as missing:
+        raise RuntimeError(f"{missing}: materialise {keys.asset_name(keys.DIABETES_PREPROCESSING)} first") from None
+    save_membership(store.membership_folder(), dataset.version, dataset.frame["patient_pseudonym"])  # row S5
+    tags = {"ethics_approval": approval.id, "dagster_run_id": run_id_of(context), "model_spec": f"{spec.id}@{spec.version}",
+            "dagster_asset": keys.asset_name(keys.DIABETES_MODEL), "scenario": spec.scenario, "code_version": code_version()}
     with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
-        result = train_tabular_classifier(
-            frame,
-            spec.feature_columns,
-            spec.categorical_features,
-            "label",
-            config,
-            output_dir,
-            on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id),
-        )
-        logged = log_training(result, config, dataset_version, tags=tags, log_history=False)
-        experiment_id = run.info.experiment_id
-    record = {
-        "mlflow_run_id": logged.run_id,
-        "mlflow_experiment_id": experiment_id,
-        "mlflow_model_uri": logged.model_uri,
-        "dataset_version": dataset_version,
-        "model_dir": str(result.model_dir),
-        "dagster_run_id": run_id_of(context),
-    }
-    (output_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
-    context.log.info(
-        f"trained {spec.id}: best epoch {result.best_epoch} of {result.epochs_run}, "
-        f"val ROC-AUC {result.val_metrics.get('val_roc_auc')}"
-    )
+        trained = train_spec_model(dataset, preprocessing, spec, store.model_folder(spec.id, dataset.version),
+                                   run.info.run_id, tags)
+    store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
+    context.log.info(f"trained {spec.id}: best epoch {trained.result.best_epoch} of {trained.result.epochs_run}, "
+                     f"val ROC-AUC {trained.result.val_metrics.get('val_roc_auc')}")
     return MaterializeResult(
         check_results=[_trained_check(needs)],
         metadata={
-            "trained": True,
+            **trained.as_metadata(),
             **needs.as_metadata(),
-            "checkpoint_path": str(result.checkpoint_path),
-            "model_dir": str(result.model_dir),
-            "dataset_version": dataset_version,
-            "mlflow_run_id": logged.run_id,
-            "mlflow_experiment_id": experiment_id,
-            "mlflow_run": MetadataValue.url(mlflow.run_url(experiment_id, logged.run_id)),
-            "mlflow_model_uri": logged.model_uri,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "train_seconds": round(result.train_seconds, 2),
-            "n_train": result.n_train,
-            "n_validation": result.n_val,
-            "validation_metrics": MetadataValue.json(result.val_metrics),
-            "training_config": MetadataValue.json(config.to_dict()),
-            "ethics_approval": MetadataValue.json(approval.as_metadata()),
-            "missing_value_policy": MetadataValue.json(imputation),
-            "missing_values": MetadataValue.json(result.missing_values),
+            "checkpoint_path": MetadataValue.path(str(trained.result.checkpoint_path)),
+            "model_dir": MetadataValue.path(str(trained.result.model_dir)),
+            "mlflow_experiment_id": run.info.experiment_id,
+            "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.experiment_id, trained.logged.run_id)),
+            **_foundations(spec, approval, run_settings, artifacts, dataset),
             **spec.as_metadata(),
             **versions_metadata(),
-        }
+        },
     )
 
 
@@ -203,11 +142,10 @@ def retraining_required(
 
     spec = load_spec(keys.DIABETES_SPEC_ID)
     registry = warehouse.get().read_table(*warehouse_location(keys.CONSENT_REGISTRY))
-    records = training_records(artifacts, spec)
+    store = artifacts.model_store()
+    records = store.training_records(spec.id)
     needs = models_needing_retraining(
-        registry,
-        load_memberships(membership_folder(artifacts)),
-        {r["mlflow_run_id"]: r["dataset_version"] for r in records},
+        registry, load_memberships(store.membership_folder()), {r["mlflow_run_id"]: r["dataset_version"] for r in records}
     )
     client = MlflowClient(tracking_uri=mlflow.tracking_uri)
     for need in needs:

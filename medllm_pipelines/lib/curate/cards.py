@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from medllm_pipelines.lib.common.records import frame_content_hash
+from medllm_pipelines.lib.curate.dataset import join_features_with_splits
 
 LABELLED_SET = "labelled_set"
 SPLIT = "split"
@@ -35,8 +36,7 @@ def dataset_version(frame: pd.DataFrame) -> str:
 
 def training_dataset_version(features: pd.DataFrame, splits: pd.DataFrame) -> str:
     """The version of a model's training data: features joined with their split (what MLflow runs carry)."""
-    frame = features.merge(splits[["patient_pseudonym", "split"]], on="patient_pseudonym", how="inner")
-    return frame_content_hash(frame.sort_values("patient_pseudonym").reset_index(drop=True))
+    return join_features_with_splits(features, splits).version
 
 
 def _counts(series: pd.Series) -> dict[str, int]:

@@ -1,13 +1,16 @@
-"""Preprocessing that cannot leak (clause 5.1.3.2, row D9).
+"""Preprocessing that cannot leak (clause 5.1.3.2, row D9): the one implementation.
 
-Declared in the model spec (``preprocessing:``): median imputation, min-max
-or z-score scaling, one-hot encoding, optional feature selection (univariate
-F-test, L1/Lasso-penalised logistic regression, recursive feature
-elimination) and optional PCA. ``fit_preprocessing`` fits on the rows of the
-training split only - the function never sees another split's rows - and
-the fitted pipeline is saved with the dataset version (joblib, plus a JSON
-description readable without unpickling) and applied unchanged to
-validation, test and serving rows by ``transform``.
+Declared in the model spec (``preprocessing:``): the declared missing-value
+policy (lib/quality/missing_values.yaml, row D5), then median imputation of
+what it leaves, min-max or z-score scaling, one-hot encoding, optional
+feature selection (univariate F-test, L1/Lasso-penalised logistic
+regression, recursive feature elimination) and optional PCA.
+``fit_preprocessing`` fits on the rows of the training split only - the
+function never sees another split's rows - and the curate stage saves the
+fitted pipeline with the dataset version (joblib, its SHA-256, and a JSON
+description readable without unpickling). Training, the baseline,
+evaluation and serving load that saved pipeline and apply it unchanged;
+nothing else fits one.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ SELECTIONS = ("univariate", "lasso", "rfe")
 PIPELINE_FILE = "preprocessing.joblib"
 DESCRIPTION_FILE = "preprocessing.json"
 MISSING_CATEGORY = "__missing__"
+SPEC_IMPUTATION = "spec_imputation"  # what the spec's imputation filled after the declared policy
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class PreprocessingSpec:
     lasso_c: float = 0.5
     pca_components: int | float | None = None
     seed: int = 0
+    declared_missing_values: bool = True  # apply lib/quality/missing_values.yaml first (row D5)
 
     def __post_init__(self) -> None:
         if self.scaling not in SCALINGS:
@@ -67,6 +72,7 @@ class PreprocessingSpec:
             lasso_c=float(selection.get("C", 0.5)),
             pca_components=pca.get("components"),
             seed=int(raw.get("seed", 0)),
+            declared_missing_values=str(raw.get("missing_values", "declared")) == "declared",
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,7 +91,10 @@ def build_pipeline(spec: PreprocessingSpec) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
-    numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=spec.imputation))]
+    from medllm_pipelines.lib.quality.imputation import DeclaredMissingValues
+
+    numeric_steps: list[tuple[str, Any]] = [("declared", DeclaredMissingValues())] if spec.declared_missing_values else []
+    numeric_steps.append(("impute", SimpleImputer(strategy=spec.imputation)))
     if spec.scaling == "zscore":
         numeric_steps.append(("scale", StandardScaler()))
     elif spec.scaling == "minmax":
@@ -114,9 +123,13 @@ def build_pipeline(spec: PreprocessingSpec) -> Any:
 
 
 def _inputs(frame: pd.DataFrame, spec: PreprocessingSpec) -> pd.DataFrame:
+    """The declared input columns; a missing column or a non-numeric value in a numeric one fails loudly."""
+    missing = [c for c in (*spec.numeric_columns, *spec.categorical_columns) if c not in frame.columns]
+    if missing:
+        raise KeyError(f"input frame lacks feature columns: {missing}")
     inputs = frame[list(spec.numeric_columns) + list(spec.categorical_columns)].copy()
     for column in spec.numeric_columns:
-        inputs[column] = pd.to_numeric(inputs[column], errors="coerce").astype(float)
+        inputs[column] = pd.to_numeric(inputs[column], errors="raise").astype(float)
     for column in spec.categorical_columns:
         inputs[column] = inputs[column].astype(object).where(inputs[column].notna(), None)
     return inputs
@@ -128,11 +141,33 @@ def ids_digest(ids: Sequence[str]) -> str:
 
 @dataclass
 class FittedPreprocessing:
+    """The fitted pipeline, its declaration and what it did to the training rows."""
+
     pipeline: Any
     spec: PreprocessingSpec
     fitted_rows: int
     fitted_ids_sha256: str
     output_features: list[str]
+    missing_values: dict[str, Any]
+    dataset_version: str | None = None
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [*self.spec.numeric_columns, *self.spec.categorical_columns]
+
+    @property
+    def n_features_out(self) -> int:
+        return len(self.output_features)
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Apply the fitted pipeline unchanged (validation, test, serving); extra columns are ignored."""
+        return pd.DataFrame(self.transform_array(frame).astype(float), columns=self.output_features, index=frame.index)
+
+    def transform_array(self, frame: pd.DataFrame) -> np.ndarray:
+        """float32 model inputs, one row per frame row, columns in ``output_features`` order."""
+        if len(frame) == 0:
+            return np.empty((0, self.n_features_out), dtype=np.float32)
+        return np.asarray(self.pipeline.transform(_inputs(frame, self.spec)), dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
         """Every fitted statistic, in plain JSON: what an auditor or a non-Python server needs."""
@@ -149,7 +184,10 @@ class FittedPreprocessing:
                 for column, cats in zip(self.spec.categorical_columns, categorical.named_steps["onehot"].categories_, strict=True)
             },
             "output_features": self.output_features,
+            "missing_values": self.missing_values,
         }
+        if "declared" in numeric.named_steps:
+            described["declared_missing_values"] = numeric.named_steps["declared"].describe()
         scaler = numeric.named_steps.get("scale")
         if scaler is not None and self.spec.scaling == "zscore":
             described["zscore"] = {"mean": _floats(scaler.mean_), "scale": _floats(scaler.scale_)}
@@ -182,45 +220,105 @@ def _floats(values: Any) -> list[float | None]:
 
 
 def fit_preprocessing(
-    frame: pd.DataFrame, spec: PreprocessingSpec, *, split_column: str = "split", label: str = "label", id_column: str = "patient_pseudonym"
+    frame: pd.DataFrame,
+    spec: PreprocessingSpec,
+    *,
+    split_column: str = "split",
+    label: str = "label",
+    id_column: str = "patient_pseudonym",
+    dataset_version: str | None = None,
 ) -> FittedPreprocessing:
     """Fit on the training split's rows only; nothing about the other splits reaches the pipeline."""
     train = frame[frame[split_column] == "train"]
     if train.empty:
         raise ValueError("no training rows to fit preprocessing on")
+    inputs = _inputs(train, spec)
+    empty = [c for c in spec.numeric_columns if inputs[c].isna().all()]
+    if empty:
+        raise ValueError(f"numeric columns entirely missing in the training split, nothing to impute from: {empty}")
     pipeline = build_pipeline(spec)
-    pipeline.fit(_inputs(train, spec), train[label].to_numpy())
+    pipeline.fit(inputs, train[label].to_numpy())
     return FittedPreprocessing(
         pipeline=pipeline,
         spec=spec,
         fitted_rows=len(train),
         fitted_ids_sha256=ids_digest(train[id_column].astype(str).tolist()),
         output_features=[str(n) for n in pipeline.get_feature_names_out()],
+        missing_values=_missing_value_report(pipeline, inputs, spec),
+        dataset_version=dataset_version,
     )
 
 
-def transform(fitted: FittedPreprocessing | Any, frame: pd.DataFrame, spec: PreprocessingSpec | None = None) -> pd.DataFrame:
-    """Apply the fitted pipeline unchanged (validation, test, serving)."""
-    pipeline = fitted.pipeline if isinstance(fitted, FittedPreprocessing) else fitted
-    spec = spec or fitted.spec
-    out = pipeline.transform(_inputs(frame, spec))
-    return pd.DataFrame(np.asarray(out, dtype=float), columns=[str(c) for c in pipeline.get_feature_names_out()], index=frame.index)
+def _missing_value_report(pipeline: Any, inputs: pd.DataFrame, spec: PreprocessingSpec) -> dict[str, Any]:
+    """What the fitted steps filled in the training rows, per column and method: the one imputation report."""
+    numeric = pipeline.named_steps["columns"].named_transformers_["numeric"]
+    frame = inputs[list(spec.numeric_columns)]
+    methods: dict[str, dict[str, int]] = {}
+    declared = numeric.named_steps.get("declared")
+    if declared is not None:
+        frame, methods = declared.transform_counted(frame)
+    for column in spec.numeric_columns:
+        left = int(frame[column].isna().sum())
+        if left:
+            methods.setdefault(column, {})[f"{SPEC_IMPUTATION}_{spec.imputation}"] = left
+    for column in spec.categorical_columns:
+        n = int(inputs[column].isna().sum())
+        if n:
+            methods.setdefault(column, {})["missing_category"] = n
+    imputed = {c: int(sum(m.values())) for c, m in sorted(methods.items())}
+    return {
+        "fitted_on_split": "train",
+        "n_rows": len(inputs),
+        "missing_value_policy_version": declared.policy_version_ if declared is not None else None,
+        "imputed_per_column": imputed,
+        "method_per_column": {c: dict(sorted(m.items())) for c, m in sorted(methods.items())},
+        "total_imputed": int(sum(imputed.values())),
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def save_preprocessing(fitted: FittedPreprocessing, folder: Path) -> dict[str, str]:
-    """The fitted pipeline (joblib) and its JSON description, in the dataset version's folder."""
+    """The fitted pipeline (joblib) and its JSON description with the pipeline file's SHA-256."""
     import joblib
+
+    from medllm_pipelines.lib.common.files import write_private_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     pipeline_path = folder / PIPELINE_FILE
     joblib.dump(fitted.pipeline, pipeline_path)
+    description = {
+        **fitted.describe(),
+        "fingerprint": fitted.fingerprint(),
+        "dataset_version": fitted.dataset_version,
+        "sha256": _sha256(pipeline_path),
+    }
     description_path = folder / DESCRIPTION_FILE
-    description_path.write_text(json.dumps({**fitted.describe(), "fingerprint": fitted.fingerprint()}, indent=2, sort_keys=True))
+    write_private_atomic(description_path, json.dumps(description, indent=2, sort_keys=True) + "\n")
     return {"pipeline": str(pipeline_path), "description": str(description_path)}
 
 
-def load_preprocessing(folder: Path) -> tuple[Any, dict[str, Any]]:
-    """The saved pipeline (our own artifact: joblib is trusted here) and its description."""
+def load_preprocessing(folder: Path) -> FittedPreprocessing:
+    """What ``save_preprocessing`` wrote; a pipeline file whose bytes changed is refused before unpickling."""
     import joblib
 
-    return joblib.load(folder / PIPELINE_FILE), json.loads((folder / DESCRIPTION_FILE).read_text())
+    folder = Path(folder)
+    description = json.loads((folder / DESCRIPTION_FILE).read_text())
+    pipeline_path = folder / PIPELINE_FILE
+    if _sha256(pipeline_path) != description.get("sha256"):
+        raise ValueError(f"{pipeline_path} does not match the SHA-256 recorded when it was saved; refusing to unpickle it")
+    raw = dict(description["spec"])
+    spec = PreprocessingSpec(
+        **{**raw, "numeric_columns": tuple(raw["numeric_columns"]), "categorical_columns": tuple(raw["categorical_columns"])}
+    )
+    return FittedPreprocessing(
+        pipeline=joblib.load(pipeline_path),
+        spec=spec,
+        fitted_rows=int(description["fitted_on"]["rows"]),
+        fitted_ids_sha256=str(description["fitted_on"]["ids_sha256"]),
+        output_features=list(description["output_features"]),
+        missing_values=dict(description.get("missing_values") or {}),
+        dataset_version=description.get("dataset_version"),
+    )

@@ -30,11 +30,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from medllm_pipelines.lib.train.preprocessing import (
-    FittedPreprocessor,
-    fit_preprocessor,
-    split_feature_columns,
-)
+from medllm_pipelines.lib.curate.preprocessing import FittedPreprocessing
 
 ArrayLike = Sequence[float] | np.ndarray
 MetricFn = Callable[[np.ndarray, np.ndarray], float | None]
@@ -219,35 +215,34 @@ def paired_bootstrap_delta_ci(
 
 @dataclass
 class LogisticBaseline:
-    """The declared baseline: L2 logistic regression on the model's own preprocessing."""
+    """The declared baseline: L2 logistic regression on the model's own preprocessing (the curate stage's)."""
 
-    preprocessor: FittedPreprocessor
+    preprocessing: FittedPreprocessing
     classifier: LogisticRegression
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Probability of label 1 per row, shape (n,), the same contract as TabularPredictor."""
         if len(frame) == 0:
             return np.empty(0, dtype=np.float64)
-        return self.classifier.predict_proba(self.preprocessor.transform(frame))[:, 1].astype(np.float64)
+        return self.classifier.predict_proba(self.preprocessing.transform_array(frame))[:, 1].astype(np.float64)
 
     def describe(self) -> str:
         return (
             f"logistic regression (scikit-learn, L2 penalty, C={self.classifier.C}, solver={self.classifier.solver}) "
-            "on the same preprocessing, fitted on the training split only"
+            "on the model's preprocessing (fitted by the curate stage on the training split), fitted on the training split only"
         )
 
 
 def fit_logistic_baseline(
     train_frame: pd.DataFrame,
-    feature_columns: Sequence[str],
-    categorical_columns: Sequence[str],
+    preprocessing: FittedPreprocessing,
     label_column: str,
     *,
     split_column: str = "split",
     train_split: str = "train",
     C: float = 1.0,
 ) -> LogisticBaseline:
-    """Fit preprocessing and the baseline on train rows only.
+    """Fit the baseline on train rows only, on the inputs ``preprocessing`` (fitted by the curate stage) gives.
 
     Pass the training split alone; a frame whose `split_column` holds any other
     split is refused, because fitting on it would leak evaluation data.
@@ -261,11 +256,9 @@ def fit_logistic_baseline(
         raise ValueError(f"{label_column!r} must hold only 0 and 1 in the training split")
     if labels.nunique() < 2:
         raise ValueError("the training split holds only one class; no baseline can be fitted")
-    numeric, categorical = split_feature_columns(feature_columns, categorical_columns)
-    preprocessor = fit_preprocessor(train_frame, numeric, categorical)
     classifier = LogisticRegression(C=C, max_iter=5000)
-    classifier.fit(preprocessor.transform(train_frame), labels.to_numpy(dtype=np.int64))
-    return LogisticBaseline(preprocessor=preprocessor, classifier=classifier)
+    classifier.fit(preprocessing.transform_array(train_frame), labels.to_numpy(dtype=np.int64))
+    return LogisticBaseline(preprocessing=preprocessing, classifier=classifier)
 
 
 def evaluate_against_baseline(

@@ -202,3 +202,131 @@ def _model_impute(features: pd.DataFrame, reference: pd.DataFrame | None, strate
     imputer.fit(fit_on.to_numpy())
     filled = pd.DataFrame(imputer.transform(numeric[usable].to_numpy()), columns=usable, index=numeric.index)
     return filled.reindex(columns=numeric.columns)
+
+
+class DeclaredMissingValues:
+    """The declared policy as a fitted step of a model's preprocessing (scikit-learn transformer API).
+
+    ``fit`` learns every statistic and imputation model from the rows it is
+    given - the training split - and ``transform`` applies them unchanged to
+    any later rows (validation, test, one serving request), which
+    ``apply_missing_value_policy`` cannot: it re-derives statistics from the
+    frame or reference it is handed. Interpolation needs a patient's time
+    series; a one-row-per-person frame has none, so only its fallback applies.
+    ``drop`` cannot remove rows inside a pipeline and is refused.
+    """
+
+    def __init__(self, policy_path: str | None = None) -> None:
+        self.policy_path = policy_path
+
+    # scikit-learn's estimator protocol (clone, repr, set_output) without inheriting from BaseEstimator at import
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"policy_path": self.policy_path}
+
+    def set_params(self, **params: Any) -> DeclaredMissingValues:
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def set_output(self, *, transform: str | None = None) -> DeclaredMissingValues:
+        return self  # always returns a DataFrame
+
+    def _policy(self) -> MissingValuePolicy:
+        return load_missing_value_policy(Path(self.policy_path) if self.policy_path else POLICY_PATH)
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> DeclaredMissingValues:
+        policy = self._policy()
+        frame = _numeric_frame(X)
+        specs = {c: s for c, s in policy.columns.items() if c in frame.columns}
+        refused = sorted(c for c, s in specs.items() if s["strategy"] == "drop")
+        if refused:
+            raise ValueError(f"columns {refused} are declared 'drop': a fitted preprocessing cannot drop rows")
+        self.feature_names_in_ = np.asarray([str(c) for c in frame.columns], dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self.policy_version_ = policy.version
+        self.strategies_ = {c: str(s["strategy"]) for c, s in specs.items()}
+        self.models_: dict[str, tuple[list[str], list[str], Any]] = {}
+        for strategy in ("iterative", "knn"):
+            targets = [c for c, s in specs.items() if s["strategy"] == strategy]
+            if not targets:
+                continue
+            features = list(dict.fromkeys([*(c for c in policy.model_columns if c in frame.columns), *targets]))
+            usable = [c for c in features if frame[c].notna().any()]
+            if not any(t in usable for t in targets):
+                continue
+            self.models_[strategy] = (usable, [t for t in targets if t in usable],
+                                      _fit_imputer(frame[usable], strategy, specs, policy.random_state, targets))
+        self.statistics_: dict[str, float] = {}
+        self.fallbacks_: dict[str, tuple[str, float]] = {}
+        for column, spec in specs.items():
+            strategy, fallback = spec.get("strategy"), spec.get("fallback")
+            if strategy in ("mean", "median") and not pd.isna(value := getattr(frame[column], strategy)()):
+                self.statistics_[column] = float(value)
+            if fallback in ("mean", "median") and not pd.isna(value := getattr(frame[column], fallback)()):
+                self.fallbacks_[column] = (str(fallback), float(value))
+        return self
+
+    def transform_counted(self, X: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+        """The imputed frame and, per column, how many values each method filled."""
+        frame = _numeric_frame(X).copy()
+        methods: dict[str, dict[str, int]] = {}
+
+        def count(column: str, method: str, filled: pd.Series) -> None:
+            n = int(filled.sum())
+            if n:
+                methods.setdefault(column, {})[method] = methods.get(column, {}).get(method, 0) + n
+
+        for strategy, (usable, targets, imputer) in self.models_.items():
+            missing = {t: frame[t].isna() for t in targets}
+            if not any(m.any() for m in missing.values()):
+                continue
+            filled = pd.DataFrame(imputer.transform(frame[usable].to_numpy()), columns=usable, index=frame.index)
+            for target, rows in missing.items():
+                frame.loc[rows, target] = filled.loc[rows, target]
+                count(target, strategy, rows & frame[target].notna())
+        for column, value in self.statistics_.items():
+            rows = frame[column].isna()
+            frame.loc[rows, column] = value
+            count(column, self.strategies_[column], rows)
+        for column, (how, value) in self.fallbacks_.items():
+            rows = frame[column].isna()
+            frame.loc[rows, column] = value
+            count(column, f"fallback_{how}", rows)
+        return frame, methods
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return self.transform_counted(X)[0]
+
+    def fit_transform(self, X: pd.DataFrame, y: Any = None) -> pd.DataFrame:
+        return self.fit(X, y).transform(X)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return self.feature_names_in_
+
+    def describe(self) -> dict[str, Any]:
+        """The fitted statistics in plain JSON (no model internals): what an auditor reads."""
+        return {
+            "policy_version": self.policy_version_,
+            "strategy_per_column": dict(self.strategies_),
+            "statistics": {c: round(v, 10) for c, v in self.statistics_.items()},
+            "fallbacks": {c: {"method": how, "value": round(v, 10)} for c, (how, v) in self.fallbacks_.items()},
+            "model_based": {strategy: {"fitted_on": usable, "imputes": targets}
+                            for strategy, (usable, targets, _) in self.models_.items()},
+        }
+
+
+def _numeric_frame(X: Any) -> pd.DataFrame:
+    frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X)
+    return frame.apply(pd.to_numeric, errors="coerce").astype(float)
+
+
+def _fit_imputer(fit_on: pd.DataFrame, strategy: str, specs: dict[str, dict[str, Any]], random_state: int,
+                 targets: list[str]) -> Any:
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401 - registers IterativeImputer
+    from sklearn.impute import IterativeImputer, KNNImputer
+
+    if strategy == "iterative":
+        imputer: Any = IterativeImputer(random_state=random_state, max_iter=10, sample_posterior=False)
+    else:
+        imputer = KNNImputer(n_neighbors=max(int(specs[t].get("n_neighbors", 5)) for t in targets))
+    return imputer.fit(fit_on.to_numpy())

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from medllm_pipelines.lib.train.networks import TabularMLP
-from medllm_pipelines.lib.train.preprocessing import FittedPreprocessor, load_preprocessor
+from medllm_pipelines.lib.curate.preprocessing import FittedPreprocessing, load_preprocessing
 
 MODEL_SPEC_FILENAME = "model_spec.json"
 NETWORK_WEIGHTS_FILENAME = "network_state.pt"
@@ -29,11 +29,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 class TabularPredictor:
-    """The network plus the train-fitted preprocessor, exactly as saved by training."""
+    """The network plus the preprocessing the curate stage fitted, exactly as saved by training."""
 
-    def __init__(self, network: TabularMLP, preprocessor: FittedPreprocessor, spec: dict[str, Any]) -> None:
+    def __init__(self, network: TabularMLP, preprocessing: FittedPreprocessing, spec: dict[str, Any]) -> None:
         self.network = network.eval()
-        self.preprocessor = preprocessor
+        self.preprocessing = preprocessing
         self.spec = spec
 
     @classmethod
@@ -56,12 +56,15 @@ class TabularPredictor:
         # weights_only: the file holds tensors only, so nothing in it can run code.
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-        preprocessor = load_preprocessor(model_dir)
-        return cls(network, preprocessor, spec)
+        preprocessing = load_preprocessing(model_dir)
+        recorded = spec.get("preprocessing_fingerprint")
+        if recorded is not None and preprocessing.fingerprint() != recorded:
+            raise ValueError(f"the preprocessing in {model_dir} is not the one the network was trained with")
+        return cls(network, preprocessing, spec)
 
     @property
     def feature_columns(self) -> list[str]:
-        return list(self.preprocessor.config.input_columns)
+        return self.preprocessing.input_columns
 
     @property
     def threshold(self) -> float:
@@ -71,7 +74,7 @@ class TabularPredictor:
         """Probability of label 1 per row, shape (n,); unlike scikit-learn, not (n, 2)."""
         if len(frame) == 0:
             return np.empty(0, dtype=np.float64)
-        features = torch.from_numpy(self.preprocessor.transform(frame))
+        features = torch.from_numpy(self.preprocessing.transform_array(frame))
         with torch.no_grad():
             probabilities = torch.sigmoid(self.network(features))
         return probabilities.numpy().astype(np.float64)

@@ -45,13 +45,11 @@ from medllm_pipelines.lib.train.predictor import (
     TabularPredictor,
     sha256_file,
 )
-from medllm_pipelines.lib.train.preprocessing import (
-    PREPROCESSOR_CONFIG_FILENAME,
-    PREPROCESSOR_FILENAME,
-    FittedPreprocessor,
-    fit_preprocessor,
-    save_preprocessor,
-    split_feature_columns,
+from medllm_pipelines.lib.curate.preprocessing import (
+    DESCRIPTION_FILE,
+    PIPELINE_FILE,
+    FittedPreprocessing,
+    save_preprocessing,
 )
 
 __all__ = [
@@ -238,17 +236,17 @@ class BinaryClassificationSystem(L.LightningModule):
 
 
 class TabularDataModule(L.LightningDataModule):
-    """Turns the split feature table into tensors, fitting preprocessing on train rows only.
+    """Turns the split feature table into tensors with the preprocessing the curate stage fitted.
 
-    Rows of any split other than train and validation (the test split) are
-    never read, so nothing about them can influence training.
+    Nothing is fitted here: the pipeline was fitted on the training split and
+    saved with the dataset version (lib/curate/preprocessing.py). Rows of any
+    split other than train and validation (the test split) are never read.
     """
 
     def __init__(
         self,
         frame: pd.DataFrame,
-        numeric_columns: Sequence[str],
-        categorical_columns: Sequence[str],
+        preprocessing: FittedPreprocessing,
         label_column: str,
         split_column: str = "split",
         batch_size: int = 64,
@@ -260,19 +258,17 @@ class TabularDataModule(L.LightningDataModule):
             if column not in frame.columns:
                 raise KeyError(f"frame lacks column {column!r}")
         self.frame = frame
-        self.numeric_columns = tuple(numeric_columns)
-        self.categorical_columns = tuple(categorical_columns)
+        self.preprocessing = preprocessing
         self.label_column = label_column
         self.split_column = split_column
         self.batch_size = batch_size
         self.seed = seed
         self.poisson_sampling = poisson_sampling
-        self.preprocessor: FittedPreprocessor | None = None
         self.train_dataset: TensorDataset | None = None
         self.val_dataset: TensorDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.preprocessor is not None:
+        if self.train_dataset is not None:
             return
         train_rows = self.frame[self.frame[self.split_column] == TRAIN_SPLIT]
         val_rows = self.frame[self.frame[self.split_column] == VALIDATION_SPLIT]
@@ -284,7 +280,6 @@ class TabularDataModule(L.LightningDataModule):
         train_labels = self._labels(train_rows, TRAIN_SPLIT)
         if len(np.unique(train_labels)) < 2:
             raise ValueError("the training split holds only one class; a classifier cannot be fitted")
-        self.preprocessor = fit_preprocessor(train_rows, self.numeric_columns, self.categorical_columns)
         self.train_dataset = self._dataset(train_rows, train_labels)
         self.val_dataset = self._dataset(val_rows, self._labels(val_rows, VALIDATION_SPLIT))
 
@@ -296,14 +291,11 @@ class TabularDataModule(L.LightningDataModule):
         return labels.to_numpy(dtype=np.float32)
 
     def _dataset(self, rows: pd.DataFrame, labels: np.ndarray) -> TensorDataset:
-        assert self.preprocessor is not None
-        return TensorDataset(torch.from_numpy(self.preprocessor.transform(rows)), torch.from_numpy(labels))
+        return TensorDataset(torch.from_numpy(self.preprocessing.transform_array(rows)), torch.from_numpy(labels))
 
     @property
     def n_features(self) -> int:
-        if self.preprocessor is None:
-            raise RuntimeError("call setup() first")
-        return self.preprocessor.n_features_out
+        return self.preprocessing.n_features_out
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None
@@ -363,8 +355,7 @@ def _package_versions() -> dict[str, str]:
 
 def train_tabular_classifier(
     frame: pd.DataFrame,
-    feature_columns: Sequence[str],
-    categorical_columns: Sequence[str],
+    preprocessing: FittedPreprocessing,
     label_column: str,
     config: TrainConfig,
     output_dir: str | Path,
@@ -374,15 +365,15 @@ def train_tabular_classifier(
 ) -> TrainResult:
     """Train on the train split, select on the validation split, write a loadable model directory.
 
-    `feature_columns` lists the model inputs; those also in `categorical_columns`
-    are one-hot encoded, the rest are numeric (categoricals need not be repeated
-    in `feature_columns`). `on_epoch_metrics(metrics, epoch)` is called after
+    `preprocessing` is the pipeline the curate stage fitted on this frame's
+    training split (its declared inputs are the model's); it is applied
+    unchanged and copied into the model directory, so that the predictor
+    serves exactly it. `on_epoch_metrics(metrics, epoch)` is called after
     each epoch (validation included) with train_loss, val_loss and val_roc_auc,
     e.g. to stream curves to MLflow. Files we own under output_dir
     (checkpoints/, model/) are replaced.
     """
     started = time.perf_counter()
-    numeric, categorical = split_feature_columns(feature_columns, categorical_columns)
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_DIRNAME
     model_dir = output_dir / MODEL_DIRNAME
@@ -392,11 +383,11 @@ def train_tabular_classifier(
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = TabularDataModule(
-        frame, numeric, categorical, label_column, split_column, batch_size=config.batch_size, seed=config.seed,
+        frame, preprocessing, label_column, split_column, batch_size=config.batch_size, seed=config.seed,
         poisson_sampling=config.private,
     )
     data.setup("fit")
-    assert data.preprocessor is not None and data.train_dataset is not None and data.val_dataset is not None
+    assert data.train_dataset is not None and data.val_dataset is not None
     pos_weight = _resolve_pos_weight(config, data.train_dataset.tensors[1])
     network = TabularMLP(data.n_features, config.hidden_sizes, config.activation, config.dropout)
     privacy = None
@@ -455,7 +446,7 @@ def train_tabular_classifier(
     val_auc = float(roc_auc_score(labels, val_probabilities)) if len(np.unique(labels)) == 2 else float("nan")
     val_metrics = {"val_loss": val_loss, "val_roc_auc": val_auc}
 
-    preprocessor_path = save_preprocessor(data.preprocessor, model_dir)
+    preprocessor_path = Path(save_preprocessing(preprocessing, model_dir)["pipeline"])
     weights_path = model_dir / NETWORK_WEIGHTS_FILENAME
     torch.save(network.state_dict(), weights_path)
     epochs_run = len(history.history)
@@ -463,8 +454,13 @@ def train_tabular_classifier(
         "format_version": MODEL_SPEC_FORMAT_VERSION,
         "task": "binary_classification",
         "label_column": label_column,
-        "feature_columns": {"numeric": list(numeric), "categorical": list(categorical)},
-        "feature_names_out": data.preprocessor.feature_names_out,
+        "feature_columns": {
+            "numeric": list(preprocessing.spec.numeric_columns),
+            "categorical": list(preprocessing.spec.categorical_columns),
+        },
+        "feature_names_out": preprocessing.output_features,
+        "preprocessing_fingerprint": preprocessing.fingerprint(),
+        "dataset_version": preprocessing.dataset_version,
         "network": {
             "class": f"{TabularMLP.__module__}.{TabularMLP.__qualname__}",
             "n_inputs": data.n_features,
@@ -482,8 +478,8 @@ def train_tabular_classifier(
         "n_val": len(data.val_dataset),
         "files": {
             "network_weights": NETWORK_WEIGHTS_FILENAME,
-            "preprocessor": PREPROCESSOR_FILENAME,
-            "preprocessor_config": PREPROCESSOR_CONFIG_FILENAME,
+            "preprocessor": PIPELINE_FILE,
+            "preprocessor_config": DESCRIPTION_FILE,
         },
         "sha256": {"network_weights": sha256_file(weights_path), "preprocessor": sha256_file(preprocessor_path)},
         "versions": _package_versions(),
@@ -501,9 +497,9 @@ def train_tabular_classifier(
         val_metrics=val_metrics,
         n_train=len(data.train_dataset),
         n_val=len(data.val_dataset),
-        feature_names_out=list(data.preprocessor.feature_names_out),
+        feature_names_out=list(preprocessing.output_features),
         stopped_early=epochs_run < config.max_epochs,
         train_seconds=time.perf_counter() - started,
-        missing_values=data.preprocessor.missing_values.to_dict(),
+        missing_values=dict(preprocessing.missing_values),
         privacy=privacy.report() if privacy is not None else {},
     )

@@ -22,7 +22,7 @@ from medllm_pipelines.lib.evaluate.metrics import (
     roc_auc_or_none,
     roc_curve_points,
 )
-from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN, breast_cancer_frame
+from medllm_pipelines_tests.lib.train.datasets import LABEL_COLUMN, breast_cancer_frame, fitted_preprocessing
 
 
 def _random_case(seed: int, n: int = 257) -> tuple[np.ndarray, np.ndarray]:
@@ -149,25 +149,26 @@ def test_logistic_baseline_fits_on_train_only_and_discriminates(cancer: tuple[pd
     frame, features = cancer
     train = frame[frame["split"] == "train"]
     test = frame[frame["split"] == "test"]
-    baseline = fit_logistic_baseline(train, features, CATEGORICAL_COLUMNS, LABEL_COLUMN)
+    baseline = fit_logistic_baseline(train, fitted_preprocessing(train, features), LABEL_COLUMN)
     probabilities = baseline.predict_proba(test)
     assert probabilities.shape == (len(test),) and ((0 <= probabilities) & (probabilities <= 1)).all()
     assert roc_auc_score(test[LABEL_COLUMN], probabilities) > 0.95
-    stats = baseline.preprocessor.fitted_statistics()
-    assert stats["median"]["mean radius"] == pytest.approx(train["mean radius"].median())
+    # the baseline brings no preprocessing of its own: it uses the one it is handed, fitted on train
+    stats = baseline.preprocessing.describe()
+    assert stats["imputation_values"]["mean radius"] == pytest.approx(train["mean radius"].median())
 
 
 def test_logistic_baseline_refuses_a_frame_with_held_out_rows(cancer: tuple[pd.DataFrame, list[str]]) -> None:
     frame, features = cancer
     with pytest.raises(ValueError, match="other splits"):
-        fit_logistic_baseline(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN)
+        fit_logistic_baseline(frame, fitted_preprocessing(frame, features), LABEL_COLUMN)
 
 
 def test_evaluate_against_baseline_bundles_both_sides(cancer: tuple[pd.DataFrame, list[str]]) -> None:
     frame, features = cancer
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
-    strong = fit_logistic_baseline(train, features, CATEGORICAL_COLUMNS, LABEL_COLUMN).predict_proba(test)
-    weak = fit_logistic_baseline(train, ["mean texture", "sex"], CATEGORICAL_COLUMNS, LABEL_COLUMN).predict_proba(test)
+    strong = fit_logistic_baseline(train, fitted_preprocessing(train, features), LABEL_COLUMN).predict_proba(test)
+    weak = fit_logistic_baseline(train, fitted_preprocessing(train, ["mean texture", "sex"]), LABEL_COLUMN).predict_proba(test)
     result = evaluate_against_baseline(test[LABEL_COLUMN].to_numpy(), strong, weak, n_boot=300, seed=1)
     assert result["model_metrics"]["roc_auc"] > result["baseline_metrics"]["roc_auc"]
     delta_low, delta_high = result["confidence_intervals"]["delta"]["roc_auc"]

@@ -15,7 +15,7 @@ from medllm_pipelines.lib.evaluate.metrics import (
     roc_curve_points,
 )
 from medllm_pipelines.lib.evaluate.report import build_evaluation_report, render_report_html, write_report
-from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN, breast_cancer_frame
+from medllm_pipelines_tests.lib.train.datasets import LABEL_COLUMN, breast_cancer_frame, fitted_preprocessing
 
 GENERATED_AT = "2026-11-28T12:00:00+00:00"
 
@@ -25,8 +25,8 @@ def evaluation() -> tuple[dict[str, Any], pd.DataFrame]:
     """A full-featured baseline against a two-feature one, on a real held-out split with pseudonyms."""
     frame, features = breast_cancer_frame()
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
-    model = fit_logistic_baseline(train, features, CATEGORICAL_COLUMNS, LABEL_COLUMN).predict_proba(test)
-    weak = fit_logistic_baseline(train, ["mean texture", "sex"], CATEGORICAL_COLUMNS, LABEL_COLUMN).predict_proba(test)
+    model = fit_logistic_baseline(train, fitted_preprocessing(train, features), LABEL_COLUMN).predict_proba(test)
+    weak = fit_logistic_baseline(train, fitted_preprocessing(train, ["mean texture", "sex"]), LABEL_COLUMN).predict_proba(test)
     return evaluate_against_baseline(test[LABEL_COLUMN].to_numpy(), model, weak, n_boot=200, seed=0), frame
 
 

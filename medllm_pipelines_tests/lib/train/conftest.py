@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from medllm_pipelines.lib.train.tabular import TrainConfig, TrainResult, train_tabular_classifier
-from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN, breast_cancer_frame
+from medllm_pipelines_tests.lib.train.datasets import LABEL_COLUMN, breast_cancer_frame, fitted_preprocessing
 
 # Small and fast: ~1.5 s on 2 cores, and still well above 0.95 validation AUC.
 FAST_CONFIG = TrainConfig(hidden_sizes=(32, 16), dropout=0.1, lr=3e-3, batch_size=32, max_epochs=25, seed=7)
@@ -22,4 +22,4 @@ def trained(cancer_frame: tuple[pd.DataFrame, list[str]], tmp_path_factory: pyte
     """One training run shared by the tests that only read its outputs."""
     frame, features = cancer_frame
     output_dir: Path = tmp_path_factory.mktemp("trained")
-    return train_tabular_classifier(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, FAST_CONFIG, output_dir)
+    return train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, FAST_CONFIG, output_dir)

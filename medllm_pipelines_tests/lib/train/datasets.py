@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
+from medllm_pipelines.lib.curate.preprocessing import FittedPreprocessing, PreprocessingSpec, fit_preprocessing
+
 CATEGORICAL_COLUMNS = ["sex"]
 LABEL_COLUMN = "label"
 SPLIT_COLUMN = "split"
@@ -29,3 +31,11 @@ def breast_cancer_frame(seed: int = 0, missing_fraction: float = 0.03) -> tuple[
     frame["patient_pseudonym"] = [f"P{index:05d}" for index in range(len(frame))]
     frame[SPLIT_COLUMN] = rng.choice(["train", "validation", "test"], size=len(frame), p=[0.6, 0.2, 0.2])
     return frame, numeric_columns + CATEGORICAL_COLUMNS
+
+
+def fitted_preprocessing(frame: pd.DataFrame, feature_columns: list[str], **spec: object) -> FittedPreprocessing:
+    """What the curate stage hands training: the declared pipeline fitted on the frame's training split."""
+    numeric = tuple(c for c in feature_columns if c not in CATEGORICAL_COLUMNS)
+    categorical = tuple(c for c in feature_columns if c in CATEGORICAL_COLUMNS)
+    declaration = PreprocessingSpec(numeric_columns=numeric, categorical_columns=categorical, **spec)  # type: ignore[arg-type]
+    return fit_preprocessing(frame, declaration, label=LABEL_COLUMN, split_column=SPLIT_COLUMN)

@@ -20,7 +20,7 @@ from medllm_pipelines.lib.train.networks import TabularMLP
 from medllm_pipelines.lib.train.predictor import MODEL_SPEC_FILENAME, TabularPredictor
 from medllm_pipelines.lib.train.tabular import TrainConfig, train_tabular_classifier
 from medllm_pipelines_tests.lib.train.conftest import FAST_CONFIG
-from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN
+from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN, fitted_preprocessing
 
 FrameAndFeatures = tuple[pd.DataFrame, list[str]]
 
@@ -45,7 +45,7 @@ def test_private_training_spends_no_more_than_its_budget_and_still_learns(
     frame, features = cancer_frame
     config = dataclasses.replace(FAST_CONFIG, dp_target_epsilon=3.0, dp_delta=1e-5, dp_max_grad_norm=1.0,
                                  optimizer="adam", lr=1e-2, max_epochs=10, early_stopping_patience=10)
-    result = train_tabular_classifier(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, config, tmp_path)
+    result = train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path)
     privacy = result.privacy
     assert 0 < privacy["epsilon_spent"] <= 3.0 + 1e-6
     assert privacy["noise_multiplier"] > 0 and privacy["delta"] == 1e-5 and privacy["accountant"] == "rdp"

@@ -23,7 +23,7 @@ from medllm_pipelines.lib.train.tabular import (
     train_tabular_classifier,
 )
 from medllm_pipelines_tests.lib.train.conftest import FAST_CONFIG
-from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN
+from medllm_pipelines_tests.lib.train.datasets import CATEGORICAL_COLUMNS, LABEL_COLUMN, fitted_preprocessing
 
 FrameAndFeatures = tuple[pd.DataFrame, list[str]]
 
@@ -70,7 +70,7 @@ def test_training_is_deterministic_and_blind_to_test_rows(
         test_rows = frame["split"] == "test"
         frame.loc[test_rows, LABEL_COLUMN] = 1 - frame.loc[test_rows, LABEL_COLUMN]
         frame.loc[test_rows, features[:30]] = frame.loc[test_rows, features[:30]] * 3 + 1000
-    again = train_tabular_classifier(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, FAST_CONFIG, tmp_path)
+    again = train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, FAST_CONFIG, tmp_path)
     assert again.best_epoch == trained.best_epoch and again.epochs_run == trained.epochs_run
     for key, value in trained.val_metrics.items():
         assert again.val_metrics[key] == pytest.approx(value, abs=1e-6)
@@ -125,13 +125,14 @@ def noise_frame() -> FrameAndFeatures:
     frame["sex"] = rng.choice(["male", "female"], n)
     frame[LABEL_COLUMN] = rng.integers(0, 2, n)
     frame["split"] = rng.choice(["train", "validation"], n, p=[0.7, 0.3])
+    frame["patient_pseudonym"] = [f"N{i:04d}" for i in range(n)]
     return frame, [f"x{i}" for i in range(5)] + ["sex"]
 
 
 def test_early_stopping_stops_on_plateau_and_keeps_best_epoch(noise_frame: FrameAndFeatures, tmp_path: Path) -> None:
     frame, features = noise_frame
     config = TrainConfig(hidden_sizes=(32,), lr=1e-2, max_epochs=200, early_stopping_patience=3, seed=1)
-    result = train_tabular_classifier(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, config, tmp_path)
+    result = train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path)
     assert result.stopped_early and result.epochs_run < 50
     assert result.epochs_run == result.best_epoch + config.early_stopping_patience + 1
     # The saved model is the best epoch's, not the last one's.
@@ -155,7 +156,7 @@ def test_optimizer_is_selectable_and_trains(
     config = TrainConfig(hidden_sizes=(16,), optimizer=name, lr=1e-2, max_epochs=4, early_stopping_patience=10)
     seen: list[tuple[int, dict[str, float]]] = []
     result = train_tabular_classifier(
-        frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, config, tmp_path, lambda m, e: seen.append((e, m))
+        frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path, lambda m, e: seen.append((e, m))
     )
     assert [epoch for epoch, _ in seen] == [0, 1, 2, 3]
     assert all({"train_loss", "val_loss", "val_roc_auc"} <= set(metrics) for _, metrics in seen)
@@ -186,7 +187,7 @@ def test_invalid_config_is_refused(field: str, value: object) -> None:
 def test_balanced_pos_weight_uses_train_class_ratio(cancer_frame: FrameAndFeatures, tmp_path: Path) -> None:
     frame, features = cancer_frame
     config = TrainConfig(hidden_sizes=(8,), max_epochs=1, pos_weight="balanced")
-    result = train_tabular_classifier(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, config, tmp_path)
+    result = train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path)
     train_labels = _split(frame, "train")[LABEL_COLUMN]
     spec = json.loads((result.model_dir / MODEL_SPEC_FILENAME).read_text())
     expected = (train_labels == 0).sum() / (train_labels == 1).sum()
@@ -198,4 +199,4 @@ def test_bad_labels_are_refused_with_the_split_named(cancer_frame: FrameAndFeatu
     frame = frame.copy()
     frame.loc[frame.index[frame["split"] == "validation"][:2], LABEL_COLUMN] = 2
     with pytest.raises(ValueError, match="2 rows of the validation split"):
-        train_tabular_classifier(frame, features, CATEGORICAL_COLUMNS, LABEL_COLUMN, FAST_CONFIG, tmp_path)
+        train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, FAST_CONFIG, tmp_path)

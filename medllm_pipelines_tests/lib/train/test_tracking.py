@@ -82,7 +82,7 @@ def test_training_is_logged_and_the_model_loads_back(
 
     frame, _ = cancer_frame
     predictor = TabularPredictor.load(trained.model_dir)
-    features = torch.from_numpy(predictor.preprocessor.transform(frame))
+    features = torch.from_numpy(predictor.preprocessing.transform_array(frame))
     network = mlflow.pytorch.load_model(logged.model_uri)
     with torch.no_grad():
         from_mlflow = torch.sigmoid(network(features)).numpy()
