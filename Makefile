@@ -25,14 +25,14 @@ install: $(STAMP) $(DBT_MANIFEST)
 # dbt: dagster-dbt builds the curate group's dbt assets from this manifest when
 # the definitions load; re-parsed whenever a file under dbt/ changes.
 $(DBT_MANIFEST): $(STAMP) $(DBT_SOURCES)
-	$(PY) -m medllm_pipelines.lib.curate.dbt_project parse
+	$(PY) -m medllm_pipelines.cli_dbt parse
 
 dbt-parse: $(DBT_MANIFEST)
 
 # dbt docs against the warehouse the environment selects: by default the
 # embedded DuckDB file $(MEDLLM_HOME)/warehouse/medllm.duckdb (run `make run` first).
 dbt-docs: install
-	$(PY) -m medllm_pipelines.lib.curate.dbt_project docs
+	$(PY) -m medllm_pipelines.cli_dbt docs
 
 # PostgreSQL is installed on these machines; start it when it is down.
 postgres:

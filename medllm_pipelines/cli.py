@@ -47,7 +47,7 @@ def ensure_services(settings: Settings, echo: bool = True) -> None:
     """
     if not settings.uses_local_openbao:
         return
-    from medllm_pipelines.lib.security.openbao import start_local_server
+    from medllm_pipelines.lib.services.openbao import start_local_server
 
     server = start_local_server(settings.services_dir)
     if echo:
@@ -82,7 +82,7 @@ def services_up() -> None:
 
 @services.command("down")
 def services_down() -> None:
-    from medllm_pipelines.lib.security.openbao import stop_dev_server
+    from medllm_pipelines.lib.services.openbao import stop_dev_server
 
     settings = _settings()
     stopped = stop_dev_server(settings.services_dir)
@@ -92,7 +92,7 @@ def services_down() -> None:
 @services.command("status")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def services_status(as_json: bool) -> None:
-    from medllm_pipelines.lib.security.openbao import server_status
+    from medllm_pipelines.lib.services.openbao import server_status
 
     settings = _settings()
     status = {

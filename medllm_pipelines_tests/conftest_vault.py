@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from medllm_pipelines.lib.security.openbao import (
+from medllm_pipelines.lib.security.vault_client import TransitKeyService
+from medllm_pipelines.lib.services.openbao import (
     STATE_FILE_NAME,
     BaoServer,
     find_bao_binary,
     start_dev_server,
     stop_dev_server,
 )
-from medllm_pipelines.lib.security.vault_client import TransitKeyService
 
 if TYPE_CHECKING:
     from medllm_pipelines.resources.vault import VaultResource

@@ -20,7 +20,6 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, PrivateAttr
 
 from medllm_pipelines.lib.security.errors import VaultPermissionError
-from medllm_pipelines.lib.security.openbao import read_connection_file
 from medllm_pipelines.lib.security.vault_client import (
     DEFAULT_DATA_KEY_NAME,
     DEFAULT_PSEUDONYM_KEY_NAME,
@@ -29,6 +28,7 @@ from medllm_pipelines.lib.security.vault_client import (
     HmacDigests,
     TransitKeyService,
 )
+from medllm_pipelines.lib.services.openbao import read_connection_file
 
 __all__ = ["VaultResource"]
 

@@ -11,8 +11,8 @@ import pytest
 
 from medllm_pipelines.lib.security.envelope import DataKeyProvider, decrypt_bytes, encrypt_bytes, read_header
 from medllm_pipelines.lib.security.errors import OpenBaoServerError, VaultUnavailableError
-from medllm_pipelines.lib.security.openbao import BaoServer
 from medllm_pipelines.lib.security.vault_client import TransitKeyService
+from medllm_pipelines.lib.services.openbao import BaoServer
 from medllm_pipelines.resources.vault import VaultResource
 
 SECRET_TOKEN = "medllm-test-token-must-never-leak-7f3a9c"

@@ -20,7 +20,7 @@ import pandas as pd
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
-def _ident(name: str) -> str:
+def checked_identifier(name: str) -> str:
     """Validate an SQL identifier: table names are constants, never user input."""
     if not _IDENT.fullmatch(name):  # fullmatch: ``$`` alone would accept a trailing newline
         raise ValueError(f"invalid SQL identifier {name!r}")
@@ -68,7 +68,7 @@ class Warehouse:
     # --- writes -----------------------------------------------------------
     def write_table(self, schema: str, table: str, frame: pd.DataFrame, *, mode: str = "replace") -> int:
         """Write ``frame``; ``mode`` is ``replace`` or ``append``. Returns rows written."""
-        schema, table = _ident(schema), _ident(table)
+        schema, table = checked_identifier(schema), checked_identifier(table)
         if mode not in {"replace", "append"}:
             raise ValueError("mode must be 'replace' or 'append'")
         frame = _typed_nulls(frame)
@@ -115,7 +115,7 @@ class Warehouse:
         """``col = value`` for each item (``IS NULL`` for None), as positional and named parameters."""
         clauses, positional, named = [], [], {}
         for index, (column, value) in enumerate(sorted(match.items())):
-            column = _ident(column)
+            column = checked_identifier(column)
             if value is None:
                 clauses.append(f"{column} IS NULL")
             else:
@@ -125,7 +125,7 @@ class Warehouse:
         return " AND ".join(clauses) or "TRUE", positional, named
 
     def delete_where(self, schema: str, table: str, match: dict[str, Any]) -> None:
-        schema, table = _ident(schema), _ident(table)
+        schema, table = checked_identifier(schema), checked_identifier(table)
         self._where(match, "?")  # validates column names before anything else
         if not self.table_exists(schema, table):
             return
@@ -142,7 +142,7 @@ class Warehouse:
 
     def replace_rows(self, schema: str, table: str, match: dict[str, Any], frame: pd.DataFrame) -> None:
         """Atomically replace the rows matching ``match`` by ``frame`` (idempotent re-materialisation)."""
-        schema, table = _ident(schema), _ident(table)
+        schema, table = checked_identifier(schema), checked_identifier(table)
         frame = _typed_nulls(frame)
         if not self.table_exists(schema, table):
             self.write_table(schema, table, frame, mode="replace")
@@ -174,7 +174,7 @@ class Warehouse:
     def replace_values(self, schema: str, table: str, column: str, old_to_new: pd.DataFrame) -> None:
         """In one transaction, set ``column`` to ``new_value`` wherever it equals ``old_value`` (the two columns
         of ``old_to_new``); every other column and row is left as it is (e.g. rewrapped ciphertexts)."""
-        schema, table, column = _ident(schema), _ident(table), _ident(column)
+        schema, table, column = checked_identifier(schema), checked_identifier(table), checked_identifier(column)
         qualified = f"{schema}.{table}"
         mapping = old_to_new[["old_value", "new_value"]]
         if self.is_postgres:
@@ -201,7 +201,7 @@ class Warehouse:
 
     # --- reads ------------------------------------------------------------
     def read_table(self, schema: str, table: str) -> pd.DataFrame:
-        schema, table = _ident(schema), _ident(table)
+        schema, table = checked_identifier(schema), checked_identifier(table)
         return self.query(f"SELECT * FROM {schema}.{table}")
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -9,8 +9,8 @@ Dagster (dagster-dbt) builds the curate group's dbt assets from
 ``dbt/target/manifest.json`` when the definitions are imported; ``dbt parse``
 writes it (``make dbt-parse``, part of ``make install``). Run as a module::
 
-    python -m medllm_pipelines.lib.curate.dbt_project parse   # write the manifest
-    python -m medllm_pipelines.lib.curate.dbt_project docs    # dbt docs generate
+    python -m medllm_pipelines.cli_dbt parse   # write the manifest
+    python -m medllm_pipelines.cli_dbt docs    # dbt docs generate
 
 against the warehouse the environment selects (``medllm_pipelines.settings``).
 """
@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from medllm_pipelines.lib.common.files import exclusive_lock
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt"
 DBT_PROFILES_DIR = DBT_PROJECT_DIR
@@ -134,7 +136,7 @@ def require_manifest(manifest_path: Path = MANIFEST_PATH) -> Path:
         raise DbtManifestMissingError(
             f"dbt manifest not found at {manifest_path}. The curate group's dbt assets are built from it "
             "when the Dagster definitions load. Generate it with `make dbt-parse` (part of `make install`) or "
-            "`python -m medllm_pipelines.lib.curate.dbt_project parse`, and again after changing dbt/."
+            "`python -m medllm_pipelines.cli_dbt parse`, and again after changing dbt/."
         )
     return manifest_path
 
@@ -206,12 +208,8 @@ def ensure_manifest(
     environ: Mapping[str, str] | None = None,
 ) -> Path:
     """Parse only when the manifest is missing or older than the project (safe across processes)."""
-    import fcntl
-
     manifest = project_dir / DBT_TARGET_PATH / "manifest.json"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest.parent / ".parse.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers: one parses, the others wait and reuse it
+    with exclusive_lock(manifest.parent / ".parse.lock"):  # pytest-xdist workers: one parses, the others reuse it
         if manifest_is_stale(manifest, project_dir):
             parse_project(connection, project_dir=project_dir, environ=environ)
     return manifest
@@ -226,29 +224,3 @@ def generate_docs(
     """``dbt docs generate``: the catalog is read from the warehouse, so it must exist."""
     run_dbt(["docs", "generate"], connection, project_dir=project_dir, profiles_dir=project_dir, environ=environ)
     return project_dir / DBT_TARGET_PATH / "index.html"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from medllm_pipelines.settings import load_settings
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args not in (["parse"], ["docs"]):
-        print("usage: python -m medllm_pipelines.lib.curate.dbt_project {parse|docs}", file=sys.stderr)
-        return 2
-    settings = load_settings()
-    connection = dbt_connection(settings.warehouse_url)
-    if args == ["parse"]:
-        print(f"dbt manifest ({connection.target}): {parse_project(connection)}")
-        return 0
-    if connection.target == DUCKDB_TARGET and not Path(connection.env[DUCKDB_PATH_ENV]).exists():
-        print(
-            f"no warehouse at {connection.env[DUCKDB_PATH_ENV]}: run the lifecycle first (`make run` or `make demo`)",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"dbt docs ({connection.target}): {generate_docs(connection)}  (serve: dbt docs serve --project-dir dbt)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

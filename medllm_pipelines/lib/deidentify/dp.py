@@ -28,20 +28,19 @@ rounded to integers, which closes that channel for them.)
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medllm_pipelines.lib.common.files import exclusive_lock, write_private_atomic
 
 __all__ = [
     "DPRelease",
@@ -186,7 +185,7 @@ class PrivacyLedger:
         self.dataset = dataset
         self.epsilon_budget = float(epsilon_budget)
         self.delta_budget = float(delta_budget)
-        with self._locked():
+        with exclusive_lock(self.lock_path):
             self._load()  # creates nothing, but checks an existing file now
 
     def __repr__(self) -> str:
@@ -194,7 +193,7 @@ class PrivacyLedger:
 
     # --- reading --------------------------------------------------------------------
     def entries(self) -> list[LedgerEntry]:
-        with self._locked():
+        with exclusive_lock(self.lock_path):
             return [LedgerEntry(**e) for e in self._load()["entries"]]
 
     def spent(self) -> tuple[float, float]:
@@ -213,7 +212,7 @@ class PrivacyLedger:
         _check_epsilon(epsilon)
         if not 0 <= delta < 1:
             raise ValueError("delta must be in [0, 1)")
-        with self._locked():
+        with exclusive_lock(self.lock_path):
             data = self._load()
             spent_epsilon = math.fsum(e["epsilon"] for e in data["entries"])
             spent_delta = math.fsum(e["delta"] for e in data["entries"])
@@ -266,28 +265,7 @@ class PrivacyLedger:
         return data
 
     def _save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True, ensure_ascii=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        write_private_atomic(self.path, json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False))
 
 
 # --- budgeted releases --------------------------------------------------------------

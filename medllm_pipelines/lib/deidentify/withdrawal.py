@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from medllm_pipelines.lib.common import codes
+from medllm_pipelines.lib.common.files import write_private_atomic
 
 __all__ = [
     "ConsentFilterResult",
@@ -161,18 +161,8 @@ def save_membership(folder: str | os.PathLike[str], dataset_version: str, pseudo
         if existing.get("members_sha256") != digest:
             raise ValueError(f"membership of dataset version {dataset_version!r} is already recorded with other members")
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"dataset_version": dataset_version, "members": members, "count": len(members), "members_sha256": digest}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=0)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_atomic(path, json.dumps(payload, indent=0))
     return path
 
 

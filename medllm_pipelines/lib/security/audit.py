@@ -31,19 +31,19 @@ serialise; the head is replaced via temp file + rename.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from medllm_pipelines.lib.common.files import exclusive_lock, write_private_atomic
+from medllm_pipelines.lib.security.audit_keys import ChainKey, LocalChainKey, TransitChainKey
+from medllm_pipelines.lib.security.audit_screen import AuditIdentifierError, check_no_identifiers
 from medllm_pipelines.lib.security.errors import SecurityError
 
 __all__ = [
@@ -77,66 +77,8 @@ ENTRY_FIELDS = (
 MAX_ENTRY_BYTES = 16 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,128}$")
 
-# --- identifier screen ----------------------------------------------------------
-# Keys that name a direct identifier (lib/security/leak_scan.IDENTIFIER_COLUMNS and
-# their usual spellings), and value shapes that are identifiers whatever the key.
-_IDENTIFIER_KEYS = frozenset(
-    {
-        "mrn", "resident_id", "id_number", "name", "name_zh", "name_en", "patient_name", "family", "given",
-        "phone", "telephone", "mobile", "email", "address", "birth_date", "dob", "patient_id", "patient_key",
-    }
-)
-_IDENTIFIER_VALUES = (
-    ("e-mail address", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")),
-    ("resident ID number", re.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])")),
-    ("mobile phone number", re.compile(r"(?<!\d)(?:\+?86[- ]?)?1[3-9]\d{9}(?!\d)")),
-    ("phone number", re.compile(r"(?<!\d)\(?\d{3}\)?[- .]\d{3}[- .]\d{4}(?!\d)")),
-    ("all-digit identifier", re.compile(r"^\d{6,}$")),
-)
-_HEX_TOKEN = re.compile(r"[0-9a-f]{16,}")
-_HEX_LETTER = re.compile(r"[a-f]")
-
-
 class AuditIntegrityError(SecurityError):
     """The log or its head is damaged or was tampered with; appending stops."""
-
-
-class AuditIdentifierError(SecurityError, ValueError):
-    """An entry would have put something identifier-like into the log."""
-
-
-class ChainKey(Protocol):
-    """A MAC key the log writer can use but not read (normally Vault transit)."""
-
-    key_ref: str
-
-    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
-        """Hex MAC of ``data`` and the key version used (``None`` if unversioned)."""
-        ...
-
-
-class TransitChainKey:
-    """HMAC-SHA-256 by a Vault transit ``hmac`` key (normally ``medllm-audit``).
-
-    ``TransitChainKey(service, key_name="medllm-audit")`` on any
-    ``TransitKeyService``; without ``key_name`` the service's *pseudonym* key
-    slot names the audit key. Use a key of its own: the pseudonym key must stay
-    dedicated to pseudonyms. The key version is stored with each MAC, so
-    rotating the key keeps old checkpoints verifiable.
-    """
-
-    def __init__(self, service: Any, *, key_name: str | None = None) -> None:
-        self._service = service
-        self._key_name = key_name
-        self.key_ref = f"{service.transit_mount}/{key_name or service.pseudonym_key_name}"
-
-    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
-        message = [hashlib.sha256(data).hexdigest()]
-        if self._key_name is None:
-            digests = self._service.hmac_many(message, key_version=key_version)
-        else:
-            digests = self._service.hmac_many(message, key_version=key_version, key_name=self._key_name)
-        return digests[0], digests.key_version
 
 
 # One checkpoint per this many entries in the platform's log; writers and
@@ -155,22 +97,6 @@ def transit_audit_log(path: str | os.PathLike[str], service: Any, *, key_name: s
 
     return AuditLog(path, chain_key=TransitChainKey(service, key_name=key_name or DEFAULT_AUDIT_KEY_NAME),
                     checkpoint_every=AUDIT_CHECKPOINT_EVERY)
-
-
-class LocalChainKey:
-    """HMAC-SHA-256 with a key held in memory: tests and offline tools only."""
-
-    def __init__(self, secret: bytes, key_ref: str = "local/audit") -> None:
-        if len(secret) < 16:
-            raise ValueError("a chain key needs at least 128 bits")
-        self._secret = secret
-        self.key_ref = key_ref
-
-    def mac(self, data: bytes, *, key_version: int | None = None) -> tuple[str, int | None]:
-        return hmac.new(self._secret, data, hashlib.sha256).hexdigest(), None
-
-    def __repr__(self) -> str:
-        return f"LocalChainKey(key_ref={self.key_ref!r})"
 
 
 @dataclass(frozen=True)
@@ -242,35 +168,6 @@ def _head_message(seq: int, chain_hash: str) -> bytes:
     return f"medllm-audit-head-v1:{seq}:{chain_hash}".encode("ascii")
 
 
-def check_no_identifiers(where: str, value: Any) -> None:
-    """Refuse identifier-like keys or values anywhere inside ``value``.
-
-    A screen, not a guarantee: callers must still only pass counts, codes,
-    pseudonyms, hashes and names of things, never patient data.
-    """
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise AuditIdentifierError(f"{where}: keys must be strings")
-            if key.lower() in _IDENTIFIER_KEYS:
-                raise AuditIdentifierError(f"{where}: key {key!r} names a direct identifier; audit entries must not hold one")
-            check_no_identifiers(f"{where}.{key}", item)
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            check_no_identifiers(f"{where}[{index}]", item)
-    elif isinstance(value, str):
-        # Hex digests and pseudonyms (hex with at least one letter) are not
-        # identifiers but can contain digit runs that look like one.
-        screened = _HEX_TOKEN.sub(lambda m: "#" if _HEX_LETTER.search(m.group()) else m.group(), value)
-        for kind, pattern in _IDENTIFIER_VALUES:
-            if pattern.search(screened):
-                raise AuditIdentifierError(f"{where}: value looks like a {kind}; audit entries must not hold one")
-    elif value is None or isinstance(value, (bool, int, float)):
-        return
-    else:
-        raise AuditIdentifierError(f"{where}: unsupported value type {type(value).__name__}")
-
-
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -340,7 +237,7 @@ class AuditLog:
         check_no_identifiers("resource", resource)
         check_no_identifiers("reason", reason)
         check_no_identifiers("details", payload)
-        with self._locked():
+        with exclusive_lock(self.lock_path):
             last_seq, last_hash, since_checkpoint = self._tail_state()
             # Everything that needs the chain key (Vault) is computed before a byte is written: a Vault
             # outage then leaves the log and its head as they were, never an entry without its head.
@@ -353,7 +250,7 @@ class AuditLog:
                 since_checkpoint = 0
             head = self._head_bytes(last.seq, last.hash, since_checkpoint)
             self._append_lines(lines)
-            _atomic_write(self.head_path, head)
+            write_private_atomic(self.head_path, head)
         return entry
 
     def verify(self) -> VerifyResult:
@@ -441,17 +338,6 @@ class AuditLog:
             )
         since = head.get("since_checkpoint", 0)
         return seq, chain_hash, since if isinstance(since, int) and since >= 0 else 0
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
 
 def append(path: str | os.PathLike[str], *, chain_key: ChainKey | None = None,
@@ -609,24 +495,3 @@ def _last_line(path: Path, block: int = 8192) -> bytes:
             if data.count(b"\n") >= 2 or position == 0:
                 break
         return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-

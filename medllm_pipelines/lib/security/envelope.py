@@ -41,21 +41,22 @@ visible.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import secrets
 import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from medllm_pipelines.lib.common.files import write_private_atomic_with
 from medllm_pipelines.lib.security.errors import (
     DataKeyUnwrapError,
     EnvelopeIntegrityError,
@@ -79,7 +80,9 @@ __all__ = [
     "encrypt_stream",
     "is_envelope",
     "read_header",
+    "rewrap_envelope_bytes",
     "rewrap_file",
+    "wrapped_key_version",
 ]
 
 MAGIC = b"\x89MLENV"
@@ -97,7 +100,6 @@ MAX_CHUNKS = 2**32
 _PREAMBLE = struct.Struct(">6sBI")
 _CHUNK_POSITION = struct.Struct(">QB")
 _HEADER_FIELDS = frozenset({"alg", "chunk_size", "key_ref", "nonce", "wrapped_key"})
-_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -243,7 +245,7 @@ def encrypt_stream(
         current = following
     return EnvelopeInfo(
         key_ref=header.key_ref,
-        wrapped_key_version=_wrapped_key_version(wrapped_key),
+        wrapped_key_version=wrapped_key_version(wrapped_key),
         chunk_size=chunk_size,
         chunk_count=index,
         plaintext_bytes=plaintext_bytes,
@@ -340,7 +342,7 @@ def encrypt_file(
     half-written one, even if the process dies mid-way.
     """
     with open(src_path, "rb") as src:
-        return _atomic_write(
+        return write_private_atomic_with(
             Path(dst_path),
             lambda dst: encrypt_stream(src, dst, provider, aad=aad, chunk_size=chunk_size),
         )
@@ -371,7 +373,7 @@ def decrypt_file(
                 written += len(chunk)
         return written
 
-    return _atomic_write(Path(dst_path), write)
+    return write_private_atomic_with(Path(dst_path), write)
 
 
 def rewrap_file(path: str | os.PathLike[str], rewrap: Callable[[str], str]) -> bool:
@@ -379,37 +381,49 @@ def rewrap_file(path: str | os.PathLike[str], rewrap: Callable[[str], str]) -> b
 
     ``rewrap`` is e.g. ``TransitKeyService.rewrap``; the data itself is copied,
     not decrypted, and the key service never sees it. Returns False (file
-    untouched) when the wrapped key was already at the latest key version. After every envelope is rewrapped the old
-    key versions can be retired (``min_decryption_version``).
+    untouched) when the wrapped key was already at the latest key version. After
+    every envelope is rewrapped the old key versions can be retired
+    (``min_decryption_version``).
     """
     path = Path(path)
     with open(path, "rb") as src:
-        header = read_header(src)
-        new_wrapped = rewrap(header.wrapped_key)
-        old_version = _wrapped_key_version(header.wrapped_key)
-        if new_wrapped == header.wrapped_key or (
-            old_version is not None and _wrapped_key_version(new_wrapped) == old_version
-        ):
+        rewrapped = _rewrapped_prefix(read_header(src), rewrap)
+        if rewrapped is None:
             return False
-        new_header = EnvelopeHeader(
-            format_version=header.format_version,
-            alg=header.alg,
-            key_ref=header.key_ref,
-            wrapped_key=new_wrapped,
-            chunk_size=header.chunk_size,
-            nonce=header.nonce,
-            header_length=0,
-        )
+        prefix: bytes = rewrapped
 
         def write(dst: BinaryIO) -> None:
-            header_json = new_header.to_json_bytes()
-            dst.write(_PREAMBLE.pack(MAGIC, header.format_version, len(header_json)))
-            dst.write(header_json)
+            dst.write(prefix)
             while block := src.read(DEFAULT_CHUNK_SIZE):
                 dst.write(block)
 
-        _atomic_write(path, write)
+        write_private_atomic_with(path, write)
     return True
+
+
+def rewrap_envelope_bytes(blob: bytes, rewrap: Callable[[str], str]) -> bytes | None:
+    """:func:`rewrap_file` for an envelope held in memory (e.g. a sealed registry field).
+
+    Returns None when the wrapped key is already at the latest version.
+    """
+    header = read_header(io.BytesIO(blob))
+    prefix = _rewrapped_prefix(header, rewrap)
+    return None if prefix is None else prefix + blob[header.header_length:]
+
+
+def _rewrapped_prefix(header: EnvelopeHeader, rewrap: Callable[[str], str]) -> bytes | None:
+    """Preamble and header with the data key rewrapped; None when it is already at the latest version.
+
+    The only place that rewraps: the sealed chunks after the header are kept byte for byte.
+    """
+    new_wrapped = rewrap(header.wrapped_key)
+    old_version = wrapped_key_version(header.wrapped_key)
+    if new_wrapped == header.wrapped_key or (
+        old_version is not None and wrapped_key_version(new_wrapped) == old_version
+    ):
+        return None
+    header_json = dataclasses.replace(header, wrapped_key=new_wrapped, header_length=0).to_json_bytes()
+    return _PREAMBLE.pack(MAGIC, header.format_version, len(header_json)) + header_json
 
 
 def _decrypt_chunks(src: BinaryIO, header: EnvelopeHeader, aead: AESGCM, aad: bytes) -> Iterator[bytes]:
@@ -494,7 +508,8 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
 
 
-def _wrapped_key_version(wrapped_key: str) -> int | None:
+def wrapped_key_version(wrapped_key: str) -> int | None:
+    """The key version of a ``vault:vN:...`` value; None for anything else."""
     parts = wrapped_key.split(":", 2)
     if len(parts) == 3 and parts[0] == "vault" and parts[1].startswith("v") and parts[1][1:].isdigit():
         return int(parts[1][1:])
@@ -503,37 +518,3 @@ def _wrapped_key_version(wrapped_key: str) -> int | None:
 
 def _canonical_json(fields: dict[str, object]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def _atomic_write(dst_path: Path, write: Callable[[BinaryIO], _T]) -> _T:
-    """Write through a 0600 temp file in the target directory, then rename."""
-    directory = dst_path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as dst:
-            result = write(dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp_name, dst_path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-    return result
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

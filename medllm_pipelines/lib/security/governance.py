@@ -13,8 +13,9 @@ record is the one in force.
 
 Pipelines call :meth:`GovernanceStore.require_valid_approval` before building
 training data and :meth:`GovernanceStore.require_sharing_agreement` before an
-export; :func:`export_dataset` then refuses identifiable columns and writes
-the export envelope-encrypted, never in plaintext.
+export; :func:`~medllm_pipelines.lib.security.exports.export_dataset` then
+refuses identifiable columns and writes the export envelope-encrypted, never
+in plaintext.
 """
 
 from __future__ import annotations
@@ -22,47 +23,31 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import io
-import json
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
-from medllm_pipelines.lib.security.envelope import DataKeyProvider, encrypt_stream
 from medllm_pipelines.lib.security.errors import SecurityError
-from medllm_pipelines.lib.security.leak_scan import IDENTIFIER_COLUMNS, scan_frame
 
 __all__ = [
-    "IDENTIFIABLE_COLUMNS",
     "ApprovalError",
     "EthicsApproval",
-    "ExportReceipt",
     "ExportRefused",
     "GovernanceError",
     "GovernanceStore",
     "RecordedVersion",
     "SharingAgreement",
     "SharingAgreementError",
-    "export_dataset",
-    "identifiable_columns",
 ]
 
 _RECORD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
 _SPEC_ID = re.compile(r"^[a-z][a-z0-9_]*(@[0-9][0-9A-Za-z.+-]*)?$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
-# Columns that identify a person, an original file or a study: never exported.
-IDENTIFIABLE_COLUMNS = frozenset(IDENTIFIER_COLUMNS) | {
-    "name", "patient_name", "family", "given", "birth_date", "dob", "patient_key", "patient_id",
-    "other_patient_ids", "id_number", "telephone", "mobile", "accession_number", "study_uid", "series_uid",
-    "sop_instance_uid", "source_path", "original_path", "institution_name",
-}
 
 
 class GovernanceError(SecurityError):
@@ -420,111 +405,3 @@ def _from_dict(cls: type, raw: Mapping[str, Any]) -> Any:
         elif f.name == "cross_border" and not isinstance(value, bool):
             raise ValueError("cross_border must be true or false")
     return cls(**values)
-
-
-# --- export --------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExportReceipt:
-    path: Path
-    manifest_path: Path
-    dataset: str
-    agreement_id: str
-    agreement_version: int
-    recipient: str
-    cross_border: bool
-    rows: int
-    columns: tuple[str, ...]
-    content_sha256: str
-    envelope_sha256: str
-    key_ref: str
-    exported_at: str
-    aad: str = field(repr=False, default="")
-
-    def as_metadata(self) -> dict[str, Any]:
-        return {"export_dataset": self.dataset, "export_rows": self.rows, "export_columns": len(self.columns),
-                "export_content_sha256": self.content_sha256, "export_envelope_sha256": self.envelope_sha256,
-                "export_key_ref": self.key_ref, "sharing_agreement_id": self.agreement_id,
-                "sharing_agreement_version": self.agreement_version, "sharing_recipient": self.recipient,
-                "sharing_cross_border": self.cross_border}
-
-
-def identifiable_columns(columns: Iterable[str], extra: Sequence[str] = ()) -> list[str]:
-    """Columns whose name marks a direct identifier or an encrypted original."""
-    deny = IDENTIFIABLE_COLUMNS | {c.lower() for c in extra}
-    return sorted(c for c in columns if str(c).lower() in deny or "ciphertext" in str(c).lower())
-
-
-def export_dataset(
-    frame: pd.DataFrame,
-    dest: str | os.PathLike[str],
-    *,
-    keys: DataKeyProvider,
-    agreement: SharingAgreement,
-    dataset: str,
-    today: dt.date,
-    needles: Mapping[str, set[str]] | None = None,
-    extra_identifiable: Sequence[str] = (),
-    now: dt.datetime | None = None,
-) -> ExportReceipt:
-    """Write ``frame`` as an envelope-encrypted Parquet file under ``agreement``.
-
-    Refuses (ExportRefused, nothing written) a frame with identifiable columns
-    or, given the raw zone's ``needles`` (``leak_scan.identifier_needles``), any
-    identifier value in any column; refuses an agreement not in force or not
-    covering ``dataset``. ``keys`` should be a transit key the recipient may
-    decrypt with (e.g. a per-recipient ``medllm-export-<recipient>`` key), not the
-    raw-zone key. The AAD binds the file to the agreement and dataset; a
-    manifest without data goes beside it.
-    """
-    if dataset not in agreement.datasets:
-        raise SharingAgreementError(f"agreement {agreement.id!r} does not cover dataset {dataset!r}", "not_covered")
-    if (why := agreement.validity(today)) is not None:
-        raise SharingAgreementError(f"agreement {agreement.id!r} is not in force ({why})", why)
-    bad_columns = identifiable_columns(frame.columns, extra_identifiable)
-    if bad_columns:
-        raise ExportRefused(f"refusing to export identifiable columns {bad_columns}; export de-identified data only")
-    if needles:
-        hits = scan_frame(frame, dict(needles), dataset)
-        if hits:
-            found = sorted({f"{h.location} ({h.identifier_kind})" for h in hits})
-            raise ExportRefused(f"refusing to export: identifier values found in {found}")
-
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    plaintext = buffer.getvalue()
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    aad = f"export:{agreement.id}:v{agreement.version}:{dataset}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            info = encrypt_stream(io.BytesIO(plaintext), handle, keys, aad=aad.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    stamp = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    receipt = ExportReceipt(
-        path=dest,
-        manifest_path=dest.with_name(dest.name + ".manifest.json"),
-        dataset=dataset,
-        agreement_id=agreement.id,
-        agreement_version=agreement.version,
-        recipient=agreement.recipient,
-        cross_border=agreement.cross_border,
-        rows=len(frame),
-        columns=tuple(str(c) for c in frame.columns),
-        content_sha256=hashlib.sha256(plaintext).hexdigest(),
-        envelope_sha256=info.envelope_sha256,
-        key_ref=info.key_ref,
-        exported_at=stamp,
-        aad=aad,
-    )
-    manifest = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(receipt).items() if k not in {"path", "manifest_path"}}
-    manifest["file"] = dest.name
-    receipt.manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return receipt

@@ -131,3 +131,69 @@ def _artifact_items(tracking_uri: str, run_id: str | None, artifact_uri: str | N
         for path in paths:
             rel = path.name if root.is_file() else path.relative_to(root)
             yield "mlflow_artifact", f"{where}/artifacts/{rel}", path.read_bytes()
+
+
+def warehouse_items(warehouse: Any) -> Iterator[tuple[str, str, str]]:
+    """Every non-empty, non-boolean column of every warehouse table (a ``lib.common.warehouse.Warehouse``)."""
+    for schema, table, frame in warehouse.iter_tables():
+        for column in frame.columns:
+            values = frame[column].dropna()
+            if values.empty or frame[column].dtype == bool:
+                continue
+            yield "warehouse_column", f"warehouse:{schema}.{table}.{column}", "\x00".join(values.astype(str).tolist())
+
+
+def local_folder(uri: str) -> Path | None:
+    """The folder a ``file:`` (or plain path) URI names; None for a remote store."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+
+
+@dataclass(frozen=True)
+class RunWideScan:
+    """The outcome of one run-wide scan: where identifiers were found, and what could not be read."""
+
+    identifiers_searched: int
+    identifier_kinds: list[str]
+    hits: list[LeakHit]
+    tally: ScanTally
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return not self.hits and not self.tally.skipped
+
+    @property
+    def verdict(self) -> str:
+        if self.hits:
+            return f"{len(self.hits)} location(s) hold identifiers; see findings"
+        if self.tally.skipped:
+            return f"{len(self.tally.skipped)} location(s) could not be scanned; see unscanned"
+        return "no raw-zone identifier found outside the raw zone"
+
+    def as_metadata(self, limit: int = 200) -> dict[str, Any]:
+        return {
+            "identifiers_searched": self.identifiers_searched,
+            "identifier_kinds": self.identifier_kinds,
+            "locations_with_hits": len(self.hits),
+            **{f"scanned[{k}]": v for k, v in sorted(self.tally.items.items())},
+            "bytes_scanned": self.tally.bytes_scanned,
+            "unscanned": self.tally.skipped[:limit],
+            "scan_seconds": round(self.seconds, 2),
+            "findings": [{"location": h.location, "kind": h.identifier_kind, "count": h.count, "context": h.context}
+                         for h in self.hits[:limit]],
+        }
+
+
+def scan_run_outputs(matcher: IdentifierMatcher, sources: Iterable[Iterable[tuple[str, str, str | bytes]]]) -> RunWideScan:
+    """Scan every ``(kind, location, content)`` of every source with one matcher; values never leave it."""
+    import time
+
+    started = time.perf_counter()
+    tally = ScanTally()
+    hits: list[LeakHit] = []
+    for items in sources:
+        hits += scan_items(items, matcher, tally)
+    return RunWideScan(matcher.size, sorted(matcher.kinds), hits, tally, time.perf_counter() - started)

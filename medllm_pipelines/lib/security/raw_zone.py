@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medllm_pipelines.lib.common.files import write_private_atomic
 from medllm_pipelines.lib.security.envelope import DataKeyProvider, decrypt_bytes, decrypt_stream, encrypt_bytes
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -186,12 +187,6 @@ class PartitionWriter:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Atomic 0600 write: readers never see half a blob."""
-    import os
-
+    """Atomic 0600 write in a 0700 folder: readers never see half a blob."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    write_private_atomic(path, data)

@@ -29,25 +29,28 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import fcntl
 import hmac
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pyotp
-import yaml
 
+from medllm_pipelines.lib.common.files import exclusive_lock, write_private_atomic
 from medllm_pipelines.lib.security.audit import AuditLog
-from medllm_pipelines.lib.security.envelope import DataKeyProvider, decrypt_bytes, encrypt_bytes
+from medllm_pipelines.lib.security.envelope import (
+    DataKeyProvider,
+    decrypt_bytes,
+    encrypt_bytes,
+    rewrap_envelope_bytes,
+)
 from medllm_pipelines.lib.security.errors import SecurityError, VaultError
+from medllm_pipelines.lib.security.permissions import PERMISSIONS_PATH, PermissionMatrix, load_permissions
 
 __all__ = [
     "PERMISSIONS_PATH",
@@ -63,7 +66,6 @@ __all__ = [
     "load_permissions",
 ]
 
-PERMISSIONS_PATH = Path(__file__).with_name("permissions.yaml")
 REGISTRY_FORMAT = "medllm-principals"
 REGISTRY_FORMAT_VERSION = 1
 _PRINCIPAL_NAME = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
@@ -82,67 +84,6 @@ class AccessDenied(SecurityError):
             f"{decision.principal or 'unknown principal'} may not {decision.action}: {decision.reason}"
         )
         self.decision = decision
-
-
-# --- the matrix -----------------------------------------------------------------
-@dataclass(frozen=True)
-class PermissionMatrix:
-    version: str
-    roles: dict[str, str]
-    actions: dict[str, str]
-    mfa_actions: frozenset[str]
-    grants: dict[str, frozenset[str]]
-    mfa_period_s: int
-    mfa_digits: int
-    mfa_drift_steps: int
-    mfa_max_failures: int
-
-    def allows(self, role: str, action: str) -> bool:
-        return action in self.grants.get(role, frozenset())
-
-    def requires_mfa(self, action: str) -> bool:
-        return action in self.mfa_actions
-
-    def roles_allowed(self, action: str) -> list[str]:
-        return sorted(role for role, actions in self.grants.items() if action in actions)
-
-
-@lru_cache(maxsize=4)
-def load_permissions(path: Path = PERMISSIONS_PATH) -> PermissionMatrix:
-    """Parse and validate the matrix: every name used must be declared."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    roles = {str(k): str(v) for k, v in raw["roles"].items()}
-    actions: dict[str, str] = {}
-    mfa_actions: set[str] = set()
-    for name, spec in raw["actions"].items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("mfa"), bool):
-            raise ValueError(f"permissions: action {name!r} needs an explicit mfa: true|false")
-        actions[str(name)] = str(spec.get("description", ""))
-        if spec["mfa"]:
-            mfa_actions.add(str(name))
-    grants: dict[str, frozenset[str]] = {}
-    for role, granted in raw["grants"].items():
-        if role not in roles:
-            raise ValueError(f"permissions: grants name undeclared role {role!r}")
-        unknown = sorted(set(granted) - set(actions))
-        if unknown:
-            raise ValueError(f"permissions: role {role!r} is granted undeclared actions {unknown}")
-        grants[str(role)] = frozenset(granted)
-    missing = sorted(set(roles) - set(grants))
-    if missing:
-        raise ValueError(f"permissions: roles without a grants entry {missing} (use [] for none)")
-    mfa = raw["mfa"]
-    return PermissionMatrix(
-        version=str(raw["version"]),
-        roles=roles,
-        actions=actions,
-        mfa_actions=frozenset(mfa_actions),
-        grants=grants,
-        mfa_period_s=int(mfa["period_s"]),
-        mfa_digits=int(mfa["digits"]),
-        mfa_drift_steps=int(mfa["drift_steps"]),
-        mfa_max_failures=int(mfa["max_failures"]),
-    )
 
 
 # --- principals ------------------------------------------------------------------
@@ -308,8 +249,6 @@ class PrincipalRegistry:
 
         Returns how many envelopes changed; the data they protect is untouched.
         """
-        from medllm_pipelines.lib.security.rotation import rewrap_envelope_bytes
-
         changed = 0
         with self._transaction() as data:
             for record in data["principals"].values():
@@ -443,17 +382,12 @@ class PrincipalRegistry:
         persist), but not when it raises.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.lock_path):
             data = self._load()
             before = json.dumps(data, sort_keys=True)
             yield data
             if json.dumps(data, sort_keys=True) != before:
-                _atomic_write_text(self.path, json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+                write_private_atomic(self.path, json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
 
 
 def _record_aad(name: str, record: dict[str, Any]) -> bytes:
@@ -462,20 +396,6 @@ def _record_aad(name: str, record: dict[str, Any]) -> bytes:
 
 def _secret_aad(name: str, role: str) -> bytes:
     return f"medllm-totp:v1:{name}:{role}".encode()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- decisions -----------------------------------------------------------------

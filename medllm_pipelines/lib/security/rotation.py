@@ -27,21 +27,18 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import io
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from medllm_pipelines.lib.security.envelope import (
-    FORMAT_VERSION,
     MAGIC,
-    EnvelopeHeader,
     read_header,
     rewrap_file,
+    wrapped_key_version,
 )
 from medllm_pipelines.lib.security.errors import (
     DataKeyUnwrapError,
@@ -49,9 +46,6 @@ from medllm_pipelines.lib.security.errors import (
     SecurityError,
     VaultError,
 )
-
-if TYPE_CHECKING:
-    from medllm_pipelines.lib.security.rbac import PrincipalRegistry
 
 __all__ = [
     "ColumnRewrapReport",
@@ -62,18 +56,25 @@ __all__ = [
     "envelope_census",
     "retire_old_versions",
     "rewrap_ciphertexts",
-    "rewrap_envelope_bytes",
+    "EnvelopeHolder",
     "rewrap_folder",
     "rewrap_paths",
     "rewrap_warehouse_column",
     "rotate_and_rewrap",
 ]
 
-_PREAMBLE = struct.Struct(">6sBI")  # magic, version, header length: envelope format v1
 
 
 class RotationError(SecurityError):
     """The rotation cannot continue or cannot be completed safely."""
+
+
+class EnvelopeHolder(Protocol):
+    """Something that keeps envelopes outside files (the principals registry) and rewraps them itself."""
+
+    def rewrap_secrets(self, rewrap: Callable[[str], str]) -> int:
+        """Rewrap every envelope held; return how many changed."""
+        ...
 
 
 @dataclass
@@ -151,27 +152,6 @@ class RotationReport:
         }
 
 
-def rewrap_envelope_bytes(blob: bytes, rewrap: Callable[[str], str]) -> bytes | None:
-    """In-memory :func:`envelope.rewrap_file`: a new header, the same sealed chunks.
-
-    Returns None when the wrapped key is already at the latest version.
-    """
-    source = io.BytesIO(blob)
-    header = read_header(source)
-    new_wrapped = rewrap(header.wrapped_key)
-    old_version = _version(header.wrapped_key)
-    if new_wrapped == header.wrapped_key or (old_version is not None and _version(new_wrapped) == old_version):
-        return None
-    if header.format_version != FORMAT_VERSION:
-        raise EnvelopeIntegrityError(f"cannot rewrap envelope format version {header.format_version}")
-    new_header = EnvelopeHeader(
-        format_version=header.format_version, alg=header.alg, key_ref=header.key_ref, wrapped_key=new_wrapped,
-        chunk_size=header.chunk_size, nonce=header.nonce, header_length=0,
-    )
-    header_json = new_header.to_json_bytes()
-    return _PREAMBLE.pack(MAGIC, header.format_version, len(header_json)) + header_json + blob[header.header_length:]
-
-
 def rewrap_ciphertexts(values: Iterable[str | None], rewrap: Callable[[str], str]) -> tuple[list[str | None], int]:
     """Rewrap ``vault:vN:`` values (e.g. a warehouse column); returns (new values, how many changed)."""
     out: list[str | None] = []
@@ -181,7 +161,7 @@ def rewrap_ciphertexts(values: Iterable[str | None], rewrap: Callable[[str], str
             out.append(value)
             continue
         new = rewrap(str(value))
-        changed += int(_version(new) != _version(str(value)))
+        changed += int(wrapped_key_version(new) != wrapped_key_version(str(value)))
         out.append(new)
     return out, changed
 
@@ -287,7 +267,7 @@ def envelope_census(paths: Iterable[str | os.PathLike[str]], key_ref: str) -> En
             if header.key_ref != key_ref:
                 continue
             envelopes += 1
-            version = _version(header.wrapped_key) or 0
+            version = wrapped_key_version(header.wrapped_key) or 0
             versions[version] = versions.get(version, 0) + 1
     return EnvelopeCensus(envelopes, dict(sorted(versions.items())), unreadable)
 
@@ -327,9 +307,9 @@ def rewrap_warehouse_column(warehouse: Any, schema: str, table: str, column: str
 
     import pandas as pd
 
-    from medllm_pipelines.lib.common.warehouse import _ident
+    from medllm_pipelines.lib.common.warehouse import checked_identifier
 
-    schema, table, column = _ident(schema), _ident(table), _ident(column)
+    schema, table, column = checked_identifier(schema), checked_identifier(table), checked_identifier(column)
     target = service.key_info().latest_version
     qualified = f"{schema}.{table}"
     if not warehouse.table_exists(schema, table):
@@ -337,7 +317,7 @@ def rewrap_warehouse_column(warehouse: Any, schema: str, table: str, column: str
     before = warehouse.query(f"SELECT {column} AS value FROM {qualified}")
     values = [v for v in before["value"].tolist() if isinstance(v, str) and v.startswith("vault:")]
     digests = {v: hashlib.sha256(service.decrypt(v)).hexdigest() for v in values}
-    stale = [v for v in values if _version(v) != target]
+    stale = [v for v in values if wrapped_key_version(v) != target]
     new_values, _ = rewrap_ciphertexts(stale, service.rewrap)
     mapping = pd.DataFrame({"old_value": stale, "new_value": new_values}, dtype="string")
     for old, new in zip(stale, new_values, strict=True):
@@ -350,7 +330,7 @@ def rewrap_warehouse_column(warehouse: Any, schema: str, table: str, column: str
     after_values = [v for v in after["value"].tolist() if isinstance(v, str) and v.startswith("vault:")]
     expected = sorted(digests.values())
     verified = 0
-    if all(_version(v) == target for v in after_values):
+    if all(wrapped_key_version(v) == target for v in after_values):
         seen = sorted(hashlib.sha256(service.decrypt(v)).hexdigest() for v in after_values)
         verified = len(after_values) if seen == expected else 0
     return ColumnRewrapReport(qualified, len(before), len(after), len(values), len(after_values), len(stale),
@@ -361,7 +341,7 @@ def rotate_and_rewrap(
     service: Any,
     roots: Sequence[str | os.PathLike[str]],
     *,
-    principals: PrincipalRegistry | None = None,
+    principals: EnvelopeHolder | None = None,
     verify: bool = True,
     rotate: bool = True,
 ) -> RotationReport:
@@ -416,10 +396,3 @@ def _walk(root: Path) -> Iterable[Path]:
             if name.startswith(".") or path.is_symlink() or not path.is_file():
                 continue
             yield path
-
-
-def _version(wrapped: str) -> int | None:
-    parts = wrapped.split(":", 2)
-    if len(parts) == 3 and parts[0] == "vault" and parts[1][:1] == "v" and parts[1][1:].isdigit():
-        return int(parts[1][1:])
-    return None

@@ -2,27 +2,24 @@
 
 A sensor may watch the output folder, so a file must appear complete or not at
 all: each one is written to a dot-prefixed sibling (ignored by ingestion) and
-renamed into place with ``os.replace``.
+renamed into place (:func:`~medllm_pipelines.lib.common.files.write_private_atomic`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from medllm_pipelines.lib.common.files import write_private_atomic
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
+    write_private_atomic(path, data)
 
 
 def json_bytes(document: Any, *, pretty: bool = False) -> bytes:

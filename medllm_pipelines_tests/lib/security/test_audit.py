@@ -23,8 +23,8 @@ from medllm_pipelines.lib.security.audit import (
     read_entries,
     verify,
 )
-from medllm_pipelines.lib.security.openbao import BaoServer
 from medllm_pipelines.lib.security.vault_client import TransitKeyService
+from medllm_pipelines.lib.services.openbao import BaoServer
 
 KEY = LocalChainKey(b"k" * 32, key_ref="local/audit-test")
 FIXED = dt.datetime(2026, 11, 28, 9, 30, tzinfo=dt.UTC)

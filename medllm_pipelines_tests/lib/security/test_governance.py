@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.security.envelope import decrypt_file_bytes, is_envelope
 from medllm_pipelines.lib.security.governance import (
     ApprovalError,
     EthicsApproval,
-    ExportRefused,
     GovernanceError,
     GovernanceStore,
     SharingAgreement,
     SharingAgreementError,
-    export_dataset,
 )
-from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider
 
 TODAY = dt.date(2026, 11, 28)
 APPROVAL = EthicsApproval(
@@ -133,47 +128,6 @@ def test_cross_border_needs_a_cross_border_agreement(store: GovernanceStore) -> 
     )
     agreement = store.require_sharing_agreement("hust-ai-lab", "curate/diabetes_features", TODAY, cross_border=True)
     assert agreement.id == "DSA-2026-009" and agreement.destination_country == "SG"
-
-
-def test_export_is_encrypted_bound_to_the_agreement_and_has_a_manifest(store: GovernanceStore, tmp_path: Path) -> None:
-    keys = LocalTestKeyProvider()
-    agreement = store.agreement("DSA-2026-003")
-    receipt = export_dataset(FEATURES, tmp_path / "out" / "features.parquet.enc", keys=keys, agreement=agreement,
-                             dataset="curate/diabetes_features", today=TODAY)
-    blob = receipt.path.read_bytes()
-    assert is_envelope(blob) and b"50-54" not in blob and b"p_aaaa" not in blob
-    assert oct(receipt.path.stat().st_mode & 0o777) == "0o600"
-    plain = decrypt_file_bytes(receipt.path, keys, receipt.aad.encode())
-    assert pd.read_parquet(io.BytesIO(plain)).equals(FEATURES)
-    assert receipt.rows == 2 and receipt.agreement_id == "DSA-2026-003"
-    assert receipt.manifest_path.exists() and "p_aaaa" not in receipt.manifest_path.read_text()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "features.parquet.enc", "features.parquet.enc.manifest.json"]  # no plaintext or temp file left
-
-
-@pytest.mark.parametrize("column", ["mrn", "Name_ZH", "birth_date", "patient_key", "source_path_ciphertext"])
-def test_export_refuses_identifiable_columns_and_writes_nothing(store, tmp_path: Path, column: str) -> None:
-    frame = FEATURES.assign(**{column: ["x", "y"]})
-    with pytest.raises(ExportRefused, match="identifiable columns"):
-        export_dataset(frame, tmp_path / "out" / "x.enc", keys=LocalTestKeyProvider(),
-                       agreement=store.agreement("DSA-2026-003"), dataset="curate/diabetes_features", today=TODAY)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-
-
-def test_export_refuses_identifier_values_in_innocent_columns(store, tmp_path: Path) -> None:
-    frame = FEATURES.assign(comment=["called 13912345678", "ok"])
-    with pytest.raises(ExportRefused, match=r"comment \(phone\)"):
-        export_dataset(frame, tmp_path / "x.enc", keys=LocalTestKeyProvider(), agreement=store.agreement("DSA-2026-003"),
-                       dataset="curate/diabetes_features", today=TODAY, needles={"phone": {"13912345678"}})
-    assert not (tmp_path / "x.enc").exists()
-
-
-def test_export_refuses_an_agreement_not_in_force(store, tmp_path: Path) -> None:
-    with pytest.raises(SharingAgreementError, match="expired"):
-        export_dataset(FEATURES, tmp_path / "x.enc", keys=LocalTestKeyProvider(),
-                       agreement=store.agreement("DSA-2026-003"), dataset="curate/diabetes_features",
-                       today=dt.date(2028, 1, 1))
-    assert not (tmp_path / "x.enc").exists()
 
 
 def test_unknown_record_is_a_clear_error(store: GovernanceStore) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from medllm_pipelines.lib.security.envelope import decrypt_file_bytes, encrypt_bytes, encrypt_file, read_header
 from medllm_pipelines.lib.security.errors import EnvelopeIntegrityError, VaultUnavailableError
-from medllm_pipelines.lib.security.governance import SharingAgreement, export_dataset
-from medllm_pipelines.lib.security.openbao import BaoServer
+from medllm_pipelines.lib.security.exports import export_dataset
+from medllm_pipelines.lib.security.governance import SharingAgreement
 from medllm_pipelines.lib.security.raw_zone import RawZone
 from medllm_pipelines.lib.security.rbac import AccessControl, PrincipalRegistry
 from medllm_pipelines.lib.security.rotation import (
@@ -27,6 +27,7 @@ from medllm_pipelines.lib.security.rotation import (
     rotate_and_rewrap,
 )
 from medllm_pipelines.lib.security.vault_client import DATA_KEY_TYPE, TransitKeyService
+from medllm_pipelines.lib.services.openbao import BaoServer
 from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)

@@ -10,7 +10,6 @@ import pytest
 
 from medllm_pipelines.lib.common.warehouse import Warehouse
 from medllm_pipelines.lib.security.envelope import encrypt_bytes
-from medllm_pipelines.lib.security.openbao import BaoServer
 from medllm_pipelines.lib.security.rbac import PrincipalRegistry
 from medllm_pipelines.lib.security.rotation import (
     envelope_census,
@@ -18,6 +17,7 @@ from medllm_pipelines.lib.security.rotation import (
     rewrap_warehouse_column,
 )
 from medllm_pipelines.lib.security.vault_client import DATA_KEY_TYPE, TransitKeyService
+from medllm_pipelines.lib.services.openbao import BaoServer
 
 PATHS = ["hzsf/fhir/bundles/bundle-1.json", "rvic/dicom/s1/img-1.dcm", "jhsq/fhir/bulk/p.ndjson"]
 

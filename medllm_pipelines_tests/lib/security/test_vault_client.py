@@ -19,13 +19,13 @@ from medllm_pipelines.lib.security.errors import (
     VaultRequestError,
     VaultUnavailableError,
 )
-from medllm_pipelines.lib.security.openbao import BaoServer, start_dev_server, stop_dev_server
 from medllm_pipelines.lib.security.vault_client import (
     DATA_KEY_TYPE,
     PSEUDONYM_KEY_TYPE,
     HmacDigests,
     TransitKeyService,
 )
+from medllm_pipelines.lib.services.openbao import BaoServer, start_dev_server, stop_dev_server
 
 SECRET_TOKEN = "medllm-test-token-must-never-leak-7f3a9c"
 

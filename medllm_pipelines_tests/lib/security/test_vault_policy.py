@@ -15,12 +15,12 @@ import pytest
 
 from medllm_pipelines.lib.security.audit import AuditLog, TransitChainKey
 from medllm_pipelines.lib.security.errors import VaultPermissionError
-from medllm_pipelines.lib.security.openbao import BaoServer
 from medllm_pipelines.lib.security.vault_client import (
     DEFAULT_AUDIT_KEY_NAME,
     DEFAULT_EXPORT_KEY_NAME,
     TransitKeyService,
 )
+from medllm_pipelines.lib.services.openbao import BaoServer
 
 POLICY_FILE = Path(__file__).resolve().parents[3] / "infra" / "vault" / "medllm-pipelines.hcl"
 

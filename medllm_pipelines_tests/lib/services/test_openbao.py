@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from medllm_pipelines.lib.security.errors import OpenBaoServerError
-from medllm_pipelines.lib.security.openbao import (
+from medllm_pipelines.lib.security.vault_client import TransitKeyService
+from medllm_pipelines.lib.services.openbao import (
     BaoServer,
     read_connection,
     server_status,
     start_dev_server,
     stop_dev_server,
 )
-from medllm_pipelines.lib.security.vault_client import TransitKeyService
 
 
 @pytest.fixture

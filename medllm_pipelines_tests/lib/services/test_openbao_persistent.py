@@ -16,7 +16,8 @@ import requests
 
 from medllm_pipelines.lib.security.envelope import decrypt_bytes, encrypt_bytes
 from medllm_pipelines.lib.security.errors import OpenBaoServerError
-from medllm_pipelines.lib.security.openbao import (
+from medllm_pipelines.lib.security.vault_client import TransitKeyService
+from medllm_pipelines.lib.services.openbao import (
     BaoServer,
     read_connection,
     server_status,
@@ -25,7 +26,6 @@ from medllm_pipelines.lib.security.openbao import (
     stop_dev_server,
     stop_local_server,
 )
-from medllm_pipelines.lib.security.vault_client import TransitKeyService
 
 RECORD = b"patient 4711: HbA1c 7.9 %, metformin 1 g bid"
 
