@@ -15,6 +15,7 @@ from medllm_pipelines.lib.deidentify.text import (
 )
 from medllm_pipelines.lib.deidentify.text.detector import Detector
 from medllm_pipelines.lib.synth.people import make_resident_id
+from medllm_pipelines_tests.lib.deidentify.text_spans import labelled
 
 RID = make_resident_id("420106", date(1962, 11, 27), 892)  # valid GB 11643 check character
 BAD_RID = RID[:17] + ("0" if RID[17] != "0" else "1")
@@ -162,3 +163,21 @@ def test_spans_map_back_through_normalisation() -> None:
     expanding = normalise("①号 ﬁle")  # NFKC changes lengths here
     assert expanding.text.startswith("1号")
     assert expanding.to_original(0, 1) == (0, 1)
+
+
+# --- Chinese names in running text ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("老伴儿王秀英说他昨晚咳嗽加重。", "王秀英"),
+        ("病人叫李建国，今年68岁。", "李建国"),
+        ("邻床患者张志强也有类似症状。", "张志强"),
+        ("由儿子刘伟陪同来院。", "刘伟"),
+        ("欧阳娜娜主诉头痛三天。", "欧阳娜娜"),
+        ("今日王医生查房", "王"),
+        ("请张主任会诊", "张"),
+    ],
+)
+def test_chinese_names_in_running_text(detector: Detector, text: str, name: str) -> None:
+    assert name in labelled(detector, text, "NAME"), found(detector, text)
+    assert "查房" not in labelled(detector, text, "NAME")

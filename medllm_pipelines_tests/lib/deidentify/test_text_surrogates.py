@@ -85,6 +85,21 @@ def test_dates_shift_in_their_own_format(value: str, days: int, expected: str) -
     assert shift_date_text(value, days) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "shifted"),
+    [
+        ("3/14", "4/13"), ("03/20/19", "04/19/19"), ("Jan 5", "Feb 4"), ("January of 2020", "February of 2020"),
+        ("Tuesday", "Thursday"), ("3月5日", "4月4日"), ("Oct. 3rd, 2019 at 10:30 am", "Nov. 2nd, 2019 at 10:30 am"),
+    ],
+)
+def test_new_date_forms_shift_in_their_own_format(value: str, shifted: str) -> None:
+    assert shift_date_text(value, 30) == shifted
+
+
+def test_relative_chinese_dates_are_not_shifted_but_placeholdered() -> None:
+    assert shift_date_text("去年十月", 30) is None  # SurrogateFactory writes [DATE]
+
+
 def test_patient_date_shift_is_keyed_nonzero_and_bounded() -> None:
     shifts = [patient_date_shift(KEY, f"p_{i}", max_days=30) for i in range(200)]
     assert all(-30 <= s <= 30 and s != 0 for s in shifts)

@@ -31,6 +31,7 @@ from medllm_pipelines.lib.deidentify.text.spans import (
     PHONE,
     Span,
 )
+from medllm_pipelines.lib.deidentify.text.vocabulary import HAN, alternation
 
 RECOGNISERS_PATH = Path(__file__).with_name("recognisers.yaml")
 
@@ -42,7 +43,6 @@ _PROVINCE_CODES = frozenset({
     11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
     50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83,
 })
-_HAN = "\u4e00-\u9fff\u3400-\u4dbf"
 
 
 def resident_id_check_char(first17: str) -> str:
@@ -170,11 +170,6 @@ def _words_list(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
-def _alternation(words: Iterable[str]) -> str:
-    """A regex alternation, longest first so that 联系电话 wins over 电话."""
-    return "|".join(re.escape(w) for w in sorted(set(words), key=lambda w: (-len(w), w)))
-
-
 def _case_variants(words: Iterable[str]) -> list[str]:
     """lower, Capitalised and UPPER forms: a literal alternation keeps re's first-character scan fast."""
     out: list[str] = []
@@ -235,12 +230,12 @@ class PatternRecogniser:
         self._number_token = re.compile(
             r"[+(]?\d(?:[\d \-.()]*\d)?(?:[Xx](?![\dA-Za-z]))?(?:[ ]?(?:x|ext\.?|#|转)[ ]?\d{1,6})?")
         cue_gap = r"[^\dA-Za-z\n]{0,4}?"
-        self._phone_cue = re.compile(rf"(?:{_alternation(_case_variants(c.cues['PHONE']))}){cue_gap}"
+        self._phone_cue = re.compile(rf"(?:{alternation(_case_variants(c.cues['PHONE']))}){cue_gap}"
                                      r"((?:\+|00)?\d[\d \-.()]{5,20}\d(?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?)")
-        self._id_cue = re.compile(rf"(?i:{_alternation(c.cues['ID_NUMBER'])})[^\dA-Za-z\n]{{0,{c.cue_window}}}$")
+        self._id_cue = re.compile(rf"(?i:{alternation(c.cues['ID_NUMBER'])})[^\dA-Za-z\n]{{0,{c.cue_window}}}$")
         self._email = re.compile(r"(?<![\w.%+\-])([A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,})"
                                  r"(?![\w\-])")
-        mrn_cue = rf"(?:{_alternation(_case_variants(c.cues['MRN']))})[^\dA-Za-z\n]{{0,4}}?(?:[Nn]o\.?\s*)?"
+        mrn_cue = rf"(?:{alternation(_case_variants(c.cues['MRN']))})[^\dA-Za-z\n]{{0,4}}?(?:[Nn]o\.?\s*)?"
         free = [p.pattern for p in c.mrn_patterns if not p.context_required]
         cued = [p.pattern for p in c.mrn_patterns if p.context_required] + free
         self._mrn_free = (re.compile(rf"((?:{'|'.join(free)}))(?![0-9A-Za-z])") if free else None)
@@ -260,16 +255,16 @@ class PatternRecogniser:
             r"(\d{1,6}(?: [A-Z][A-Za-z'.\-]*){1,5}(?:,? (?:Apt\.?|Suite|Unit|Ste\.?|#) ?[\w\-]+)?"
             r", [A-Z][A-Za-z.'\-]*(?: [A-Z][A-Za-z.'\-]*){0,3}, [A-Z]{2} \d{5}(?:-\d{4})?)(?!\d)")
         self._en_address_street = re.compile(
-            rf"(\d{{1,6}}(?:[A-Z](?![\w])|-\d{{1,6}})?(?: 1/2| ½)? (?:[A-Z][A-Za-z'\-]+ ){{1,3}}(?:{_alternation(c.en_street_suffixes)})\.?"
+            rf"(\d{{1,6}}(?:[A-Z](?![\w])|-\d{{1,6}})?(?: 1/2| ½)? (?:[A-Z][A-Za-z'\-]+ ){{1,3}}(?:{alternation(c.en_street_suffixes)})\.?"
             r"(?: (?:Apt\.?|Suite|Unit|Ste\.?|#) ?[\w\-]+)?)(?![\w])")
 
     # --- compilation helpers --------------------------------------------------------
     def _zh_name_rules(self, c: PatternConfig) -> None:
-        self._zh_before = re.compile(f"(?:{_alternation(c.name_cues_zh_before)})[:\\s]*")
-        self._zh_after = re.compile(_alternation(c.name_cues_zh_after))
+        self._zh_before = re.compile(f"(?:{alternation(c.name_cues_zh_before)})[:\\s]*")
+        self._zh_after = re.compile(alternation(c.name_cues_zh_after))
         self._zh_after_words = tuple(sorted(set(c.name_cues_zh_after), key=len, reverse=True))
-        self._han_run = re.compile(f"[{_HAN}]+")
-        self._zh_title = re.compile(_alternation(c.raw.get("zh_clinician_titles") or ["医生"]))
+        self._han_run = re.compile(f"[{HAN}]+")
+        self._zh_title = re.compile(alternation(c.raw.get("zh_clinician_titles") or ["医生"]))
         self._surnames = c.zh_surnames
         self._compound = frozenset(c.zh_compound_surnames)
         self._given = c.zh_given_chars
@@ -291,9 +286,9 @@ class PatternRecogniser:
     def _compile_en_names(c: PatternConfig) -> tuple[list[tuple[re.Pattern[str], float]], re.Pattern[str]]:
         token = r"[A-Z](?:[a-z]+|'[A-Z][a-z]+)(?:[A-Z][a-z]+)?(?:-[A-Z][a-z]+)?"
         full = rf"{token}(?: (?:[A-Z]\. )?{token}){{0,2}}"
-        titles = _alternation(c.en_titles)
-        before = _alternation(c.en_cues_before)
-        after = _alternation(c.en_cues_after)
+        titles = alternation(c.en_titles)
+        before = alternation(c.en_cues_before)
+        after = alternation(c.en_cues_after)
         rules = [
             (re.compile(rf"(?:{titles})\.? ({full})"), 0.9),
             (re.compile(rf"(?:{before}) ({full})"), 0.85),
@@ -305,11 +300,11 @@ class PatternRecogniser:
 
     @staticmethod
     def _compile_zh_address(c: PatternConfig) -> tuple[re.Pattern[str], re.Pattern[str]]:
-        province = f"(?:{_alternation(c.zh_provinces)})"
-        han = f"[{_HAN}]"
+        province = f"(?:{alternation(c.zh_provinces)})"
+        han = f"[{HAN}]"
         city = f"(?:{han}{{1,5}}?(?:市|自治州|地区|盟))"
         district = f"(?:{han}{{1,6}}?(?:区|县|旗|市))"
-        street = f"(?:[{_HAN}0-9]{{1,8}}?(?:{_alternation(c.zh_street_suffixes)}))"
+        street = f"(?:[{HAN}0-9]{{1,8}}?(?:{alternation(c.zh_street_suffixes)}))"
         number = r"(?:\d{1,5}|[一二三四五六七八九十百零]+)号"
         unit = r"(?:\d{1,4}(?:栋|幢|号楼|座))?(?:\d{1,3}单元)?(?:\d{1,3}(?:层|楼))?(?:\d{1,5}室)?"
         body = f"(?:{province})?{city}?{district}?{street}{number}{unit}"

@@ -1,4 +1,4 @@
-"""DICOM de-identification per PS3.15 Annex E: nothing identifying survives, studies stay studies."""
+"""One DICOM instance end to end (``dicom/instance.py``): nothing identifying survives, studies stay studies."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from medllm_pipelines.lib.deidentify.dicom import (
     deidentify_dataset,
     deidentify_file,
     load_profile,
-    remap_uid,
     residual_identifiers,
-    uids_to_remap,
 )
 from medllm_pipelines.lib.deidentify.text import SurrogateFactory
 from medllm_pipelines_tests.lib.deidentify.conftest import DeidHospital, keyed_digest
@@ -142,20 +140,6 @@ def test_uids_are_consistent_within_a_study_reproducible_and_keyed(deid_hospital
     other, _, _ = deidentify(data, key=OTHER_KEY)
     assert first_bytes == again_bytes  # reproducible under one key
     assert other.StudyInstanceUID != first.StudyInstanceUID  # and keyed
-    assert remap_uid("1.2.3", KEY) == remap_uid("1.2.3", KEY) != remap_uid("1.2.3", OTHER_KEY)
-
-
-def test_uids_to_remap_lists_what_will_be_asked_of_the_key(deid_hospital: DeidHospital) -> None:
-    ds = pydicom.dcmread(deid_hospital.dicom_files[0])
-    wanted = set(uids_to_remap(ds))
-    asked: list[str] = []
-
-    def recording_key(uid: str) -> str:
-        asked.append(uid)
-        return KEY(uid)
-
-    deidentify_dataset(ds, uid_key=recording_key, date_shift_days=SHIFT, patient_pseudonym="p")
-    assert set(asked) == wanted and str(pydicom.dcmread(deid_hospital.dicom_files[0]).StudyInstanceUID) in wanted
 
 
 def test_dates_move_by_exactly_the_patient_shift_and_times_stay(deid_hospital: DeidHospital) -> None:
@@ -203,17 +187,6 @@ def test_pydicom_bundled_files(name: str) -> None:
         assert report.private_retained == 2 and report.private_removed > 100
         assert "113111" in report.method_codes
         assert all(tag.group == 0x0019 for tag in result.keys() if tag.is_private)  # noqa: SIM118
-
-
-def test_profile_is_validated_data() -> None:
-    profile = load_profile()
-    assert profile.version and profile.standard.startswith("DICOM PS3.15")
-    assert profile.options == ("retain_longitudinal_temporal_modified_dates", "clean_descriptors")
-    basic_only = load_profile(options=[])
-    assert basic_only.rule(0x00081030).action == "X"  # StudyDescription: removed without Clean Descriptors
-    assert profile.rule(0x00081030).action == "C"
-    with pytest.raises(ValueError):
-        load_profile(options=["retain_everything"])
 
 
 def test_platform_code_imports_no_benchmark_peer_and_no_torch_to_detect() -> None:
