@@ -139,11 +139,8 @@ def run_ingest(feed: Path, out: Path, *, mode: str = "shape_cached", resent: boo
     import pyarrow.parquet as pq
 
     from medllm_pipelines.lib.common.records import QUARANTINE_COLUMNS
-    from medllm_pipelines.lib.ingest.fhir import (
-        ResentFilter,
-        arrow_schema,
-        iter_ndjson_batches,
-    )
+    from medllm_pipelines.lib.ingest.fhir import ResentFilter, iter_ndjson_batches
+    from medllm_pipelines.lib.ingest.tables import arrow_schema
     from medllm_pipelines.lib.ingest.fhir_validation import ResourceValidator
 
     out.mkdir(parents=True, exist_ok=True)
@@ -195,11 +192,8 @@ def run_limit(feed: Path, out: Path, *, flatten: bool = True, limit_lines: int |
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from medllm_pipelines.lib.ingest.fhir import (
-        _EXTRACTORS,
-        TABLE_OF_TYPE,
-        arrow_schema,
-    )
+    from medllm_pipelines.lib.ingest.fhir_mapping import EXTRACTORS as _EXTRACTORS
+    from medllm_pipelines.lib.ingest.tables import TABLE_OF_TYPE, arrow_schema
 
     out.mkdir(parents=True, exist_ok=True)
     raw_schema = pa.schema([("resource_type", pa.string()), ("json", pa.string())])

@@ -25,6 +25,51 @@ def _first(meta: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
+def _metadata(event: Any) -> dict[str, Any]:
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _run_metadata(instance: Any, key: Any, run_id: str) -> list[dict[str, Any]]:
+    """Every partition's metadata of ``key`` in ``run_id``: a partition's event carries that partition only."""
+    from dagster import DagsterEventType
+
+    return [
+        _metadata(entry)
+        for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        if entry.asset_materialization is not None and entry.asset_materialization.asset_key == key
+    ]
+
+
+def _stage_row(key: Any, run_id: str, metas: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One stage row from one or several (partition) metadata dicts: counts summed, breakdowns merged."""
+    counts: dict[str, Any] = {}
+    for name, fields in COUNT_FIELDS.items():
+        values = [value for meta in metas if (value := _first(meta, fields)) is not None]
+        counts[name] = sum(values) if values else None
+    if all(v is None for v in counts.values()):
+        return None
+    removed: dict[str, int] = {}
+    by_institution: dict[str, Any] = {}
+    reconciled = []
+    for meta in metas:
+        for k, v in meta.items():
+            if k.startswith("removed["):
+                rule = k.removeprefix("removed[").removesuffix("]")
+                removed[rule] = removed.get(rule, 0) + v
+        by_institution.update(meta.get("reconciliation_by_institution") or meta.get("rows_by_institution") or {})
+        reconciled.append(meta.get("reconciled", meta.get("feed_reconciled")))
+    known = [r for r in reconciled if r is not None]
+    return {
+        "stage": key.path[0],
+        "asset": key.to_user_string(),
+        "run_id": run_id,
+        **counts,
+        "removed_by_rule": removed,
+        "reconciled": all(known) if known else None,
+        "by_institution": by_institution,
+    }
+
+
 def reconciliation_report(settings: Settings) -> dict[str, Any]:
     """{"stages": [...], "quarantine": [...]} for the latest materialisation of every asset."""
     from dagster import DagsterInstance
@@ -41,22 +86,11 @@ def reconciliation_report(settings: Settings) -> dict[str, Any]:
             event = instance.get_latest_materialization_event(key)
             if event is None or event.asset_materialization is None:
                 continue
-            meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-            counts = {name: _first(meta, fields) for name, fields in COUNT_FIELDS.items()}
-            if all(v is None for v in counts.values()):
-                continue
-            removed = {k.removeprefix("removed[").removesuffix("]"): v for k, v in meta.items() if k.startswith("removed[")}
-            stages.append(
-                {
-                    "stage": key.path[0],
-                    "asset": key.to_user_string(),
-                    "run_id": event.run_id,
-                    **counts,
-                    "removed_by_rule": removed,
-                    "reconciled": meta.get("reconciled", meta.get("feed_reconciled")),
-                    "by_institution": meta.get("reconciliation_by_institution") or meta.get("rows_by_institution") or {},
-                }
-            )
+            partitioned = graph.get(key).partitions_def is not None
+            metas = _run_metadata(instance, key, event.run_id) if partitioned else [_metadata(event)]
+            stage = _stage_row(key, event.run_id, metas)
+            if stage is not None:
+                stages.append(stage)
     finally:
         instance.dispose()
     warehouse = Warehouse(settings.warehouse_url)

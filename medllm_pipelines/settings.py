@@ -28,6 +28,8 @@ variable                        effect
 ``MEDLLM_DP_EPSILON_BUDGET``    total epsilon of that dataset (default 10; fixed
                                 when its ledger is created)
 ``MEDLLM_DP_EPSILON_PER_RELEASE`` epsilon one statistics release spends (default 1)
+``MEDLLM_ARRIVALS_START``       first day of the daily-arrivals partitions
+                                (default: the day the first file arrived)
 ``MEDLLM_PURPOSE``              processing purpose of the run, one declared in
                                 the de-identification policy (default: its
                                 ``default_purpose``)
@@ -74,6 +76,7 @@ class Settings:
     dp_dataset: str = "deidentified-cohort"
     dp_epsilon_budget: float = 10.0
     dp_epsilon_per_release: float = 1.0
+    arrivals_start: str | None = None  # MEDLLM_ARRIVALS_START (YYYY-MM-DD); None: the first arrival, else today
     purpose: str | None = None  # MEDLLM_PURPOSE; None: the de-identification policy's default_purpose
 
     # --- derived locations -------------------------------------------------
@@ -92,6 +95,11 @@ class Settings:
     @property
     def deidentified_dir(self) -> Path:
         return self.home / "deidentified"
+
+    @property
+    def first_arrival_file(self) -> Path:
+        """The day the first file of this deployment arrived: where ``ingest/daily_arrivals`` starts."""
+        return self.home / "ingest" / "first_arrival"
 
     @property
     def models_dir(self) -> Path:
@@ -210,6 +218,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dp_epsilon_budget=_number(env, "MEDLLM_DP_EPSILON_BUDGET", 10.0, float, 1e-9),
         dp_epsilon_per_release=_number(env, "MEDLLM_DP_EPSILON_PER_RELEASE", 1.0, float, 1e-9),
         purpose=processing_purpose(env),
+        arrivals_start=env.get("MEDLLM_ARRIVALS_START") or None,
     )
 
 

@@ -7,18 +7,22 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from medllm_pipelines.defs.ingest.sources import UNROUTED, SourceRegistry, load_sources
+from medllm_pipelines.lib.ingest.arrivals import record_first_arrival
 from medllm_pipelines.lib.ingest.landing import LandedFile, scan_landing
+from medllm_pipelines.lib.ingest.sources import UNROUTED, SourceRegistry, load_sources
 
 
 class LandingZone(ConfigurableResource):
     """``consume``: remove a file once it is safely (encrypted) in the raw zone,
     like an SFTP drop box, so plaintext identifiers do not linger on disk.
-    ``sources_file``: the source registry (default: the packaged one)."""
+    ``sources_file``: the source registry (default: the packaged one).
+    ``first_arrival_file``: where the day the first file arrived is recorded
+    (the daily arrival partitions start there); None: not recorded."""
 
     path: str
     consume: bool = True
     sources_file: str | None = None
+    first_arrival_file: str | None = None
 
     @property
     def root(self) -> Path:
@@ -38,3 +42,9 @@ class LandingZone(ConfigurableResource):
         if partition not in registered:
             return []
         return scan_landing(self.root, under=partition)
+
+    def record_first_arrival(self, day: str | None) -> str | None:
+        """Record ``day`` as the first arrival unless an earlier one is recorded; return the recorded day."""
+        if self.first_arrival_file is None:
+            return None
+        return record_first_arrival(self.first_arrival_file, day)

@@ -8,7 +8,7 @@ import pytest
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
 from medllm_pipelines.defs.ingest.sensors import landing_sensor, landing_sensors, sensor_name
-from medllm_pipelines.defs.ingest.sources import UNROUTED, load_sources
+from medllm_pipelines.lib.ingest.sources import UNROUTED, load_sources
 from medllm_pipelines.resources.landing import LandingZone
 
 REGISTRY = load_sources()

@@ -1,64 +1,71 @@
 """Feeds over time: what arrived each day, per institution and file kind (daily partitions).
 
 Backfilling a date range from the UI recomputes those days from the ledger;
-a schedule fills yesterday every morning.
+a schedule fills the latest day every morning. The days start at the
+deployment's first arrival (``defs/ingest/partitions.py``): ``make_definitions``
+builds this asset, its job and schedule with :func:`build_daily_arrivals`.
 """
 
-import pandas as pd
+# No `from __future__ import annotations`: Dagster reads the `context` annotation as a class.
+
+from typing import Any, NamedTuple
+
 from dagster import (
     AllPartitionMapping,
     AssetDep,
     AssetExecutionContext,
+    AssetsDefinition,
     DailyPartitionsDefinition,
     MaterializeResult,
-    MetadataValue,
+    ScheduleDefinition,
     asset,
     build_schedule_from_partitioned_job,
     define_asset_job,
 )
 
 from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.ingest.partitions import FALLBACK_ARRIVALS_START, daily_partitions
+from medllm_pipelines.lib.ingest.arrivals import summarise_day
 from medllm_pipelines.lib.ingest.intake import read_ledger
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
-# end_offset=1: today is a partition too (the feed summary fills as the day goes).
-DAILY_PARTITIONS = DailyPartitionsDefinition(start_date="2024-01-01", timezone="Asia/Shanghai", end_offset=1)
+DAILY_ARRIVALS_TABLE = "daily_arrivals"
 
 
-@asset(
-    key=keys.DAILY_ARRIVALS,
-    # a day's summary reads the whole ledger (every institution's landed files): all of its partitions
-    deps=[AssetDep(keys.LANDED_FILES, partition_mapping=AllPartitionMapping())],
-    group_name=keys.INGEST,
-    kinds={"python", "duckdb"},
-    partitions_def=DAILY_PARTITIONS,
-    description="Files landed per day, institution, kind and status (from audit.file_ledger); audit.daily_arrivals.",
-)
-def daily_arrivals(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    day = context.partition_key
-    ledger = read_ledger(warehouse.get())
-    landed = pd.to_datetime(ledger["landed_at"], utc=True, errors="coerce").dt.tz_convert(DAILY_PARTITIONS.timezone)
-    todays = ledger[landed.dt.strftime("%Y-%m-%d") == day]
-    summary = (
-        todays.assign(institution=todays["institution"].fillna("<none>"))
-        .groupby(["institution", "file_kind", "status"], as_index=False)
-        .agg(files=("content_sha256", "count"), bytes=("size_bytes", "sum"))
-        .assign(day=day)
+class DailyArrivals(NamedTuple):
+    """The asset, its job and its schedule, over one daily partitions definition."""
+
+    partitions_def: DailyPartitionsDefinition
+    asset: AssetsDefinition
+    job: Any  # what define_asset_job returns (its class is not public API)
+    schedule: ScheduleDefinition
+
+
+def build_daily_arrivals(start_date: str) -> DailyArrivals:
+    """``ingest/daily_arrivals`` with daily partitions from ``start_date``, and its job and schedule."""
+    partitions_def = daily_partitions(start_date)
+
+    @asset(
+        key=keys.DAILY_ARRIVALS,
+        # a day's summary reads the whole ledger (every institution's landed files): all of its partitions
+        deps=[AssetDep(keys.LANDED_FILES, partition_mapping=AllPartitionMapping())],
+        group_name=keys.INGEST,
+        kinds={"python", "duckdb"},
+        partitions_def=partitions_def,
+        description="Files landed per day, institution, kind and status (from audit.file_ledger); audit.daily_arrivals.",
     )
-    summary = summary.astype({"files": "int64", "bytes": "int64"})
-    warehouse.get().replace_rows(keys.AUDIT_SCHEMA, "daily_arrivals", {"day": day}, summary)
-    return MaterializeResult(
-        metadata={
-            "day": day,
-            "files": int(summary["files"].sum()),
-            "bytes": int(summary["bytes"].sum()),
-            "files_by_institution": MetadataValue.json(
-                {str(k): int(v) for k, v in summary.groupby("institution")["files"].sum().items()}
-            ),
-            "quarantined_files": int(summary.loc[summary["status"] == "quarantined", "files"].sum()),
-        }
-    )
+    def daily_arrivals(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        summary = summarise_day(read_ledger(warehouse.get()), context.partition_key, partitions_def.timezone)
+        warehouse.get().replace_rows(keys.AUDIT_SCHEMA, DAILY_ARRIVALS_TABLE, {"day": summary.day}, summary.frame)
+        return MaterializeResult(metadata=summary.as_metadata())
+
+    job = define_asset_job(keys.DAILY_ARRIVALS_JOB, selection=[keys.DAILY_ARRIVALS], partitions_def=partitions_def)
+    return DailyArrivals(partitions_def, daily_arrivals, job, build_schedule_from_partitioned_job(job, hour_of_day=6))
 
 
-daily_arrivals_job = define_asset_job(keys.DAILY_ARRIVALS_JOB, selection=[keys.DAILY_ARRIVALS], partitions_def=DAILY_PARTITIONS)
-daily_arrivals_schedule = build_schedule_from_partitioned_job(daily_arrivals_job, hour_of_day=6)
+# Built without a deployment (imports that only need the shape, not the start).
+DEFAULT = build_daily_arrivals(FALLBACK_ARRIVALS_START)
+DAILY_PARTITIONS = DEFAULT.partitions_def
+daily_arrivals = DEFAULT.asset
+daily_arrivals_job = DEFAULT.job
+daily_arrivals_schedule = DEFAULT.schedule

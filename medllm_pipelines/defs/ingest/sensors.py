@@ -19,7 +19,8 @@ from dagster import (
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.jobs import downstream_job, ingest_job
-from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS, UNROUTED, SourceRegistry
+from medllm_pipelines.defs.ingest.partitions import INSTITUTION_PARTITIONS
+from medllm_pipelines.lib.ingest.sources import UNROUTED, SourceRegistry
 from medllm_pipelines.resources.landing import LandingZone
 
 # How many content hashes a cursor remembers; older ones are still

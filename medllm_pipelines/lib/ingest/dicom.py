@@ -28,22 +28,28 @@ What modalities write, and what becomes of it (:func:`index_dicom`):
 
 Any other exception raised while reading one file becomes a quarantine
 record (``unreadable_dicom``) naming the exception type only.
+
+Completeness from offsets is ``dicom_extent.py``'s; a whole institution's
+index (tables, reconciliation, study/series summaries) ``dicom_partition.py``'s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import re
-import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord
-
-if TYPE_CHECKING:
-    import pandas as pd
+from medllm_pipelines.lib.common.records import QuarantineRecord
+from medllm_pipelines.lib.ingest.dicom_extent import (
+    DEFLATED_EXPLICIT_LE,
+    Source,
+    ends_inside_element,
+    expected_pixel_bytes,
+    open_source,
+    pixel_data_extent,
+)
 
 STAGE = "ingest"
 
@@ -95,7 +101,6 @@ DICOM_FRAME_COLUMNS = [
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-DEFLATED_EXPLICIT_LE = "1.2.840.10008.1.2.1.99"
 
 
 def _text(ds: Any, keyword: str) -> str | None:
@@ -114,146 +119,6 @@ def _other_ids(ds: Any) -> str | None:
         if item.get("PatientID"):
             values.append(str(item.PatientID))
     return "\\".join(values) or None
-
-
-def expected_pixel_bytes(ds: Any) -> int:
-    frames = int(ds.get("NumberOfFrames") or 1)
-    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * int(ds.BitsAllocated) // 8 * frames
-
-
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_PREAMBLE_AND_PREFIX = 132  # 128-byte preamble + b"DICM"
-_GROUP_LENGTH_ELEMENT = 12  # (0002,0000) UL, explicit VR
-
-
-def _ends_inside_element(ds: Any, size: int) -> bool:
-    """Whether the file stops part-way through a data element: a cut transfer.
-
-    pydicom reads such a file without complaint (the last value just comes back
-    short, or the dataset is empty), which would otherwise be reported as
-    missing fields. A complete Part-10 file ends exactly where its last
-    element's value ends.
-    """
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID") == DEFLATED_EXPLICIT_LE:
-        return False  # deflated: offsets refer to the inflated stream
-    tags = list(ds.keys())
-    if not tags:
-        group_length = meta.get("FileMetaInformationGroupLength") if meta is not None else None
-        if not isinstance(group_length, int):
-            return True
-        return size != _PREAMBLE_AND_PREFIX + _GROUP_LENGTH_ELEMENT + group_length
-    last = ds.get_item(tags[-1])
-    length, value_tell = getattr(last, "length", None), getattr(last, "value_tell", None)
-    if length is None or value_tell is None or length == _UNDEFINED_LENGTH:
-        return False
-    return value_tell + length != size
-
-
-Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
-
-
-def _open(source: Source) -> tuple[BinaryIO, int, bool]:
-    """(stream, size in bytes, whether we opened it and must close it)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        return io.BytesIO(data), len(data), True
-    if isinstance(source, (str, os.PathLike)):
-        handle = open(source, "rb")  # noqa: SIM115 - closed by the caller
-        return handle, os.fstat(handle.fileno()).st_size, True
-    position = source.tell()
-    size = source.seek(0, io.SEEK_END)
-    source.seek(position)
-    return source, size - position, False
-
-
-def _element_header(stream: BinaryIO, little_endian: bool, implicit_vr: bool) -> tuple[int, int, int] | None:
-    """(tag, value length, header length) of the element at the stream's position; None if cut."""
-    endian = "<" if little_endian else ">"
-    head = stream.read(8)
-    if len(head) < 8:
-        return None
-    group, element = struct.unpack(endian + "HH", head[:4])
-    tag = (group << 16) | element
-    if implicit_vr or group == 0xFFFE:  # item and delimiter tags never carry a VR
-        (length,) = struct.unpack(endian + "L", head[4:8])
-        return tag, length, 8
-    vr = head[4:6]
-    if vr in _LONG_VRS:
-        more = stream.read(4)
-        if len(more) < 4:
-            return None
-        (length,) = struct.unpack(endian + "L", more)
-        return tag, length, 12
-    (length,) = struct.unpack(endian + "H", head[6:8])
-    return tag, length, 8
-
-
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
-
-
-@dataclass(frozen=True)
-class PixelDataExtent:
-    """Where the pixel data sit in the file, read from element headers only (no pixel bytes read)."""
-
-    offset: int  # of the PixelData tag
-    value_offset: int
-    declared_bytes: int | None  # None: encapsulated (undefined length)
-    complete: bool
-    problem: str | None
-
-
-def pixel_data_extent(stream: BinaryIO, offset: int, size: int, little_endian: bool, implicit_vr: bool) -> PixelDataExtent:
-    """Check by offsets that the PixelData element (and anything after it) ends inside the file.
-
-    Native pixel data: the declared length must fit in the file. Encapsulated
-    (compressed) pixel data: every fragment item's length must fit and the
-    sequence delimiter must be present. Elements after the pixel data (e.g.
-    trailing padding) must end exactly at the end of the file.
-    """
-    stream.seek(offset)
-    header = _element_header(stream, little_endian, implicit_vr)
-    if header is None:
-        return PixelDataExtent(offset, offset, None, False, "file ends inside the PixelData element header")
-    _, length, header_bytes = header
-    value_offset = offset + header_bytes
-    if length != _UNDEFINED_LENGTH:
-        end = value_offset + length
-        if end > size:
-            return PixelDataExtent(offset, value_offset, length, False,
-                                   f"pixel data truncated: {max(0, size - value_offset)} of {length} bytes")
-        trailing = _trailing_elements_end(stream, end, size, little_endian, implicit_vr)
-        problem = None if trailing == size else "file ends inside an element after the pixel data"
-        return PixelDataExtent(offset, value_offset, length, problem is None, problem)
-    position = value_offset
-    while True:
-        stream.seek(position)
-        item = _element_header(stream, little_endian, True)
-        if item is None:
-            return PixelDataExtent(offset, value_offset, None, False, "file ends inside encapsulated pixel data")
-        tag, item_length, item_header = item
-        if tag == _SEQUENCE_DELIMITER:
-            end = position + item_header
-            trailing = _trailing_elements_end(stream, end, size, little_endian, implicit_vr)
-            problem = None if trailing == size else "file ends inside an element after the pixel data"
-            return PixelDataExtent(offset, value_offset, None, problem is None, problem)
-        if tag != _ITEM or item_length == _UNDEFINED_LENGTH:
-            return PixelDataExtent(offset, value_offset, None, False, "encapsulated pixel data are malformed")
-        position += item_header + item_length
-        if position > size:
-            return PixelDataExtent(offset, value_offset, None, False, "file ends inside a pixel data fragment")
-
-
-def _trailing_elements_end(stream: BinaryIO, position: int, size: int, little_endian: bool, implicit_vr: bool) -> int:
-    """Where the elements after the pixel data end (``size`` when the file is whole)."""
-    while position < size:
-        stream.seek(position)
-        header = _element_header(stream, little_endian, implicit_vr)
-        if header is None or header[1] == _UNDEFINED_LENGTH:
-            return -1
-        position += header[2] + header[1]
-    return position
 
 
 @dataclass
@@ -296,7 +161,7 @@ def index_dicom(content: Source, *, institution: str | None, source_object: str,
     the file size, so a file on disk (a path or an open file) is indexed
     without reading its pixels.
     """
-    stream, size, owned = _open(content)
+    stream, size, owned = open_source(content)
     try:
         return _index(stream, size, institution=institution, source_object=source_object, asset=asset)
     except Exception as exc:  # noqa: BLE001 - one bad file must never fail the step: it is quarantined
@@ -392,7 +257,7 @@ def _index(stream: BinaryIO, size: int, *, institution: str | None, source_objec
         peek = stream.read(4)
         at_pixel_data = len(peek) == 4 and peek in (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
     # Before any element is accessed: access converts raw elements and drops their offsets.
-    cut_short = _ends_inside_element(ds, header_end if at_pixel_data else size)
+    cut_short = ends_inside_element(ds, header_end if at_pixel_data else size)
     cut_reason = f"file ends inside a data element ({size} bytes)"
     storage_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
     if storage_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
@@ -533,65 +398,6 @@ def frame_rows(ds: Any, sop_instance_uid: str, number_of_frames: int) -> list[di
     return rows
 
 
-@dataclass
-class DicomPartition:
-    """The index of one institution's DICOM objects: instances, frames, directories, quarantine, per file."""
-
-    asset: str
-    instances: list[dict[str, Any]] = field(default_factory=list)
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    quarantine: list[QuarantineRecord] = field(default_factory=list)
-    directories: list[DicomDirectory] = field(default_factory=list)
-    outcomes: FileOutcomes | None = None
-
-    def __post_init__(self) -> None:
-        if self.outcomes is None:
-            self.outcomes = FileOutcomes(self.asset)
-
-    def add(self, source_object: str, institution: str | None, indexed: DicomIndexed) -> None:
-        lineage = {"institution": institution, "source_object": source_object}
-        if indexed.instance is not None:
-            self.instances.append({**indexed.instance, **lineage})
-            self.frames.extend({**frame, **lineage} for frame in indexed.frames)
-        if indexed.quarantine is not None:
-            self.quarantine.append(indexed.quarantine)
-        if indexed.directory is not None:
-            self.directories.append(indexed.directory)
-        self.outcomes.add(
-            source_object, institution, records_in=1, records_out=int(indexed.instance is not None),
-            quarantine=[indexed.quarantine] if indexed.quarantine else [],
-            removed_by_rule={"dicomdir_index": int(indexed.directory is not None)},
-        )
-
-    @property
-    def records_in(self) -> int:
-        return len(self.instances) + len(self.quarantine) + len(self.directories)
-
-    def directory_summary(self) -> dict[str, Any]:
-        """DICOMDIR records by type and how many referenced instances were delivered (by SOP Instance UID)."""
-        delivered = {row["sop_instance_uid"] for row in self.instances}
-        referenced = [uid for d in self.directories for _, uid in d.references]
-        records: dict[str, int] = {}
-        for directory in self.directories:
-            for kind, n in directory.records_by_type.items():
-                records[kind] = records.get(kind, 0) + n
-        present = sum(1 for uid in referenced if uid in delivered)
-        return {
-            "dicomdirs": len(self.directories),
-            "records_by_type": dict(sorted(records.items())),
-            "referenced_files": len(referenced),
-            "referenced_files_delivered": present,
-            "referenced_files_missing": len(referenced) - present,
-        }
-
-    def undecodable_by_reason(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.instances:
-            if not row["pixel_decodable"]:
-                counts[row["pixel_undecodable_reason"]] = counts.get(row["pixel_undecodable_reason"], 0) + 1
-        return dict(sorted(counts.items()))
-
-
 def dicom_date(value: str | None) -> str | None:
     """DICOM DA (``YYYYMMDD``, or the old ``YYYY.MM.DD``) -> ISO 8601 ``YYYY-MM-DD``; None if not a date."""
     if not value:
@@ -631,66 +437,6 @@ def _int(ds: Any, keyword: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def summarise_dicom_index(instances: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Study and series summaries over instance rows (``index_dicom_object`` rows, plus ``institution``).
-
-    Series: instances, frames, modality, geometry, instance-number range and
-    whether numbers are missing in it (a partly delivered series), SOP classes.
-    Studies: series and instance counts, modalities, date, and whether all its
-    instances agree on the patient (``consistent_patient``; a study whose
-    files name two patients is a mix-up to look at, not to train on).
-    """
-    import pandas as pd
-
-    frame = instances.copy()
-    if "institution" not in frame.columns:
-        frame["institution"] = None
-    frame["institution"] = frame["institution"].astype("object")
-    keys = ["institution", "study_uid", "series_uid"]
-    if frame.empty:
-        return pd.DataFrame(columns=STUDY_SUMMARY_COLUMNS), pd.DataFrame(columns=SERIES_SUMMARY_COLUMNS)
-
-    def joined(values: pd.Series) -> str | None:
-        found = sorted({str(v) for v in values.dropna()})
-        return "\\".join(found) or None
-
-    series_rows = []
-    for (institution, study, series), group in frame.groupby(keys, dropna=False, sort=True):
-        numbers = pd.to_numeric(group.get("instance_number"), errors="coerce").dropna().astype(int)
-        first, last = (int(numbers.min()), int(numbers.max())) if len(numbers) else (None, None)
-        missing = (last - first + 1 - numbers.nunique()) if first is not None else None
-        series_rows.append({
-            "institution": institution, "study_uid": study, "series_uid": series,
-            "modality": joined(group["modality"]), "sop_class_uids": joined(group["sop_class_uid"]),
-            "instances": len(group), "frames": int(group["number_of_frames"].fillna(1).sum()),
-            "rows": joined(group["rows"]), "columns": joined(group["columns"]),
-            "first_instance_number": first, "last_instance_number": last,
-            "missing_instance_numbers": missing,
-            "burned_in_annotation": bool((group["burned_in_annotation"].fillna("").str.upper() == "YES").any()),
-        })
-    series = pd.DataFrame(series_rows, columns=SERIES_SUMMARY_COLUMNS)
-    study_rows = []
-    for (institution, study), group in frame.groupby(["institution", "study_uid"], dropna=False, sort=True):
-        patients = group["patient_id"].dropna().unique()
-        study_rows.append({
-            "institution": institution, "study_uid": study, "patient_id": patients[0] if len(patients) else None,
-            "consistent_patient": len(patients) <= 1, "study_date": joined(group["study_date"]),
-            "modalities": joined(group["modality"]), "series": group["series_uid"].nunique(),
-            "instances": len(group), "frames": int(group["number_of_frames"].fillna(1).sum()),
-        })
-    return pd.DataFrame(study_rows, columns=STUDY_SUMMARY_COLUMNS), series
-
-
-SERIES_SUMMARY_COLUMNS = [
-    "institution", "study_uid", "series_uid", "modality", "sop_class_uids", "instances", "frames", "rows", "columns",
-    "first_instance_number", "last_instance_number", "missing_instance_numbers", "burned_in_annotation",
-]
-STUDY_SUMMARY_COLUMNS = [
-    "institution", "study_uid", "patient_id", "consistent_patient", "study_date", "modalities", "series", "instances",
-    "frames",
-]
 
 
 def read_pixels(content: bytes) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pandas as pd
 from medllm_pipelines.lib.common.records import QuarantineRecord, Reconciliation
 from medllm_pipelines.lib.common.warehouse import Warehouse
 from medllm_pipelines.lib.ingest.landing import UNSUPPORTED, LandedFile
+from medllm_pipelines.lib.ingest.sources import UNROUTED
 from medllm_pipelines.lib.security.raw_zone import RawZone
 
 STORED = "stored"
@@ -63,6 +64,26 @@ class IntakeOutcome:
 
     def ledger_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.ledger_rows, columns=LEDGER_COLUMNS)
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Files in, stored, quarantined and re-delivered (reconciled), and what was new, by kind and folder."""
+        recon = self.reconciliation()
+        new = self.ledger_frame()
+        return {
+            "files_in": recon.records_in,
+            "files_stored": self.stored,
+            "files_quarantined": self.quarantined,
+            "duplicate_deliveries": self.duplicates,
+            "reconciled": recon.balanced,
+            "bytes_encrypted": self.bytes_stored,
+            "new_files_by_kind": _counts(new, "file_kind"),
+            "new_files_by_institution": _counts(new, "institution"),
+        }
+
+
+def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
+    counts = frame[column].fillna("<none>").astype(str).value_counts().sort_index()
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def _sha256_file(path: Path) -> tuple[str, bytes]:
@@ -117,6 +138,52 @@ def take_in(
         if progress:
             progress(count)
     return outcome
+
+
+@dataclass
+class Intake:
+    """One run's intake over several institution partitions: an outcome each, one ledger append for all."""
+
+    by_partition: dict[str, IntakeOutcome]
+
+    def ledger_frame(self) -> pd.DataFrame:
+        """Every new ledger row of the run (appended once, before anything is consumed)."""
+        rows = [row for outcome in self.by_partition.values() for row in outcome.ledger_rows]
+        return pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+
+    @property
+    def files_in(self) -> int:
+        return sum(outcome.files_in for outcome in self.by_partition.values())
+
+
+def take_in_partitions(
+    files_by_partition: Mapping[str, Sequence[LandedFile]],
+    raw_zone: RawZone,
+    known_hashes: set[str],
+    encrypt_text: Callable[[str], str],
+    *,
+    run_id: str,
+    now: dt.datetime,
+    registered: Collection[str] | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> Intake:
+    """:func:`take_in` per partition, in order; content stored by an earlier partition of the run is a
+    duplicate delivery in a later one (the same file sent to two folders is stored once)."""
+    seen = set(known_hashes)
+    by_partition: dict[str, IntakeOutcome] = {}
+    for partition, files in files_by_partition.items():
+        outcome = take_in(files, raw_zone, seen, encrypt_text, run_id=run_id, now=now, registered=registered,
+                          progress=(lambda done, p=partition: progress(p, done)) if progress else None)
+        seen.update(row["content_sha256"] for row in outcome.ledger_rows)
+        by_partition[partition] = outcome
+    return Intake(by_partition)
+
+
+def ledger_of_partition(ledger: pd.DataFrame, partition: str, registered: Collection[str]) -> pd.DataFrame:
+    """The ledger rows one institution partition answers for (``unrouted``: every folder not registered)."""
+    if partition == UNROUTED:
+        return ledger[~ledger["institution"].isin(list(registered))]
+    return ledger[ledger["institution"].eq(partition)]
 
 
 def ledger_quarantine(ledger: pd.DataFrame, asset: str) -> list[QuarantineRecord]:

@@ -6,15 +6,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pandas as pd
 
-from medllm_pipelines.lib.common.records import QuarantineRecord
+from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation, count_reasons
 from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES
+from medllm_pipelines.lib.security.raw_zone import RawZone
 
 STAGE = "ingest"
 
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     DIALOGUES: ("dialogue_id", "language", "turns", "department"),
     ANNOTATIONS: ("item_id", "annotator_id", "label", "annotated_at", "guideline_version"),
+}
+
+# The columns of each feed's raw-zone table (also when a partition has no rows).
+COLUMNS: dict[str, list[str]] = {
+    DIALOGUES: ["dialogue_id", "patient_mrn", "language", "department", "turn_count", "turns_json", "institution",
+                "source_object", "source_position"],
+    ANNOTATIONS: ["item_id", "annotator_id", "label", "annotated_at", "tool", "guideline_version", "institution",
+                  "source_object", "source_position"],
 }
 
 
@@ -113,4 +123,51 @@ def parse_jsonl_object(
             continue
         row.update(institution=institution, source_object=source_object, source_position=line_no)
         result.rows.append(row)
+    return result
+
+
+@dataclass
+class JsonlPartition:
+    """One institution's files of one JSONL feed: the table, what was quarantined, and per-file outcomes."""
+
+    partition: str
+    frame: pd.DataFrame
+    quarantine: list[QuarantineRecord]
+    outcomes: FileOutcomes
+    lines_seen: int
+
+    def reconciliation(self) -> Reconciliation:
+        """Lines read = rows + quarantined (raises when it does not hold)."""
+        return Reconciliation(self.lines_seen, len(self.frame), len(self.quarantine)).check()
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "dagster/row_count": len(self.frame),
+            **self.reconciliation().as_metadata(),
+            "quarantined": len(self.quarantine),
+            "quarantined_by_reason": dict(sorted(count_reasons(self.quarantine).items())),
+            "rows_by_institution": {self.partition: len(self.frame)},
+            "source_files": len(self.outcomes),
+        }
+
+
+def parse_jsonl_partition(
+    zone: RawZone, objects: pd.DataFrame, *, kind: str, partition: str, asset: str
+) -> JsonlPartition:
+    """Parse ``objects`` (stored-object ledger rows of one institution, of feed ``kind``) into one table."""
+    rows: list[dict[str, Any]] = []
+    quarantine: list[QuarantineRecord] = []
+    outcomes = FileOutcomes(asset)
+    seen = 0
+    for row in objects.itertuples(index=False):
+        parsed = parse_jsonl_object(zone.get_object(row.content_sha256), kind=kind, institution=row.institution,
+                                    source_object=row.content_sha256, asset=asset)
+        seen += parsed.lines_seen
+        rows.extend(parsed.rows)
+        quarantine.extend(parsed.quarantine)
+        outcomes.add(row.content_sha256, row.institution, records_in=parsed.lines_seen,
+                     records_out=len(parsed.rows), quarantine=parsed.quarantine)
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=COLUMNS[kind])
+    result = JsonlPartition(partition, frame, quarantine, outcomes, seen)
+    result.reconciliation()
     return result

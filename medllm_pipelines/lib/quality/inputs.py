@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medllm_pipelines.lib.ingest.fhir import PANDAS_DTYPES, TABLE_SCHEMAS, rows_to_frame
+from medllm_pipelines.lib.ingest.tables import PANDAS_DTYPES, TABLE_SCHEMAS, rows_to_frame
 
 __all__ = ["conform_parsed_table"]
 

@@ -145,36 +145,6 @@ def test_elements_after_the_pixel_data_must_be_whole():
     assert index(whole[:-3])[1].reason_code == "truncated_file"
 
 
-def _instance(study: str, series: str, number: int, patient: str = "P1", **extra) -> dict:
-    return {"institution": "h1", "study_uid": study, "series_uid": series, "sop_instance_uid": f"{series}.{number}",
-            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "modality": "CT", "rows": 64, "columns": 64,
-            "number_of_frames": 1, "patient_id": patient, "study_date": "20240305", "burned_in_annotation": None,
-            "instance_number": number, **extra}
-
-
-def test_study_and_series_summaries_flag_gaps_and_patient_mix_ups():
-    import pandas as pd
-
-    from medllm_pipelines.lib.ingest.dicom import summarise_dicom_index
-
-    instances = pd.DataFrame([
-        _instance("1.1", "1.1.1", 1), _instance("1.1", "1.1.1", 2), _instance("1.1", "1.1.1", 4),
-        _instance("1.1", "1.1.2", 1, modality="MR", burned_in_annotation="YES"),
-        _instance("2.2", "2.2.1", 1), _instance("2.2", "2.2.1", 2, patient="P2"),
-    ])
-
-    studies, series = summarise_dicom_index(instances)
-
-    by_series = series.set_index("series_uid")
-    assert by_series.loc["1.1.1", ["instances", "first_instance_number", "last_instance_number",
-                                   "missing_instance_numbers"]].tolist() == [3, 1, 4, 1]
-    assert bool(by_series.loc["1.1.2", "burned_in_annotation"]) is True
-    by_study = studies.set_index("study_uid")
-    assert by_study.loc["1.1", ["series", "instances", "modalities", "consistent_patient"]].tolist() == [
-        2, 4, "CT\\MR", True]
-    assert bool(by_study.loc["2.2", "consistent_patient"]) is False
-
-
 @pytest.mark.parametrize(
     ("date", "time", "offset", "iso_date", "iso_datetime"),
     [

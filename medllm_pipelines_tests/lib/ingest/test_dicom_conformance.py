@@ -15,13 +15,8 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from medllm_pipelines.lib.deidentify.dicom_release import InstanceToRelease, release_instances
-from medllm_pipelines.lib.ingest.dicom import (
-    DICOM_FRAME_COLUMNS,
-    DICOM_INDEX_COLUMNS,
-    DicomPartition,
-    decoded_pixels,
-    index_dicom,
-)
+from medllm_pipelines.lib.ingest.dicom import DICOM_FRAME_COLUMNS, DICOM_INDEX_COLUMNS, decoded_pixels, index_dicom
+from medllm_pipelines.lib.ingest.dicom_partition import DicomPartition
 
 CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance" / "dicom"
 needs_corpus = pytest.mark.skipif(not CONFORMANCE.is_dir(), reason="../shared/conformance is not present")

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.ingest.fhir import ParsedFhir, parse_fhir_object
+from medllm_pipelines.lib.ingest.feed import ParsedFeed
+from medllm_pipelines.lib.ingest.fhir import parse_fhir_object
 from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE, FHIR_NDJSON
 
 NAME_ZH = "欧阳娜娜"
@@ -54,7 +55,7 @@ def observation(subject: str, **overrides: Any) -> dict[str, Any]:
     return resource
 
 
-def parse(content: bytes, kind: str = FHIR_BUNDLE) -> ParsedFhir:
+def parse(content: bytes, kind: str = FHIR_BUNDLE) -> ParsedFeed:
     result = parse_fhir_object(content, kind=kind, institution="h1", source_object="a" * 64, asset="ingest/fhir")
     # Every entry read leaves as a row, a quarantine record or an out-of-scope count.
     assert result.resources_seen == result.records_out + len(result.quarantine) + result.out_of_scope
@@ -65,7 +66,7 @@ def bundle(bundle_type: str, entries: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"resourceType": "Bundle", "type": bundle_type, "entry": entries})
 
 
-def only_reasons(result: ParsedFhir) -> list[tuple[int | None, str]]:
+def only_reasons(result: ParsedFeed) -> list[tuple[int | None, str]]:
     return [(q.position, q.reason_code) for q in result.quarantine]
 
 

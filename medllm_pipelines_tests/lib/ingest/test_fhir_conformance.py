@@ -12,7 +12,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.ingest.fhir import ParsedFhir, parse_fhir_object, rows_to_frame
+from medllm_pipelines.lib.ingest.feed import ParsedFeed
+from medllm_pipelines.lib.ingest.fhir import parse_fhir_object
+from medllm_pipelines.lib.ingest.tables import rows_to_frame
 from medllm_pipelines.lib.ingest.fhir_validation import FULL, ResourceValidator
 from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE
 
@@ -103,7 +105,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
 }
 
 
-def parse(relpath: str) -> ParsedFhir:
+def parse(relpath: str) -> ParsedFeed:
     return parse_fhir_object(
         (CORPUS / relpath).read_bytes(), kind=FHIR_BUNDLE, institution="conf", source_object=relpath,
         asset="ingest/fhir_resources",
@@ -159,7 +161,7 @@ def test_erasure_requests_of_the_transaction_example() -> None:
 def test_synthea_conditions_are_cleaned_through_the_snomed_crosswalk() -> None:
     from medllm_pipelines.lib.quality.cleaning import clean_conditions, clean_patients, load_rules
 
-    total = ParsedFhir()
+    total = ParsedFeed()
     for relpath in sorted(EXPECTED):
         if relpath.startswith(SYNTHEA):
             total.extend(parse(relpath))

@@ -13,12 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.ingest import fhir as fhir_module
-from medllm_pipelines.lib.ingest.fhir import (
-    ParsedFhir,
-    check_bulk_manifests,
-    parse_fhir_object,
-)
+from medllm_pipelines.lib.ingest import fhir_mapping
+from medllm_pipelines.lib.ingest.feed import ParsedFeed, check_bulk_manifests
+from medllm_pipelines.lib.ingest.fhir import parse_fhir_object
 from medllm_pipelines.lib.ingest.fhir_r4 import normalise_r4_to_r4b
 from medllm_pipelines.lib.ingest.fhir_validation import FULL, ResourceValidator
 from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE, FHIR_NDJSON
@@ -26,7 +23,7 @@ from medllm_pipelines.lib.ingest.landing import FHIR_BUNDLE, FHIR_NDJSON
 CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "conformance" / "fhir"
 
 
-def parse(content: bytes, kind: str = FHIR_BUNDLE) -> ParsedFhir:
+def parse(content: bytes, kind: str = FHIR_BUNDLE) -> ParsedFeed:
     result = parse_fhir_object(content, kind=kind, institution="h1", source_object="s" * 64, asset="ingest/fhir")
     result.reconciliation()  # every entry is a row, a quarantine record or a declared-rule count
     return result
@@ -199,7 +196,7 @@ def test_an_exception_while_mapping_one_entry_quarantines_that_entry_only(monkey
     def broken(resource: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setitem(fhir_module._EXTRACTORS, "Encounter", broken)
+    monkeypatch.setitem(fhir_mapping.EXTRACTORS, "Encounter", broken)
     encounter = {"resourceType": "Encounter", "status": "finished",
                  "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}}
 

@@ -10,14 +10,9 @@ import orjson
 import pytest
 
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.ingest.fhir import (
-    ParsedFhir,
-    ResentFilter,
-    iter_ndjson_batches,
-    parse_fhir_object,
-    rows_to_frame,
-    table_columns,
-)
+from medllm_pipelines.lib.ingest.feed import ParsedFeed
+from medllm_pipelines.lib.ingest.fhir import ResentFilter, iter_ndjson_batches, parse_fhir_object
+from medllm_pipelines.lib.ingest.tables import rows_to_frame
 from medllm_pipelines.lib.ingest.fhir_validation import (
     FULL,
     ResourceValidator,
@@ -36,12 +31,12 @@ from medllm_pipelines_tests.lib.security.fakes import LocalTestKeyProvider
 SOURCE = "b" * 64
 
 
-def stream(source, **kwargs) -> list[ParsedFhir]:
+def stream(source, **kwargs) -> list[ParsedFeed]:
     return list(iter_ndjson_batches(source, institution="h1", source_object=SOURCE, asset="ingest/fhir", **kwargs))
 
 
-def merged(batches: list[ParsedFhir]) -> ParsedFhir:
-    total = ParsedFhir()
+def merged(batches: list[ParsedFeed]) -> ParsedFeed:
+    total = ParsedFeed()
     for batch in batches:
         total.extend(batch)
     total.reconciliation()  # in = out + quarantined + out of scope + re-sent, or it raises
@@ -59,7 +54,7 @@ def feed(n: int) -> list[dict]:
     return resources
 
 
-def summary(result: ParsedFhir) -> tuple:
+def summary(result: ParsedFeed) -> tuple:
     rows = {t: [(r["resource_key"], r["source_position"], r["content_hash"]) for r in rs] for t, rs in result.rows.items()}
     return rows, [(q.position, q.reason_code, q.reason) for q in result.quarantine], result.resources_seen
 
@@ -182,13 +177,6 @@ def test_memory_stays_flat_in_the_number_of_lines():
     small, large = peak(1_000), peak(4_000)
 
     assert large < small * 1.3, (small, large)
-
-
-def test_frames_have_the_declared_columns_even_when_empty():
-    frame = rows_to_frame("observations", [])
-
-    assert list(frame.columns) == table_columns("observations")
-    assert str(frame["value"].dtype) == "float64" and str(frame["source_position"].dtype) == "Int64"
 
 
 def test_full_mode_gives_the_same_rows_and_reasons():

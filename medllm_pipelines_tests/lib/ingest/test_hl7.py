@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from medllm_pipelines.lib.common import codes
-from medllm_pipelines.lib.ingest.fhir import ParsedFhir, table_columns
-from medllm_pipelines.lib.ingest.hl7 import (
-    Rejected,
-    hl7_datetime,
-    parse_hl7_object,
-    split_hl7_messages,
-)
+from medllm_pipelines.lib.ingest.feed import ParsedFeed
+from medllm_pipelines.lib.ingest.hl7 import parse_hl7_object
+from medllm_pipelines.lib.ingest.hl7_framing import Rejected, split_hl7_messages
+from medllm_pipelines.lib.ingest.hl7_message import hl7_datetime
+from medllm_pipelines.lib.ingest.tables import table_columns
 
 FIXTURES = Path(__file__).with_name("fixtures")
 SOURCE = "c" * 64
@@ -53,13 +51,13 @@ def mllp(*messages: list[str]) -> bytes:
     return b"".join(b"\x0b" + "\r".join(m).encode("utf-8") + b"\r\x1c\r" for m in messages)
 
 
-def parse(content: bytes) -> ParsedFhir:
+def parse(content: bytes) -> ParsedFeed:
     result = parse_hl7_object(content, institution="whsy", source_object=SOURCE, asset="ingest/hl7")
     result.reconciliation()  # every row, quarantined message and out-of-scope message accounted for
     return result
 
 
-def reasons(result: ParsedFhir) -> list[tuple[int | None, str]]:
+def reasons(result: ParsedFeed) -> list[tuple[int | None, str]]:
     return [(q.position, q.reason_code) for q in result.quarantine]
 
 
@@ -364,12 +362,12 @@ def test_an_mdm_document_sent_as_base64_text_is_decoded():
 
 
 def test_an_exception_inside_one_message_is_its_quarantine_record(monkeypatch):
-    from medllm_pipelines.lib.ingest import hl7
+    from medllm_pipelines.lib.ingest.hl7_mapping import MessageMapper
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom with PHI 11010519491231002X")
 
-    monkeypatch.setattr(hl7._Mapper, "_condition", broken)
+    monkeypatch.setattr(MessageMapper, "_condition", broken)
 
     result = parse(mllp(oru(ctrl="C1"), adt(ctrl="C2"), oru(ctrl="C3")))
 

@@ -13,8 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medllm_pipelines.lib.ingest.fhir import table_columns
-from medllm_pipelines.lib.ingest.hl7 import HL7_TABLES, ParsedHl7, parse_hl7_object, split_hl7_messages
+from medllm_pipelines.lib.ingest.feed import ParsedFeed
+from medllm_pipelines.lib.ingest.hl7 import parse_hl7_object
+from medllm_pipelines.lib.ingest.hl7_framing import split_hl7_messages
+from medllm_pipelines.lib.ingest.hl7_mapping import HL7_TABLES
+from medllm_pipelines.lib.ingest.tables import table_columns
 
 CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance" / "hl7v2"
 needs_corpus = pytest.mark.skipif(not CONFORMANCE.is_dir(), reason="../shared/conformance is not present")
@@ -52,7 +55,7 @@ EXPECTED = {
 MALFORMED = "python-hl7_sample_bad_batch_MALFORMED.hl7"
 
 
-def _parse(content: bytes) -> ParsedHl7:
+def _parse(content: bytes) -> ParsedFeed:
     return parse_hl7_object(content, institution="conformance", source_object="f" * 64, asset="ingest/fhir_resources")
 
 

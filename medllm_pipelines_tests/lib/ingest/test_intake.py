@@ -13,8 +13,10 @@ from medllm_pipelines.lib.ingest.intake import (
     QUARANTINED,
     STORED,
     consume,
+    ledger_of_partition,
     ledger_quarantine,
     take_in,
+    take_in_partitions,
 )
 from medllm_pipelines.lib.ingest.landing import scan_landing
 from medllm_pipelines.lib.security.raw_zone import RawZone
@@ -153,3 +155,32 @@ def test_consume_never_removes_the_landing_root(tmp_path):
 
     assert removed == 2
     assert root.is_dir() and list(root.iterdir()) == []
+
+
+def test_partitions_are_taken_in_in_order_and_a_copy_in_a_later_partition_is_a_duplicate(landing, zone):
+    registered = ("h1", "h2")
+    files = {
+        "h1": scan_landing(landing, under="h1"),
+        "h2": scan_landing(landing, under="h2"),
+        "unrouted": [f for f in scan_landing(landing) if f.institution not in registered],
+    }
+
+    intake = take_in_partitions(files, zone, set(), FakeTransit(), run_id="run-1", now=NOW, registered=registered)
+
+    h1, h2, unrouted = (intake.by_partition[p].as_metadata() for p in ("h1", "h2", "unrouted"))
+    assert (h1["files_in"], h1["files_stored"], h1["files_quarantined"], h1["duplicate_deliveries"]) == (4, 3, 1, 0)
+    assert (h2["files_in"], h2["files_stored"], h2["duplicate_deliveries"]) == (1, 0, 1)  # h1's bundle, sent again
+    assert unrouted["files_quarantined"] == 1 and unrouted["new_files_by_institution"] == {"<none>": 1}
+    assert all(meta["reconciled"] for meta in (h1, h2, unrouted))
+    assert intake.files_in == 6 and len(intake.ledger_frame()) == 5
+    assert intake.ledger_frame()["content_sha256"].is_unique
+
+
+def test_a_partition_answers_for_its_folder_and_unrouted_for_every_folder_not_registered(landing, zone):
+    ledger = take_in(scan_landing(landing), zone, set(), FakeTransit(), run_id="run-1", now=NOW,
+                     registered=("h1",)).ledger_frame()
+
+    assert set(ledger_of_partition(ledger, "h1", ("h1",))["institution"]) == {"h1"}
+    unrouted = ledger_of_partition(ledger, "unrouted", ("h1",))
+    assert sorted(unrouted["institution"].fillna("<none>")) == ["<none>"]  # h2's copy was a duplicate of h1's
+    assert ledger_of_partition(ledger, "h9", ("h1",)).empty

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import hashlib
+
 import orjson
+import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.ingest.jsonl import ParsedLines, parse_jsonl_object
+from medllm_pipelines.lib.ingest.jsonl import COLUMNS, ParsedLines, parse_jsonl_object, parse_jsonl_partition
 from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES
 
 
@@ -109,3 +112,39 @@ def test_unreadable_files_are_quarantined_whole(content, code):
 
     assert [(q.position, q.reason_code) for q in result.quarantine] == [(None, code)]
     assert result.rows == []
+
+
+class Objects:
+    """Stored objects by content hash, as the raw zone hands them to a partition parser."""
+
+    def __init__(self, *contents: bytes) -> None:
+        self.objects = {hashlib.sha256(c).hexdigest(): c for c in contents}
+
+    def get_object(self, sha256: str) -> bytes:
+        return self.objects[sha256]
+
+    def ledger_rows(self, institution: str) -> pd.DataFrame:
+        return pd.DataFrame({"content_sha256": sorted(self.objects), "institution": institution})
+
+
+def test_a_partition_is_one_table_that_reconciles_with_its_files():
+    store = Objects(lines(dialogue(), b"{broken"), lines(dialogue(dialogue_id="d-2")))
+
+    parsed = parse_jsonl_partition(store, store.ledger_rows("h1"), kind=DIALOGUES, partition="h1",
+                                   asset="ingest/dialogues")
+
+    meta = parsed.as_metadata()
+    assert (meta["records_in"], meta["records_out"], meta["records_quarantined"], meta["reconciled"]) == (3, 2, 1, True)
+    assert meta["dagster/row_count"] == len(parsed.frame) == 2 and meta["rows_by_institution"] == {"h1": 2}
+    assert meta["quarantined_by_reason"] == {"malformed_json": 1} and meta["source_files"] == 2
+    assert parsed.outcomes.unbalanced() == []
+
+
+def test_a_partition_without_files_has_the_feeds_columns():
+    store = Objects()
+
+    parsed = parse_jsonl_partition(store, store.ledger_rows("h2"), kind=ANNOTATIONS, partition="h2",
+                                   asset="ingest/annotations")
+
+    assert parsed.frame.empty and list(parsed.frame.columns) == COLUMNS[ANNOTATIONS]
+    assert parsed.as_metadata()["reconciled"] is True

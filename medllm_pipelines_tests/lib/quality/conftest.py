@@ -20,11 +20,9 @@ class ParsedHospital:
 
 @pytest.fixture(scope="session")
 def parsed_hospital(tmp_path_factory: pytest.TempPathFactory) -> ParsedHospital:
-    from medllm_pipelines.lib.ingest.fhir import (
-        ParsedFhir,
-        parse_fhir_object,
-        rows_to_frame,
-    )
+    from medllm_pipelines.lib.ingest.feed import ParsedFeed as ParsedFhir
+    from medllm_pipelines.lib.ingest.fhir import parse_fhir_object
+    from medllm_pipelines.lib.ingest.tables import rows_to_frame
     from medllm_pipelines.lib.ingest.hl7 import parse_hl7_object
     from medllm_pipelines.lib.ingest.landing import (
         FHIR_BUNDLE,

