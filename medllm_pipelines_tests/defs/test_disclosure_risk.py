@@ -14,9 +14,14 @@ from dagster import AssetsDefinition, asset, materialize
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.deidentify import disclosure
+from medllm_pipelines.defs.resources import run_settings_resource
+from medllm_pipelines.lib.deidentify.disclosure import protect_released_table
 from medllm_pipelines.lib.deidentify.dp import PrivacyLedger
+from medllm_pipelines.lib.deidentify.policy import load_policy
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
+from medllm_pipelines.resources.run_settings import RunSettingsResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
+from medllm_pipelines.settings import load_settings
 
 
 def crafted_patients() -> pd.DataFrame:
@@ -36,6 +41,11 @@ def warehouse(tmp_path: Path) -> WarehouseResource:
 def artifacts(tmp_path: Path) -> ArtifactStoreResource:
     return ArtifactStoreResource(deidentified_dir=str(tmp_path / "deid"), models_dir=str(tmp_path / "models"),
                                  reports_dir=str(tmp_path / "reports"), governance_dir=str(tmp_path / "governance"))
+
+
+def settings_from_environment(tmp_path: Path, **variables: str) -> RunSettingsResource:
+    """The run_settings resource the Definitions bind for this environment (MEDLLM_* variables)."""
+    return run_settings_resource(load_settings({"MEDLLM_HOME": str(tmp_path / "home"), **variables}))
 
 
 def stored_patients(frame: pd.DataFrame) -> AssetsDefinition:
@@ -58,12 +68,11 @@ def test_every_table_with_declared_quasi_identifiers_has_a_blocking_gate() -> No
     assert all(spec.blocking for check in disclosure.CHECKS for spec in check.check_specs)
 
 
-def test_gate_fails_on_a_singleton_class_and_passes_after_recoding(warehouse, monkeypatch) -> None:
-    monkeypatch.setenv("MEDLLM_K_ANONYMITY_K", "5")
+def test_gate_fails_on_a_singleton_class_and_passes_after_recoding(warehouse) -> None:
+    resources = {"warehouse": warehouse, "run_settings": RunSettingsResource(k_anonymity_k=5)}
     frame = crafted_patients()
 
-    failing = materialize([stored_patients(frame), patients_gate()], resources={"warehouse": warehouse},
-                          raise_on_error=False)
+    failing = materialize([stored_patients(frame), patients_gate()], resources=resources, raise_on_error=False)
     (evaluation,) = failing.get_asset_check_evaluations()
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     assert not evaluation.passed
@@ -71,17 +80,19 @@ def test_gate_fails_on_a_singleton_class_and_passes_after_recoding(warehouse, mo
     assert meta["class_sizes"] == {"1": 1, "6": 2}  # sizes only: the 90+ woman is not named
     assert "90+" not in json.dumps(meta)
 
-    released, k_meta, dropped = disclosure.protect_released_table("patients", frame, 5, 2)
-    passing = materialize([stored_patients(released), patients_gate()], resources={"warehouse": warehouse})
+    protected = protect_released_table(load_policy().disclosure["patients"], frame, k=5, l=2)
+    passing = materialize([stored_patients(protected.frame), patients_gate()], resources=resources)
     (evaluation,) = passing.get_asset_check_evaluations()
     assert evaluation.passed
+    k_meta = protected.as_metadata()
     assert k_meta["k_anonymity/k_before"] == 1 and k_meta["k_anonymity/k_satisfied"] is True
-    assert len(released) + dropped == len(frame)
+    assert len(protected.frame) + protected.rows_suppressed == len(frame)
 
 
-def test_gate_reads_k_from_the_environment(warehouse, monkeypatch) -> None:
-    monkeypatch.setenv("MEDLLM_K_ANONYMITY_K", "1")
-    result = materialize([stored_patients(crafted_patients()), patients_gate()], resources={"warehouse": warehouse})
+def test_gate_reads_k_from_the_environment(warehouse, tmp_path) -> None:
+    run_settings = settings_from_environment(tmp_path, MEDLLM_K_ANONYMITY_K="1")
+    result = materialize([stored_patients(crafted_patients()), patients_gate()],
+                         resources={"warehouse": warehouse, "run_settings": run_settings})
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.metadata["k_required"].value == 1
 
@@ -111,14 +122,11 @@ def seed_deidentified_tables(warehouse: WarehouseResource) -> None:
     }))
 
 
-def test_released_statistics_spend_the_budget_once_and_refuse_to_overspend(
-    warehouse, artifacts, tmp_path, monkeypatch
-) -> None:
-    monkeypatch.setenv("MEDLLM_DP_DATASET", "test-cohort")
-    monkeypatch.setenv("MEDLLM_DP_EPSILON_BUDGET", "1.5")
-    monkeypatch.setenv("MEDLLM_DP_EPSILON_PER_RELEASE", "1.0")
+def test_released_statistics_spend_the_budget_once_and_refuse_to_overspend(warehouse, artifacts, tmp_path) -> None:
+    run_settings = settings_from_environment(tmp_path, MEDLLM_DP_DATASET="test-cohort", MEDLLM_DP_EPSILON_BUDGET="1.5",
+                                             MEDLLM_DP_EPSILON_PER_RELEASE="1.0")
     seed_deidentified_tables(warehouse)
-    resources = {"warehouse": warehouse, "artifacts": artifacts}
+    resources = {"warehouse": warehouse, "artifacts": artifacts, "run_settings": run_settings}
 
     first = materialize([disclosure.released_statistics], resources=resources)
     meta = {k: v.value for k, v in first.asset_materializations_for_node("deidentify__released_statistics")[0]

@@ -27,7 +27,7 @@ from medllm_pipelines.lib.deidentify.risk import (
 from medllm_pipelines.lib.quality.cleaning import resident_id_is_valid
 
 POLICY_PATH = Path(__file__).with_name("deidentify_policy.yaml")
-PURPOSE_ENV = "MEDLLM_PURPOSE"  # read by settings.processing_purpose; named in error messages
+PURPOSE_ENV = "MEDLLM_PURPOSE"  # where a deployment sets the purpose (settings.py); named in error messages
 
 HmacMany = Callable[[Sequence[str]], Sequence[str]]
 
@@ -135,15 +135,16 @@ def _purposes(raw: dict[str, Any], tables: dict[str, tuple[ColumnRule, ...]]) ->
 
 
 def load_policy(path: Path = POLICY_PATH, purpose: str | None = None) -> Policy:
-    """The policy as it applies to ``purpose`` (else ``$MEDLLM_PURPOSE``, else the file's default).
+    """The policy as it applies to ``purpose`` (None: the file's ``default_purpose``).
 
-    Data minimisation per purpose: a purpose that lists its columns lets only
-    those cross; every other column is treated as undeclared (dropped and
-    reported). Direct identifiers stay ``remove`` rules whatever the purpose.
+    The caller says which purpose a run processes data for (assets: the
+    ``run_settings`` resource; the CLI: ``Settings.purpose``), so that this
+    library never reads the environment. Data minimisation per purpose: a
+    purpose that lists its columns lets only those cross; every other column
+    is treated as undeclared (dropped and reported). Direct identifiers stay
+    ``remove`` rules whatever the purpose.
     """
-    from medllm_pipelines.settings import processing_purpose
-
-    return _load_policy(Path(path), purpose or processing_purpose())
+    return _load_policy(Path(path), purpose or None)
 
 
 @lru_cache(maxsize=8)

@@ -250,9 +250,8 @@ def test_the_default_purpose_is_the_model_development_one(policy) -> None:
     assert set(policy.purposes) == {"t2d_model_development", "data_quality_reporting"}
 
 
-def test_a_narrower_purpose_lets_fewer_columns_cross_and_reports_the_rest(monkeypatch) -> None:
-    monkeypatch.setenv("MEDLLM_PURPOSE", "data_quality_reporting")
-    narrow = load_policy()
+def test_a_narrower_purpose_lets_fewer_columns_cross_and_reports_the_rest() -> None:
+    narrow = load_policy(purpose="data_quality_reporting")
     assert narrow.purpose_id == "data_quality_reporting"
     observations = pd.DataFrame({
         "patient_key": ["k1"], "institution": ["h1"], "concept": ["hba1c"], "loinc": ["4548-4"], "value": [7.1],
@@ -269,10 +268,15 @@ def test_a_narrower_purpose_lets_fewer_columns_cross_and_reports_the_rest(monkey
     assert sorted(patients.removed_columns) == ["mrn", "name_zh", "phone", "resident_id"]
 
 
-def test_an_unknown_purpose_is_refused_with_the_declared_ones_named(monkeypatch) -> None:
-    monkeypatch.setenv("MEDLLM_PURPOSE", "marketing")
+def test_an_unknown_purpose_is_refused_with_the_declared_ones_named() -> None:
     with pytest.raises(ValueError, match="unknown processing purpose 'marketing'.*data_quality_reporting"):
-        load_policy()
+        load_policy(purpose="marketing")
+
+
+def test_the_library_never_reads_the_purpose_from_the_environment(monkeypatch) -> None:
+    """The caller passes the purpose (run_settings, Settings.purpose): MEDLLM_PURPOSE alone changes nothing here."""
+    monkeypatch.setenv("MEDLLM_PURPOSE", "data_quality_reporting")
+    assert load_policy().purpose_id == "t2d_model_development"
 
 
 def test_a_purpose_naming_an_undeclared_column_is_refused(tmp_path) -> None:

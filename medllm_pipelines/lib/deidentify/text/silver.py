@@ -9,7 +9,7 @@ identifier are not the patient's own and are added by layout: dates in a
 note (``YYYY-MM-DD``) and the signing clinician's name on the signature line
 (``医师：…`` / ``Signed: …, MD``). The same function gives the synthetic
 hospital's gold spans (``lib.synth.note_gold``) and the platform's training
-spans (``defs.deidentify.text``), so the two cannot drift apart.
+spans (``text.training``), so the two cannot drift apart.
 
 Also here: the per-person ``KnownIdentifiers`` a detector gets for extra
 recall, the Vault-keyed surrogate factories (one per patient), and the
