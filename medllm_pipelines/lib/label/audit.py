@@ -13,9 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from medllm_pipelines.lib.label.registry import AUDITOR
+
+if TYPE_CHECKING:
+    from medllm_pipelines.lib.label.registry import Guideline
 
 _SPACE = float(2**64)
 
@@ -57,6 +62,15 @@ class AuditResult:
             "error_rate_ci95": [low, high],
         }
 
+    def as_metadata(self) -> dict[str, Any]:
+        """Each count as its own entry (plotted across runs), the whole summary, and the error rate."""
+        summary = self.as_dict()
+        return {
+            **{f"audit.{k}": v for k, v in summary.items() if not isinstance(v, list)},
+            "audit": summary,
+            "error_rate": self.error_rate,
+        }
+
 
 def audit_accepted_labels(accepted: pd.DataFrame, sampled_keys: set[str], verdicts: pd.DataFrame) -> AuditResult:
     """Compare accepted labels in the sample with the auditor's labels.
@@ -71,3 +85,20 @@ def audit_accepted_labels(accepted: pd.DataFrame, sampled_keys: set[str], verdic
     audited = int(frame["audited"].sum())
     errors = int((frame["audited"] & ~frame["agrees"]).sum())
     return AuditResult(sampled=len(frame), audited=audited, errors=errors, frame=frame.reset_index(drop=True))
+
+
+def audit_labelled_set(accepted: pd.DataFrame, annotations: pd.DataFrame, decisions: pd.DataFrame,
+                       labelled_set: str) -> AuditResult:
+    """The accepted labels of the items the import marked ``audit_sample``, against the registered
+    auditors' latest verdicts for ``labelled_set`` (``decisions`` as label/expert_decisions stores them)."""
+    sampled = set(annotations.loc[annotations["audit_sample"].astype(bool), "item_key"])
+    verdicts = decisions[(decisions["role"] == AUDITOR) & (decisions["labelled_set"] == labelled_set)]
+    verdicts = verdicts.sort_values("decided_at").rename(columns={"value": "label"})
+    result = audit_accepted_labels(accepted, sampled, verdicts)
+    result.frame = result.frame.assign(labelled_set=labelled_set)
+    return result
+
+
+def sampling_rules(guidelines: dict[str, Guideline]) -> dict[str, dict[str, Any]]:
+    """Each guideline version's audit rule (seed, sampling rate), as the sample was drawn."""
+    return {version: guideline.audit for version, guideline in guidelines.items() if guideline.audit}

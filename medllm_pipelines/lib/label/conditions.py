@@ -7,6 +7,7 @@ consent enters a labelled set; everyone else is counted by reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -20,6 +21,19 @@ class LabelledSet:
     frame: pd.DataFrame
     excluded_by_consent: dict[str, int]
     persons_in: int
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Persons in = labelled + excluded by consent status, and labels per class."""
+        excluded = sum(self.excluded_by_consent.values())
+        counts = self.frame["label"].astype(str).value_counts().sort_index()
+        return {
+            "records_in": self.persons_in,
+            "records_out": len(self.frame),
+            "removed[no_granted_consent]": excluded,
+            "reconciled": self.persons_in == len(self.frame) + excluded,
+            "excluded_by_consent_status": self.excluded_by_consent,
+            "rows_by_label": {str(k): int(v) for k, v in counts.items()},
+        }
 
 
 def label_from_conditions(

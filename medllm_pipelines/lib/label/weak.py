@@ -105,3 +105,51 @@ def medication_codes(medications: pd.DataFrame, pseudonym_map: pd.DataFrame) -> 
     joined["system"] = joined["code_system"].map(MEDICATION_SYSTEMS)
     joined = joined.dropna(subset=["system", "code", "patient_pseudonym"])
     return joined[["patient_pseudonym", "system", "code"]].astype(str).reset_index(drop=True)
+
+
+@dataclass
+class WeakLabelComparison:
+    """Per accepted item: the human label, the weak label from the person's codes, the votes, agreement."""
+
+    frame: pd.DataFrame  # item_key, patient_pseudonym, institution, human_label, weak_label, votes, agrees
+    rules_version: str
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return compare_with_human(self.frame)
+
+    def as_metadata(self) -> dict[str, Any]:
+        summary = self.summary
+        return {
+            "comparison": summary,
+            "coverage": summary["coverage"],
+            "accuracy_where_covered": summary["accuracy_where_covered"],
+            "cohen_kappa_where_covered": summary["cohen_kappa_where_covered"],
+            "weak_label_rules_version": self.rules_version,
+        }
+
+
+def compare_weak_labels(human: pd.DataFrame, conditions: pd.DataFrame, medications: pd.DataFrame,
+                        pseudonym_map: pd.DataFrame, rules: WeakRules) -> WeakLabelComparison:
+    """Weak labels from the labelled persons' ICD-10 conditions and medication codes, beside the human labels.
+
+    ``human``: accepted labels (item_key, patient_pseudonym, institution, label); ``conditions``: de-identified
+    (patient_pseudonym, icd10_category); ``medications``: raw MedicationRequests, linked through the
+    pseudonym map in memory only.
+    """
+    codes = pd.concat(
+        [
+            pd.DataFrame({"patient_pseudonym": conditions["patient_pseudonym"], "system": ICD10,
+                          "code": conditions["icd10_category"]}),
+            medication_codes(medications, pseudonym_map),
+        ],
+        ignore_index=True,
+    )
+    codes = codes[codes["patient_pseudonym"].isin(set(human["patient_pseudonym"]))]
+    weak = weak_labels(codes, rules) if len(codes) else pd.DataFrame(columns=["patient_pseudonym", "weak_label", "votes"])
+    frame = human[["item_key", "patient_pseudonym", "institution", "label"]].rename(columns={"label": "human_label"})
+    frame = frame.merge(weak, on="patient_pseudonym", how="left")
+    frame["weak_label"] = frame["weak_label"].fillna(ABSTAIN)
+    frame["votes"] = frame["votes"].fillna("{}")
+    frame["agrees"] = frame["weak_label"] == frame["human_label"]
+    return WeakLabelComparison(frame, rules.version)

@@ -202,3 +202,43 @@ def link_patients(patients: pd.DataFrame, keyed_hash: Callable[[Sequence[str]], 
         "decision": [decision for _, decision in classified],
     }, columns=LINK_COLUMNS)
     return out.sort_values(["link_key", "record_a", "record_b"]).reset_index(drop=True)
+
+
+# --- what the cleaned tables report ---------------------------------------------------
+# Columns of a disagreement that may appear in metadata: record addresses and sizes, no patient key, no value.
+SAFE_DISAGREEMENT_COLUMNS = (
+    "concept",
+    "unit",
+    "record_a",
+    "record_b",
+    "institution_a",
+    "institution_b",
+    "days_apart",
+    "abs_difference",
+    "tolerance",
+)
+
+
+def double_verification_details(observations: pd.DataFrame, verification: dict[str, Any], examples: int = 20) -> dict[str, Any]:
+    """Repeated measurements of one concept that disagree beyond the declared tolerance (clause 5.1.2.2),
+    counted and listed by record address, never averaged away; ``verification`` is the cleaning rules'
+    ``double_verification`` block (tolerances per concept, window in days)."""
+    tolerances = verification.get("tolerances", {})
+    disagreements = find_disagreements(observations, tolerances, window_days=int(verification.get("window_days", 0)))
+    safe = [c for c in SAFE_DISAGREEMENT_COLUMNS if c in disagreements.columns]
+    return {
+        "double_verification_disagreements": len(disagreements),
+        "double_verification_examples": {
+            "tolerances": tolerances,
+            "records": disagreements.head(examples)[safe].astype(str).to_dict(orient="records") if len(disagreements) else [],
+        },
+    }
+
+
+def near_duplicate_details(links: pd.DataFrame) -> dict[str, Any]:
+    """Near-duplicate patient pairs (``link_patients``) counted by resident-ID status, with the match rule."""
+    counts = links["resident_id_status"].value_counts().sort_index() if len(links) else pd.Series(dtype=int)
+    return {
+        "near_duplicate_pairs_by_status": {str(k): int(v) for k, v in counts.items()},
+        "near_duplicate_match_rule": MATCH_RULE,
+    }

@@ -63,6 +63,27 @@ class SuiteOutcome:
         ]
         return f"{self.suite} v{self.suite_version}: " + "; ".join(parts)
 
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """Per failed expectation: how many rows, what share, and which records (source hash#position, never values)."""
+        return {
+            f"{o.expectation}({o.column})": {
+                "unexpected_count": o.unexpected_count,
+                "unexpected_percent": round(o.unexpected_percent, 3),
+                "records": o.failing_records,
+            }
+            for o in self.failed
+        }
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "suite_version": self.suite_version,
+            "expectations_evaluated": self.evaluated,
+            "expectations_failed": len(self.failed),
+            "rows_validated": self.rows,
+            "failures": self.failures(),
+        }
+
 
 @cache
 def load_suite(name: str) -> SuiteSpec:

@@ -7,13 +7,17 @@ import pytest
 
 from medllm_pipelines.lib.label.audit import (
     audit_accepted_labels,
+    audit_labelled_set,
     in_audit_sample,
+    sampling_rules,
     wilson_interval,
 )
+from medllm_pipelines.lib.label.registry import load_guidelines
 from medllm_pipelines.lib.label.weak import (
     ABSTAIN,
     WeakRule,
     WeakRules,
+    compare_weak_labels,
     compare_with_human,
     load_weak_rules,
     medication_codes,
@@ -65,3 +69,44 @@ def test_the_rule_file_loads_and_medications_are_linked_by_pseudonym():
                          "code_system": ["http://www.whocc.no/atc", "http://www.whocc.no/atc"], "code": ["A10BA02", "C08CA01"]})
     pseudonyms = pd.DataFrame({"institution": ["a"], "patient_key": ["k1"], "patient_pseudonym": ["p_1"]})
     assert medication_codes(meds, pseudonyms).to_dict("records") == [{"patient_pseudonym": "p_1", "system": "atc", "code": "A10BA02"}]
+
+
+def test_a_set_is_audited_on_its_sampled_items_against_the_auditors_latest_verdict():
+    accepted = pd.DataFrame({"item_key": ["a", "b", "c"], "label": ["X", "Y", "Z"]})
+    annotations = pd.DataFrame({"item_key": ["a", "a", "b", "c"], "audit_sample": [True, True, True, False]})
+    decisions = pd.DataFrame({
+        "item_key": ["a", "a", "b", "b", "c"],
+        "labelled_set": ["triage_labels", "triage_labels", "triage_labels", "other_set", "triage_labels"],
+        "role": ["auditor", "auditor", "adjudicator", "auditor", "auditor"],
+        "value": ["Y", "X", "Q", "Q", "Q"],  # a: a later verdict corrects the first; b: no auditor verdict here
+        "decided_at": ["2026-01-02", "2026-01-03", "2026-01-01", "2026-01-01", "2026-01-01"],
+    })
+    result = audit_labelled_set(accepted, annotations, decisions, "triage_labels")
+    assert (result.sampled, result.audited, result.errors) == (2, 1, 0)  # c is not in the sample
+    assert set(result.frame["labelled_set"]) == {"triage_labels"}
+    meta = result.as_metadata()
+    assert (meta["audit.sampled"], meta["audit.pending_audit"], meta["error_rate"]) == (2, 1, 0.0)
+    assert "audit.error_rate_ci95" not in meta and meta["audit"]["error_rate_ci95"][1] > 0
+
+
+def test_sampling_rules_name_each_guideline_that_audits():
+    rules = sampling_rules(load_guidelines())
+    assert rules and all({"seed", "sample_rate"} <= set(rule) for rule in rules.values())
+
+
+def test_weak_labels_are_compared_per_accepted_item_and_abstain_without_codes():
+    rules = WeakRules("t", "triage_labels", (WeakRule("icd10", "E11", "Endo", 1), WeakRule("atc", "C08", "Cardio", 1)))
+    human = pd.DataFrame({"item_key": ["i1", "i2", "i3"], "patient_pseudonym": ["p_1", "p_2", "p_3"],
+                          "institution": "a", "label": ["Endo", "Endo", "Cardio"]})
+    conditions = pd.DataFrame({"patient_pseudonym": ["p_1", "p_9"], "icd10_category": ["E11", "E11"]})
+    meds = pd.DataFrame({"institution": ["a"], "patient_key": ["k2"], "code_system": ["http://www.whocc.no/atc"],
+                         "code": ["C08CA01"]})
+    pseudonyms = pd.DataFrame({"institution": ["a"], "patient_key": ["k2"], "patient_pseudonym": ["p_2"]})
+    comparison = compare_weak_labels(human, conditions, meds, pseudonyms, rules)
+    assert comparison.frame.set_index("item_key")[["weak_label", "agrees"]].to_dict("index") == {
+        "i1": {"weak_label": "Endo", "agrees": True},
+        "i2": {"weak_label": "Cardio", "agrees": False},
+        "i3": {"weak_label": ABSTAIN, "agrees": False},
+    }
+    meta = comparison.as_metadata()
+    assert (meta["coverage"], meta["accuracy_where_covered"], meta["weak_label_rules_version"]) == (0.6667, 0.5, "t")

@@ -57,3 +57,12 @@ def test_the_target_category_is_a_parameter():
     labelled = label_from_conditions(PATIENTS, CONDITIONS, REGISTRY, icd10_category="I10")
 
     assert labelled.frame.set_index("patient_pseudonym")["label"].to_dict() == {"p_1": 0, "p_5": 1, "p_6": 0}
+
+
+def test_metadata_reconciles_persons_with_the_labelled_and_the_excluded():
+    meta = label_from_conditions(PATIENTS, CONDITIONS, REGISTRY).as_metadata()
+
+    assert (meta["records_in"], meta["records_out"], meta["removed[no_granted_consent]"]) == (6, 3, 3)
+    assert meta["reconciled"] is True
+    assert meta["excluded_by_consent_status"] == {"withdrawn": 1, "refused": 1, "unknown": 1}
+    assert meta["rows_by_label"] == {"0": 1, "1": 2}

@@ -13,9 +13,11 @@ from medllm_pipelines.lib.quality.accuracy import (
     LINK_COLUMNS,
     LINKED_BY_RESIDENT_ID,
     MATCH_RULE,
+    double_verification_details,
     find_disagreements,
     link_patients,
     local_hmac,
+    near_duplicate_details,
     normalise_name,
 )
 from medllm_pipelines.lib.quality.cleaning import load_rules
@@ -117,3 +119,31 @@ def test_the_synthetic_hl7_institution_gives_one_sided_candidates(parsed_hospita
     assert len(decisions) == manifest.counts["whsy"]["patient_records"]  # every whsy patient found its twin
     assert (decisions == {CANDIDATE_ONE_SIDED}).sum() == without_id
     assert (decisions == {LINKED_BY_RESIDENT_ID}).sum() == len(decisions) - without_id
+
+
+def test_double_verification_details_count_disagreements_and_show_addresses_not_values():
+    observations = pd.DataFrame([obs(i, "h1", "p1", "hba1c", v, "2024-03-05") for i, v in enumerate((6.1, 7.4, 8.8))])
+
+    details = double_verification_details(observations, {"tolerances": {"hba1c": 0.5}, "window_days": 0}, examples=2)
+
+    assert details["double_verification_disagreements"] == 3
+    examples = details["double_verification_examples"]
+    assert examples["tolerances"] == {"hba1c": 0.5} and len(examples["records"]) == 2
+    assert {"record_a", "record_b", "abs_difference"} <= set(examples["records"][0])
+    assert not {"person_ref", "patient_key", "value"} & set(examples["records"][0])
+    assert "6.1" not in str(examples) and "7.4" not in str(examples)
+
+
+def test_near_duplicate_details_count_pairs_by_resident_id_status():
+    patients = pd.DataFrame([
+        patient("h1", "k1", "李四", "1980-01-02", "110105198001020018", True, 0),
+        patient("whsy", "k2", "李四", "1980-01-02", None, False, 1),
+        patient("h2", "k3", "王五", "1975-05-05", "110105197505050013", True, 2),
+        patient("h3", "k4", "王五", "1975-05-05", "110105197505050013", True, 3),
+    ])
+
+    details = near_duplicate_details(link_patients(patients, KEYED))
+
+    assert details["near_duplicate_pairs_by_status"] == {"both_valid_same": 1, "one_side_valid": 1}
+    assert details["near_duplicate_match_rule"] == MATCH_RULE
+    assert near_duplicate_details(link_patients(patients.iloc[0:0], KEYED))["near_duplicate_pairs_by_status"] == {}

@@ -81,6 +81,12 @@ def test_a_bad_frame_fails_naming_the_expectation_and_the_records_not_the_values
     assert "expect_column_values_to_be_in_set(gender) failed for 1 rows" in summary
     assert f"{SOURCE[:12]}#1" in summary
     assert "张三" not in summary and "06/05/1975" not in summary
+    meta = outcome.as_metadata()
+    assert (meta["suite"], meta["expectations_failed"], meta["rows_validated"]) == ("clean_patients", 2, len(frame))
+    assert meta["failures"]["expect_column_values_to_be_in_set(gender)"] == {
+        "unexpected_count": 1, "unexpected_percent": pytest.approx(100 / len(frame), abs=1e-3),
+        "records": [f"{SOURCE[:12]}#2"]}
+    assert "张三" not in str(meta) and "06/05/1975" not in str(meta)
 
 
 def test_duplicate_keys_and_wrong_unit_pairs_are_caught():
