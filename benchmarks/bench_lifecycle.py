@@ -107,7 +107,7 @@ def _prepare(home: Path) -> Any:
     for key in [k for k in os.environ if k.startswith(("MEDLLM_", "DAGSTER_", "MLFLOW_", "VAULT_"))]:
         del os.environ[key]
     os.environ["MEDLLM_HOME"] = str(home)
-    from medllm_pipelines.lib.security.openbao import start_local_server
+    from medllm_pipelines.lib.services.openbao import start_local_server
     from medllm_pipelines.settings import activate, load_settings, prepare_home
 
     settings = load_settings()
@@ -154,7 +154,7 @@ def run_direct(home: Path) -> dict[str, Any]:
     from dagster import build_resources as init_resources
 
     from medllm_pipelines.definitions import ALL_ASSETS, ALL_CHECKS, make_definitions
-    from medllm_pipelines.defs.ingest.sources import UNROUTED, load_sources
+    from medllm_pipelines.lib.ingest.sources import UNROUTED, load_sources
     from medllm_pipelines.defs.resources import build_resources
     from medllm_pipelines.runner import ensure_partitions
 
@@ -173,7 +173,7 @@ def run_direct(home: Path) -> dict[str, Any]:
             checks_by_asset[check_key.asset_key].append(check)
     done: set[int] = set()
     timings: dict[str, float] = {}
-    from medllm_pipelines.defs.marts.assets import build_dbt_resources
+    from medllm_pipelines.defs.resources import build_dbt_resources
 
     configured = {**build_resources(settings), **build_dbt_resources(settings)}
     started = time.perf_counter()
@@ -303,7 +303,7 @@ def main() -> None:
         print(json.dumps({k: result[k] for k in ("patients", "synth_s", "dagster_overhead_fraction")}, indent=2))
         print(f"cli wall {cli['wall_s']}s, orchestrated {orchestrated['wall_s']}s, direct {direct['wall_s']}s -> {out}")
     finally:
-        from medllm_pipelines.lib.security.openbao import stop_dev_server
+        from medllm_pipelines.lib.services.openbao import stop_dev_server
 
         for services in base.glob("*/services"):
             stop_dev_server(services)

@@ -7,23 +7,26 @@ step of a multiprocess run) stays fast.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from dagster import Definitions, in_process_executor
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.curate import assets as curate
+from medllm_pipelines.defs.curate import dbt as curate_dbt
 from medllm_pipelines.defs.deidentify import assets as deidentify
 from medllm_pipelines.defs.deidentify import disclosure, text
 from medllm_pipelines.defs.evaluate import assets as evaluate
 from medllm_pipelines.defs.evaluate import leak_scan
 from medllm_pipelines.defs.ingest import arrivals
 from medllm_pipelines.defs.ingest import assets as ingest
+from medllm_pipelines.defs.ingest.partitions import deployment_arrivals_start
 from medllm_pipelines.defs.ingest.sensors import landing_sensors, refresh_after_ingest
-from medllm_pipelines.defs.ingest.sources import load_sources
+from medllm_pipelines.lib.ingest.sources import load_sources
 from medllm_pipelines.defs.jobs import JOBS
 from medllm_pipelines.defs.label import assets as label
-from medllm_pipelines.defs.marts import assets as marts
 from medllm_pipelines.defs.quality import assets as quality
-from medllm_pipelines.defs.resources import build_resources
+from medllm_pipelines.defs.resources import build_dbt_resources, build_resources
 from medllm_pipelines.defs.train import assets as train
 from medllm_pipelines.settings import Settings, load_settings
 
@@ -36,7 +39,7 @@ ALL_ASSETS = [
     *disclosure.ASSETS,
     *label.ASSETS,
     *curate.ASSETS,
-    *marts.ASSETS,
+    *curate_dbt.ASSETS,
     *train.ASSETS,
     *evaluate.ASSETS,
     *leak_scan.ASSETS,
@@ -65,17 +68,33 @@ ALL_CHECKS = [
 def make_definitions(settings: Settings | None = None) -> Definitions:
     """Definitions bound to ``settings`` (tests pass their own; Dagster loads ``defs``)."""
     settings = settings or load_settings()
+    # the daily-arrivals partitions start at this deployment's first arrival (fixed when the code loads)
+    daily = arrivals.build_daily_arrivals(deployment_arrivals_start(settings.first_arrival_file, settings.arrivals_start))
     return Definitions(
-        assets=ALL_ASSETS,
+        assets=[daily.asset if asset is arrivals.daily_arrivals else asset for asset in ALL_ASSETS],
         asset_checks=ALL_CHECKS,
-        jobs=[*JOBS, arrivals.daily_arrivals_job],
-        schedules=[arrivals.daily_arrivals_schedule],
+        jobs=[*JOBS, daily.job],
+        schedules=[daily.schedule],
         sensors=[*landing_sensors(load_sources(settings.sources_file)), refresh_after_ingest],
-        resources={**build_resources(settings), **marts.build_dbt_resources(settings)},
+        resources={**build_resources(settings), **build_dbt_resources(settings)},
         # One process per run: the DuckDB warehouse has a single writer, and
         # re-importing the code location per step costs more than it saves here.
         executor=in_process_executor,
     )
+
+
+@lru_cache(maxsize=4)
+def _definitions_for(settings: Settings) -> Definitions:
+    return make_definitions(settings)
+
+
+def current_definitions() -> Definitions:
+    """The Definitions of the settings the environment gives now: what a run of `medllm run` reconstructs.
+
+    ``runner.run_lifecycle`` executes jobs as reconstructable runs pointing here (module and attribute),
+    so that each run records the code location the Dagster UI loads and can be re-executed from it.
+    """
+    return _definitions_for(load_settings())
 
 
 defs = make_definitions()

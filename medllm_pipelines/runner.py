@@ -5,6 +5,12 @@ Ingestion is partitioned by institution. A lifecycle is ONE Dagster run of
 assets use a single-run backfill policy and loop over the run's partition
 keys), followed in the same run by every downstream stage. Sensors launch
 single-partition `ingest_job` runs; the UI can backfill any subset.
+
+Runs execute in this process but are created as the Dagster UI creates them:
+with the origin of the workspace's code location (``workspace.yaml``) and a
+reconstructable job (``definitions.current_definitions``). So they appear on
+the UI's timeline and job pages, and a failed run can be re-executed from the
+UI. A run made by ``execute_in_process`` has no origin and can do neither.
 """
 
 from __future__ import annotations
@@ -13,10 +19,21 @@ import datetime as dt
 import gc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from medllm_pipelines.settings import Settings
+import yaml
+
+from medllm_pipelines.settings import Settings, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE_FILE = PROJECT_ROOT / "workspace.yaml"
+DEFINITIONS_MODULE = "medllm_pipelines.definitions"
+DEFINITIONS_FACTORY = "current_definitions"
+REPOSITORY_NAME = "__repository__"  # the one repository a Definitions object forms
+PARTITION_TAG = "dagster/partition"
 
 
 @dataclass
@@ -47,18 +64,17 @@ class LifecycleResult:
         return [event for run in self.runs for event in run.get_asset_materialization_events()]
 
     def materializations(self, asset_key: Any) -> Iterator[dict[str, Any]]:
-        """Metadata of ``asset_key``'s materialisation in each run.
+        """Metadata of every materialisation of ``asset_key`` in these runs.
 
         A run over several institution partitions records one event per
-        partition, all with the same run-level metadata (totals plus
-        per-institution breakdowns); it is yielded once.
+        partition, each with that partition's own figures (in no fixed
+        order): sum or merge them for the run's totals.
         """
         for run in self.runs:
             for event in run.get_asset_materialization_events():
                 materialization = event.event_specific_data.materialization
                 if materialization.asset_key == asset_key:
                     yield {k: v.value for k, v in materialization.metadata.items()}
-                    break
 
     def failed_checks(self) -> list[str]:
         return [
@@ -70,7 +86,7 @@ class LifecycleResult:
 
 def ensure_partitions(instance: Any, partitions: Sequence[str]) -> None:
     """Register the institution partitions Dagster does not know yet."""
-    from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS
+    from medllm_pipelines.defs.ingest.partitions import INSTITUTION_PARTITIONS
 
     known = set(instance.get_dynamic_partitions(INSTITUTION_PARTITIONS.name))
     missing = [p for p in partitions if p not in known]
@@ -82,7 +98,7 @@ def partition_range_tags(instance: Any, partitions: Sequence[str]) -> dict[str, 
     """Tags that make one run cover ``partitions`` (they must be contiguous in Dagster's order)."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-    from medllm_pipelines.defs.ingest.sources import INSTITUTION_PARTITIONS
+    from medllm_pipelines.defs.ingest.partitions import INSTITUTION_PARTITIONS
 
     order = list(instance.get_dynamic_partitions(INSTITUTION_PARTITIONS.name))
     positions = sorted(order.index(p) for p in partitions)
@@ -92,6 +108,45 @@ def partition_range_tags(instance: Any, partitions: Sequence[str]) -> dict[str, 
         ASSET_PARTITION_RANGE_START_TAG: order[positions[0]],
         ASSET_PARTITION_RANGE_END_TAG: order[positions[-1]],
     }
+
+
+@lru_cache(maxsize=1)
+def code_location_name(workspace_file: Path = WORKSPACE_FILE) -> str:
+    """The location name the Dagster UI gives this project (``workspace.yaml``)."""
+    for entry in yaml.safe_load(workspace_file.read_text())["load_from"]:
+        module = entry.get("python_module")
+        if isinstance(module, dict) and module.get("module_name") == DEFINITIONS_MODULE:
+            return str(module.get("location_name") or DEFINITIONS_MODULE)
+    raise ValueError(f"{workspace_file} loads no python_module {DEFINITIONS_MODULE}")
+
+
+def ui_job_origin(job_name: str) -> Any:
+    """The origin the UI records for ``job_name`` when it launches it from the workspace's code location."""
+    from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin, RemoteRepositoryOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    # exactly what workspace.yaml's python_module entry gives (no executable or directory), so the ids match
+    target = LoadableTargetOrigin(module_name=DEFINITIONS_MODULE)
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, code_location_name())
+    return RemoteRepositoryOrigin(location, REPOSITORY_NAME).get_job_origin(job_name)
+
+
+def execute_job_run(instance: Any, job_name: str, run_config: dict[str, Any], tags: dict[str, str]) -> Any:
+    """Create the run as the UI would (origin, reconstructable job) and execute it here, synchronously."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.execution.api import execute_run
+
+    repository = ReconstructableRepository.for_module(DEFINITIONS_MODULE, DEFINITIONS_FACTORY,
+                                                      working_directory=str(PROJECT_ROOT))
+    job = repository.get_reconstructable_job(job_name)
+    run = instance.create_run_for_job(
+        job_def=job.get_definition(),
+        run_config=run_config,
+        tags=tags,
+        remote_job_origin=ui_job_origin(job_name),
+        job_code_origin=job.get_python_origin(),
+    )
+    return execute_run(job, run, instance)
 
 
 def run_lifecycle(
@@ -112,15 +167,16 @@ def run_lifecycle(
     """
     from dagster import DagsterInstance
 
-    from medllm_pipelines.definitions import make_definitions
     from medllm_pipelines.defs import keys
-    from medllm_pipelines.defs.ingest.arrivals import DAILY_PARTITIONS
-    from medllm_pipelines.defs.ingest.sources import UNROUTED, load_sources
+    from medllm_pipelines.defs.ingest.partitions import ARRIVALS_TIMEZONE
+    from medllm_pipelines.lib.ingest.sources import UNROUTED, load_sources
 
     job_name = job_name or keys.LIFECYCLE_JOB
     if job_name not in (keys.LIFECYCLE_JOB, keys.INGEST_JOB, keys.DOWNSTREAM_JOB):
         raise ValueError(f"unknown job {job_name!r}")
-    defs = make_definitions(settings)
+    if settings != load_settings():
+        # runs are reconstructed from the environment (definitions.current_definitions), as the UI does
+        raise ValueError("run_lifecycle runs with the settings the environment gives; set MEDLLM_* before calling it")
     registered = [*load_sources(settings.sources_file).codes, UNROUTED]
     chosen = list(partitions or registered)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -134,19 +190,12 @@ def run_lifecycle(
             gc.collect()
             gc.freeze()
         try:
-            result.runs.append(
-                defs.resolve_job_def(job_name).execute_in_process(
-                    instance=instance, raise_on_error=False, run_config=run_config, tags=tags
-                )
-            )
+            result.runs.append(execute_job_run(instance, job_name, run_config, tags))
             if job_name != keys.DOWNSTREAM_JOB and result.success:
                 # today's feed summary (the daily partitions fill the time axis)
-                today = dt.datetime.now(ZoneInfo(DAILY_PARTITIONS.timezone)).strftime("%Y-%m-%d")
-                result.runs.append(
-                    defs.resolve_job_def(keys.DAILY_ARRIVALS_JOB).execute_in_process(
-                        instance=instance, partition_key=today, raise_on_error=False, run_config=run_config
-                    )
-                )
+                today = dt.datetime.now(ZoneInfo(ARRIVALS_TIMEZONE)).strftime("%Y-%m-%d")
+                daily_tags = {"medllm/trigger": "cli", PARTITION_TAG: today}
+                result.runs.append(execute_job_run(instance, keys.DAILY_ARRIVALS_JOB, run_config, daily_tags))
         finally:
             if freeze_gc:
                 gc.unfreeze()

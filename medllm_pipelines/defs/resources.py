@@ -6,11 +6,15 @@ them at run time and never shows them in the UI or metadata.
 """
 
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import EnvVar
 
+from medllm_pipelines.lib.curate import dbt_project as project
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
+from medllm_pipelines.resources.dbt import MedllmDbtCliResource
 from medllm_pipelines.resources.landing import LandingZone
 from medllm_pipelines.resources.mlflow import MLflowResource
 from medllm_pipelines.resources.raw_zone import RawZoneResource
@@ -46,8 +50,6 @@ def run_settings_resource(settings: Settings) -> RunSettingsResource:
 
 
 def build_resources(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
-    import os
-
     env = os.environ if environ is None else environ
     vault = vault_resource(settings)
     warehouse = WarehouseResource(
@@ -64,7 +66,10 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
         "warehouse": warehouse,
         "mlflow": mlflow,
         "landing_zone": LandingZone(
-            path=str(settings.landing_dir), consume=settings.landing_consume, sources_file=settings.sources_file
+            path=str(settings.landing_dir),
+            consume=settings.landing_consume,
+            sources_file=settings.sources_file,
+            first_arrival_file=str(settings.first_arrival_file),
         ),
         "raw_zone": RawZoneResource(path=str(settings.raw_zone_dir), vault=vault, audit_log=str(settings.audit_log_file)),
         "artifacts": ArtifactStoreResource(
@@ -74,3 +79,25 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
             governance_dir=str(settings.governance_dir),
         ),
     }
+
+
+def dbt_resource(settings: Settings, environ: Mapping[str, str] | None = None) -> MedllmDbtCliResource:
+    """The dbt resource for ``settings``: target ``duckdb`` or ``postgres`` from the warehouse URL.
+
+    A URL that came from ``MEDLLM_WAREHOUSE_URL`` is bound as ``EnvVar`` so a
+    password in it is resolved at run time and never shown in the UI.
+    """
+    env = os.environ if environ is None else environ
+    from_env = env.get("MEDLLM_WAREHOUSE_URL") == settings.warehouse_url
+    return MedllmDbtCliResource(
+        project_dir=os.fspath(project.DBT_PROJECT_DIR),
+        profiles_dir=os.fspath(project.DBT_PROFILES_DIR),
+        target=project.dbt_connection(settings.warehouse_url).target,
+        dbt_executable=project.dbt_executable(),
+        warehouse_url=EnvVar("MEDLLM_WAREHOUSE_URL") if from_env else settings.warehouse_url,
+    )
+
+
+def build_dbt_resources(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Resources the dbt assets need beyond ``build_resources``: ``{"dbt": ...}``."""
+    return {"dbt": dbt_resource(settings, environ)}

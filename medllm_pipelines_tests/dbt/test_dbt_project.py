@@ -176,7 +176,8 @@ def dagster_duckdb_run(tmp_path_factory: pytest.TempPathFactory, dbt_manifest: P
     """The DuckDB build goes through Dagster: the dbt assets materialised in-process, as a run does."""
     from dagster import materialize
 
-    from medllm_pipelines.defs.marts import assets as marts
+    from medllm_pipelines.defs.curate import dbt as curate_dbt
+    from medllm_pipelines.defs.resources import build_dbt_resources
     from medllm_pipelines.resources.warehouse import WarehouseResource
     from medllm_pipelines.settings import load_settings
 
@@ -186,8 +187,8 @@ def dagster_duckdb_run(tmp_path_factory: pytest.TempPathFactory, dbt_manifest: P
     write_sources(warehouse)
     settings = load_settings({"MEDLLM_HOME": str(home), "MEDLLM_WAREHOUSE_URL": url})
     result = materialize(
-        marts.ASSETS,
-        resources={**marts.build_dbt_resources(settings, environ={}), "warehouse": WarehouseResource(url=url)},
+        curate_dbt.ASSETS,
+        resources={**build_dbt_resources(settings, environ={}), "warehouse": WarehouseResource(url=url)},
         raise_on_error=False,
     )
     return warehouse, result
@@ -323,18 +324,18 @@ def test_dbt_models_are_curate_assets_wired_to_the_python_assets(dbt_manifest: P
     from dagster import Definitions
 
     from medllm_pipelines import definitions
-    from medllm_pipelines.defs.marts import assets as marts
-    from medllm_pipelines.defs.resources import build_resources
+    from medllm_pipelines.defs.curate import dbt as curate_dbt
+    from medllm_pipelines.defs.resources import build_dbt_resources, build_resources
     from medllm_pipelines.settings import load_settings
 
     settings = load_settings({})
     defs = Definitions(  # what definitions.py holds once the marts are registered
-        assets=[*definitions.ALL_ASSETS, *marts.ASSETS],
+        assets=[*definitions.ALL_ASSETS, *curate_dbt.ASSETS],
         asset_checks=definitions.ALL_CHECKS,
-        resources={**build_resources(settings, environ={}), **marts.build_dbt_resources(settings, environ={})},
+        resources={**build_resources(settings, environ={}), **build_dbt_resources(settings, environ={})},
     )
     graph = defs.resolve_asset_graph()
-    dbt_keys = {k.to_user_string() for k in marts.curate_dbt_models.keys}
+    dbt_keys = {k.to_user_string() for k in curate_dbt.curate_dbt_models.keys}
     models = {
         n["name"] for n in json.loads(dbt_manifest.read_text())["nodes"].values() if n["resource_type"] == "model"
     }
@@ -348,7 +349,7 @@ def test_dbt_models_are_curate_assets_wired_to_the_python_assets(dbt_manifest: P
     } <= dbt_keys
 
     defined = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable}
-    parents = {k: sorted(p.to_user_string() for p in graph.get(k).parent_keys) for k in marts.curate_dbt_models.keys}
+    parents = {k: sorted(p.to_user_string() for p in graph.get(k).parent_keys) for k in curate_dbt.curate_dbt_models.keys}
     for key, deps in parents.items():
         assert graph.get(key).group_name == "curate"
         assert set(deps) <= defined, f"{key.to_user_string()} depends on assets nobody defines: {set(deps) - defined}"
@@ -359,7 +360,7 @@ def test_dbt_models_are_curate_assets_wired_to_the_python_assets(dbt_manifest: P
     assert {"ingest/landed_files", "ingest/patients", "quality/clean_observations"} <= set(
         by_name["curate/stg_audit__quarantine"]
     )
-    checks = [graph.get_check_spec(k) for k in graph.asset_check_keys if k.asset_key in marts.curate_dbt_models.keys]
+    checks = [graph.get_check_spec(k) for k in graph.asset_check_keys if k.asset_key in curate_dbt.curate_dbt_models.keys]
     assert len(checks) >= 50 and all(c.blocking for c in checks)
 
 

@@ -28,10 +28,11 @@ from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_m
 from medllm_pipelines.lib.curate.dataset import join_features_with_splits, read_split_dataset
 from medllm_pipelines.lib.curate.features import build_features
 from medllm_pipelines.lib.curate.spec import load_spec
+from medllm_pipelines.lib.curate.splits import NEAR_DUPLICATE_KEY
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
-NEAR_DUPLICATE_KEY = "near_duplicate_key"
+CLASSIFICATION_SEED = 20240603
 # Keys whose values must never be found in two splits, per split table.
 LEAKAGE_KEYS = {
     keys.DIABETES_SPLITS: ("patient_pseudonym", NEAR_DUPLICATE_KEY),
@@ -78,54 +79,27 @@ def diabetes_features(context: AssetExecutionContext, warehouse: WarehouseResour
     )
 
 
-def _split_metadata(splits: pd.DataFrame, report, spec, records_in: int) -> dict:
-    return {
-        **frame_metadata(splits),
-        "records_in": records_in,
-        "records_out": len(splits),
-        "reconciled": records_in == len(splits),
-        "split_config": MetadataValue.json(spec.split_config.as_dict()),
-        "split_ratios": MetadataValue.json(dict(zip(("train", "validation", "test"), spec.split_ratios, strict=True))),
-        "split_seed": spec.split_seed,
-        "rows_per_split": MetadataValue.json(report.rows_per_split),
-        "positives_per_split": MetadataValue.json(report.positives_per_split),
-        "label_balance_per_split": MetadataValue.json(report.label_share_per_split),
-        "rows_per_fold": counts_by(splits[splits["fold"] >= 0], "fold"),
-        "leakage_check": MetadataValue.json(report.as_dict()),
-        **_spec_metadata(spec),
-        **versions_metadata(),
-    }
-
-
 @asset(key=keys.DIABETES_SPLITS, deps=[keys.DIABETES_FEATURES], group_name=keys.CURATE, kinds={"python", "duckdb"})
 def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Patient-level, label-stratified 70/15/15 split (seeded), near-duplicate feature rows kept together, k folds."""
-    from medllm_pipelines.lib.curate.splits import (
-        assign_split_rows,
-        check_leakage,
-        tabular_near_duplicate_key,
-    )
+    from medllm_pipelines.lib.curate.splits import split_persons
 
     wh = warehouse.get()
     spec = load_spec(keys.DIABETES_SPEC_ID)
     features = wh.read_table(*warehouse_location(keys.DIABETES_FEATURES))
     needs = spec.needs_met_by(len(features))
-    if not needs.met:
-        # the data stages still split what there is; training says it cannot train (train/diabetes_model)
+    if not needs.met:  # the data stages still split what there is; train/diabetes_model says it cannot train
         context.log.warning(f"{needs.reason}: splitting anyway, no model will be trained")
-    persons = features[["patient_pseudonym", "label"]].copy()
-    persons[NEAR_DUPLICATE_KEY] = tabular_near_duplicate_key(features, spec.feature_columns)
-    assigned = assign_split_rows(persons, spec.split_config)
-    splits = assigned[["patient_pseudonym", "split", "label", "fold", NEAR_DUPLICATE_KEY]].sort_values("patient_pseudonym").reset_index(drop=True)
-    wh.write_table(*warehouse_location(keys.DIABETES_SPLITS), splits)
-    report = check_leakage(splits, LEAKAGE_KEYS[keys.DIABETES_SPLITS])
-    shared = splits.dropna(subset=[NEAR_DUPLICATE_KEY]).groupby(NEAR_DUPLICATE_KEY)["patient_pseudonym"].nunique()
+    outcome = split_persons(features, spec.split_config, spec.feature_columns, LEAKAGE_KEYS[keys.DIABETES_SPLITS])
+    wh.write_table(*warehouse_location(keys.DIABETES_SPLITS), outcome.splits)
     return MaterializeResult(
         metadata={
-            **_split_metadata(splits, report, spec, len(features)),
-            "dataset_version": join_features_with_splits(features, splits).version,
-            "near_duplicate_groups": int((shared > 1).sum()),
+            **frame_metadata(outcome.splits),
+            **outcome.as_metadata(),
+            "dataset_version": join_features_with_splits(features, outcome.splits).version,
             **needs.as_metadata(),
+            **_spec_metadata(spec),
+            **versions_metadata(),
         }
     )
 
@@ -142,27 +116,9 @@ def leakage_gate(split_key: AssetKey):
         from medllm_pipelines.lib.curate.splits import check_leakage
 
         splits = warehouse.get().read_table(*warehouse_location(split_key))
-        label = "label" if "label" in splits.columns else "lesion"
-        report = check_leakage(splits, LEAKAGE_KEYS[split_key], label=label)
-        crossing = {k: v for k, v in report.crossing_by_key.items() if v}
-        return AssetCheckResult(
-            passed=report.passed,
-            severity=AssetCheckSeverity.ERROR,
-            description=(
-                f"{report.persons_in_several_splits} of {report.persons} persons appear in more than one split"
-                + (f"; crossing: {crossing}" if crossing else "")
-                + (f"; {report.folds_crossing} persons in several folds" if report.folds_crossing else "")
-            ),
-            metadata={
-                "persons": report.persons,
-                "persons_in_several_splits": report.persons_in_several_splits,
-                "crossing_by_key": MetadataValue.json(report.crossing_by_key),
-                "folds_crossing": report.folds_crossing,
-                "rows_per_split": MetadataValue.json(report.rows_per_split),
-                "positives_per_split": MetadataValue.json(report.positives_per_split),
-                "label_balance_per_split": MetadataValue.json(report.label_share_per_split),
-            },
-        )
+        report = check_leakage(splits, LEAKAGE_KEYS[split_key], label="label" if "label" in splits.columns else "lesion")
+        return AssetCheckResult(passed=report.passed, severity=AssetCheckSeverity.ERROR, description=report.verdict,
+                                metadata=report.check_metadata())
 
     return _leakage_gate
 
@@ -193,22 +149,10 @@ def diabetes_preprocessing(
         )
     fitted = fit_preprocessing(dataset.frame, spec.preprocessing, dataset_version=dataset.version)
     paths = save_preprocessing(fitted, artifacts.model_store().preprocessing_folder(spec.id, dataset.version))
-    shapes = {s: list(fitted.transform_array(dataset.split(s)).shape) for s in ("train", "validation", "test")}
-    described = fitted.describe()
     return MaterializeResult(
         metadata={
-            "dataset_version": dataset.version,
-            "fitted": True,
+            **fitted.as_metadata(dataset),
             **needs.as_metadata(),
-            "fitted_on_split": "train",
-            "fitted_rows": fitted.fitted_rows,
-            "fitted_ids_sha256": fitted.fitted_ids_sha256,
-            "fingerprint": fitted.fingerprint(),
-            "output_features": MetadataValue.json(fitted.output_features),
-            "selected_features": MetadataValue.json(described.get("feature_selection", {}).get("selected", fitted.output_features)),
-            "missing_values": MetadataValue.json(fitted.missing_values),
-            "transformed_shape_per_split": MetadataValue.json(shapes),
-            "preprocessing": MetadataValue.json(spec.preprocessing.as_dict()),
             "pipeline_path": MetadataValue.path(paths["pipeline"]),
             "description_path": MetadataValue.path(paths["description"]),
             **_spec_metadata(spec),
@@ -264,39 +208,18 @@ def preprocessing_fitted_on_train_only(
     "(accepted triage) classification, else a random forest; decision tree and random forest accuracy vs human.",
 )
 def data_classification(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    from medllm_pipelines.lib.curate.classification import (
-        class_counts,
-        classify_persons,
-    )
+    from medllm_pipelines.lib.curate.classification import classify_consented_persons
 
     wh = warehouse.get()
-    patients = wh.read_table(*warehouse_location(keys.DEID_PATIENTS))
-    consent = wh.read_table(*warehouse_location(keys.CONSENT_REGISTRY))
-    granted = set(consent.loc[consent["consent_status"] == "granted", "patient_pseudonym"])
-    persons = patients[patients["patient_pseudonym"].isin(granted)]
-    conditions = wh.read_table(*warehouse_location(keys.DEID_CONDITIONS))
-    observations = wh.read_table(*warehouse_location(keys.DEID_OBSERVATIONS))
-    human = wh.read_table(*warehouse_location(keys.TRIAGE_LABELS))
-    frame, report = classify_persons(
-        persons, conditions[conditions["patient_pseudonym"].isin(granted)],
-        observations[observations["patient_pseudonym"].isin(granted)], human[["item_key", "patient_pseudonym", "label"]],
-        seed=20240603,
-    )
-    wh.write_table(*warehouse_location(keys.DATA_CLASSIFICATION), frame)
-    persons_in = patients["patient_pseudonym"].nunique()
+    read = lambda key: wh.read_table(*warehouse_location(key))  # noqa: E731
+    outcome = classify_consented_persons(read(keys.DEID_PATIENTS), read(keys.CONSENT_REGISTRY), read(keys.DEID_CONDITIONS),
+                                         read(keys.DEID_OBSERVATIONS), read(keys.TRIAGE_LABELS), seed=CLASSIFICATION_SEED)
+    wh.write_table(*warehouse_location(keys.DATA_CLASSIFICATION), outcome.frame)
     return MaterializeResult(
         metadata={
-            **frame_metadata(frame),
-            "records_in": int(persons_in),
-            "records_out": len(frame),
-            "removed[no_granted_consent]": int(persons_in - len(frame)),
-            "reconciled": int(persons_in) == len(frame) + int(persons_in - len(frame)),
-            "classes": MetadataValue.json(class_counts(frame)),
-            "disease_type_source": counts_by(frame, "disease_type_source"),
-            "classifier_vs_human": MetadataValue.json(report.as_dict()),
-            "decision_tree_accuracy": report.decision_tree_accuracy,
-            "random_forest_accuracy": report.random_forest_accuracy,
-            "majority_class_accuracy": report.majority_class_accuracy,
+            **frame_metadata(outcome.frame),
+            **outcome.as_metadata(),
+            "disease_type_source": counts_by(outcome.frame, "disease_type_source"),
             **versions_metadata(),
         }
     )
@@ -312,35 +235,24 @@ def data_classification(context: AssetExecutionContext, warehouse: WarehouseReso
 def lesion_segmentation_dataset(
     context: AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource
 ) -> MaterializeResult:
-    from medllm_pipelines.lib.curate.splits import image_near_duplicate_key
+    from medllm_pipelines.lib.curate.datasets_imaging import build_lesion_dataset
 
     wh = warehouse.get()
     spec = load_spec(keys.LESION_SPEC_ID)
-    masks = wh.read_table(*warehouse_location(keys.LESION_MASKS))
-    images = wh.read_table(*warehouse_location(keys.DEID_IMAGES))
-    wanted = spec.dataset.get("modalities")
-    joined = masks.merge(images[["image_id", "modality", "pixel_file"]], on="image_id", how="left")
-    no_pixels = joined["pixel_file"].isna()
-    other_modality = ~joined["modality"].isin(wanted) & ~no_pixels if wanted else pd.Series(False, index=joined.index)
-    frame = joined[~no_pixels & ~other_modality].copy()
     folder = artifacts.folder("deidentified", "images")
-    frame[NEAR_DUPLICATE_KEY] = [image_near_duplicate_key(np.load(folder / name)) for name in frame["pixel_file"]]
-    frame = frame.sort_values("image_id").reset_index(drop=True)
-    wh.write_table(*warehouse_location(keys.LESION_DATASET), frame)
-    removed = {"no_released_pixels": int(no_pixels.sum()), "modality_not_in_spec": int(other_modality.sum())}
-    if len(frame) < spec.min_rows:
-        # No model trains on this spec yet: say so loudly rather than fail the whole lifecycle.
-        context.log.warning(f"spec {spec.id} needs at least {spec.min_rows} images, got {len(frame)}")
+    dataset = build_lesion_dataset(wh.read_table(*warehouse_location(keys.LESION_MASKS)),
+                                   wh.read_table(*warehouse_location(keys.DEID_IMAGES)),
+                                   spec.dataset.get("modalities"), lambda name: np.load(folder / name))
+    wh.write_table(*warehouse_location(keys.LESION_DATASET), dataset.frame)
+    if len(dataset.frame) < spec.min_rows:  # no model trains on this spec yet: say so, do not fail the lifecycle
+        context.log.warning(f"spec {spec.id} needs at least {spec.min_rows} images, got {len(dataset.frame)}")
     return MaterializeResult(
         metadata={
-            **frame_metadata(frame),
-            "records_in": len(masks),
-            "records_out": len(frame),
-            **{f"removed[{k}]": v for k, v in removed.items()},
-            "reconciled": len(masks) == len(frame) + sum(removed.values()),
-            "data_needs_met": len(frame) >= spec.min_rows,
-            "rows_by_lesion": counts_by(frame, "lesion"),
-            "rows_by_modality": counts_by(frame, "modality"),
+            **frame_metadata(dataset.frame),
+            **dataset.as_metadata(),
+            "data_needs_met": len(dataset.frame) >= spec.min_rows,
+            "rows_by_lesion": counts_by(dataset.frame, "lesion"),
+            "rows_by_modality": counts_by(dataset.frame, "modality"),
             **_spec_metadata(spec),
             **versions_metadata(),
         }
@@ -350,17 +262,16 @@ def lesion_segmentation_dataset(
 @asset(key=keys.LESION_SPLITS, deps=[keys.LESION_DATASET], group_name=keys.CURATE, kinds={"python", "duckdb"})
 def lesion_segmentation_splits(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Patient-grouped, lesion-stratified splits; slices of a study and near-identical images stay together."""
-    from medllm_pipelines.lib.curate.splits import assign_split_rows, check_leakage
+    from medllm_pipelines.lib.curate.splits import split_images
 
     wh = warehouse.get()
     spec = load_spec(keys.LESION_SPEC_ID)
-    dataset = wh.read_table(*warehouse_location(keys.LESION_DATASET))
-    assigned = assign_split_rows(dataset, spec.split_config)
-    splits = assigned[["image_id", "patient_pseudonym", "study_key", NEAR_DUPLICATE_KEY, "institution", "lesion", "split", "fold"]]
-    splits = splits.sort_values("image_id").reset_index(drop=True)
-    wh.write_table(*warehouse_location(keys.LESION_SPLITS), splits)
-    report = check_leakage(splits, LEAKAGE_KEYS[keys.LESION_SPLITS], label="lesion")
-    return MaterializeResult(metadata=_split_metadata(splits, report, spec, len(dataset)))
+    outcome = split_images(wh.read_table(*warehouse_location(keys.LESION_DATASET)), spec.split_config,
+                           LEAKAGE_KEYS[keys.LESION_SPLITS])
+    wh.write_table(*warehouse_location(keys.LESION_SPLITS), outcome.splits)
+    return MaterializeResult(
+        metadata={**frame_metadata(outcome.splits), **outcome.as_metadata(), **_spec_metadata(spec), **versions_metadata()}
+    )
 
 
 # --- the catalog --------------------------------------------------------------------------------------
@@ -381,40 +292,28 @@ CATALOG_DEPS = [
 )
 def dataset_catalog(context: AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource) -> MaterializeResult:
     from medllm_pipelines.lib.curate.cards import build_card_set, write_card
-    from medllm_pipelines.lib.curate.catalog import (
-        CATALOG_SCHEMA,
-        CATALOG_TABLE,
-        catalog_frame,
-    )
+    from medllm_pipelines.lib.curate.catalog import CATALOG_SCHEMA, CATALOG_TABLE, catalog_frame, catalog_metadata
 
     wh = warehouse.get()
-    tables = {asset_name(k): wh.read_table(*warehouse_location(k)) for k in CATALOG_DEPS}
-    agreement = wh.read_table(keys.LABEL, keys.LABEL_AGREEMENT_TABLE) if wh.table_exists(keys.LABEL, keys.LABEL_AGREEMENT_TABLE) else pd.DataFrame()
-    quarantine = wh.read_table(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE) if wh.table_exists(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE) else pd.DataFrame()
+    optional = lambda schema, table: wh.read_table(schema, table) if wh.table_exists(schema, table) else pd.DataFrame()  # noqa: E731
     cards = build_card_set(
-        tables, agreement, quarantine,
-        specs={asset_name(keys.DIABETES_SPLITS): load_spec(keys.DIABETES_SPEC_ID), asset_name(keys.LESION_SPLITS): load_spec(keys.LESION_SPEC_ID)},
+        {asset_name(k): wh.read_table(*warehouse_location(k)) for k in CATALOG_DEPS},
+        optional(keys.LABEL, keys.LABEL_AGREEMENT_TABLE),
+        optional(keys.AUDIT_SCHEMA, keys.QUARANTINE_TABLE),
+        specs={asset_name(keys.DIABETES_SPLITS): load_spec(keys.DIABETES_SPEC_ID),
+               asset_name(keys.LESION_SPLITS): load_spec(keys.LESION_SPEC_ID)},
         leakage_keys={asset_name(k): v for k, v in LEAKAGE_KEYS.items()},
     )
     folder = artifacts.folder("reports", "datasets")
-    paths = {card["name"]: write_card(card, folder)["json"] for card in cards}
+    written = {card["name"]: write_card(card, folder) for card in cards}
     frame = catalog_frame(cards)
     wh.write_table(CATALOG_SCHEMA, CATALOG_TABLE, frame)
-    summary = {
-        c["name"]: {
-            "kind": c["kind"], "version": c["version_short"], "rows": c["counts"]["rows"],
-            "per_split": c["counts"].get("per_split"), "agreement_passed": (c.get("agreement") or {}).get("passed"),
-            "leakage_passed": (c.get("leakage_check") or {}).get("passed"),
-        }
-        for c in cards
-    }
     return MaterializeResult(
         metadata={
             **frame_metadata(frame),
-            "datasets": MetadataValue.json(summary),
-            "card_paths": MetadataValue.json(paths),
-            "all_leakage_checks_passed": all(c["leakage_check"]["passed"] for c in cards if c.get("leakage_check")),
-            "all_agreement_passed": all(c["agreement"]["passed"] for c in cards if c.get("agreement") and "passed" in c["agreement"]),
+            **catalog_metadata(cards),
+            "card_paths": MetadataValue.json({name: files["json"] for name, files in written.items()}),
+            **{f"card[{name}]": MetadataValue.path(files["markdown"]) for name, files in written.items()},
             **versions_metadata(),
         }
     )

@@ -6,7 +6,6 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import package_versions, run_id_of, versions_metadata
-from medllm_pipelines.lib.common.versions import code_version
 from medllm_pipelines.lib.curate.dataset import read_split_dataset
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
@@ -31,9 +30,8 @@ def diabetes_evaluation_report(
     mlflow: MLflowResource,
     artifacts: ArtifactStoreResource,
 ) -> MaterializeResult:
-    import mlflow as mlflow_api
-
-    from medllm_pipelines.lib.evaluate.runs import evaluate_spec_model
+    from medllm_pipelines.lib.evaluate.runs import evaluate_spec_model, log_evaluation
+    from medllm_pipelines.lib.train.runs import spec_run_tags
 
     spec = load_spec(keys.DIABETES_SPEC_ID)
     dataset = read_split_dataset(warehouse.get(), warehouse_location(keys.DIABETES_FEATURES),
@@ -49,19 +47,15 @@ def diabetes_evaluation_report(
     if record is None:
         raise RuntimeError(f"no model trained on dataset version {dataset.version[:16]}; materialise train/diabetes_model first")
     dagster_run = run_id_of(context)
-    tags = {"dagster_run_id": dagster_run, "dagster_asset": keys.asset_name(keys.DIABETES_EVALUATION),
-            "training_run_id": str(record["mlflow_run_id"]), "model_spec": f"{spec.id}@{spec.version}",
-            "dataset_version": dataset.version, "code_version": code_version()}
+    tags = spec_run_tags(spec, dagster_run, keys.asset_name(keys.DIABETES_EVALUATION),
+                         training_run_id=str(record["mlflow_run_id"]), dataset_version=dataset.version)
     with mlflow.start_run(spec.id, run_name=f"evaluate-{dagster_run[:8]}", tags=tags) as run:
         trace = {"run_ids": {"training": str(record["mlflow_run_id"]), "evaluation": run.info.run_id, "dagster": dagster_run},
-                 "code_version": code_version(), "package_versions": package_versions()}
+                 "code_version": tags["code_version"], "package_versions": package_versions()}
         result = evaluate_spec_model(dataset, store.fitted_preprocessing(spec.id, dataset.version), record, spec,
                                      artifacts.folder("reports", spec.id, dagster_run), trace)
-        mlflow_api.log_metrics(result.mlflow_metrics())
-        for path in (result.json_path, result.html_path):
-            mlflow_api.log_artifact(str(path), artifact_path="report")
-    context.log.info(f"test ROC-AUC model {result.model_metrics.get('roc_auc')} vs baseline "
-                     f"{result.baseline_metrics.get('roc_auc')}; report {result.html_path}")
+        log_evaluation(result)
+    context.log.info(result.summary())
     training_run = mlflow.run_url(str(record["mlflow_experiment_id"]), str(record["mlflow_run_id"]))
     return MaterializeResult(
         metadata={

@@ -17,7 +17,6 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 
@@ -45,23 +44,18 @@ def _dagster_event_items(context: AssetExecutionContext) -> Iterator[tuple[str, 
             yield kind, f"dagster:{run.run_id}/{step}", serialize_value(entry)
 
 
-def _warehouse_items(warehouse: WarehouseResource) -> Iterator[tuple[str, str, str]]:
-    wh = warehouse.get()
-    for schema, table, frame in wh.iter_tables():
-        for column in frame.columns:
-            values = frame[column].dropna()
-            if values.empty or frame[column].dtype == bool:
-                continue
-            yield "warehouse_column", f"warehouse:{schema}.{table}.{column}", "\x00".join(values.astype(str).tolist())
+def _scanned_folders(context: AssetExecutionContext, artifacts: ArtifactStoreResource, mlflow: MLflowResource) -> dict[Path, str]:
+    """Folder -> label: the artifact store, MLflow's local artifact root and Dagster's home."""
+    from medllm_pipelines.lib.security.output_scan import local_folder
 
-
-def _local_folder(uri: str) -> Path | None:
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path))
-    return None
+    folders = {Path(getattr(artifacts, f"{kind}_dir")).resolve(): f"artifacts/{kind}" for kind in ("deidentified", "models", "reports")}
+    if artifacts.governance_dir:
+        folders[Path(artifacts.governance_dir).resolve()] = "governance"
+    if (mlflow_root := local_folder(mlflow.artifact_root)) is not None:
+        folders[mlflow_root.resolve()] = "mlflow_artifact_root"
+    if context.instance.root_directory:
+        folders[Path(context.instance.root_directory).resolve()] = "dagster_home"
+    return folders
 
 
 def build_privacy_leak_scan(upstream: Sequence[AssetKey]):
@@ -93,69 +87,35 @@ def build_privacy_leak_scan(upstream: Sequence[AssetKey]):
         mlflow: MLflowResource,
         artifacts: ArtifactStoreResource,
     ) -> MaterializeResult:
-        import time
-
         from medllm_pipelines.lib.security.leak_scan import identifier_needles
         from medllm_pipelines.lib.security.output_scan import (
             IdentifierMatcher,
-            ScanTally,
             files_under,
             mlflow_items,
-            scan_items,
+            scan_run_outputs,
+            warehouse_items,
         )
 
-        started = time.perf_counter()
         matcher = IdentifierMatcher(identifier_needles(raw_zone.get().read_partitions(raw_table_name(keys.RAW_PATIENTS))))
-        tally = ScanTally()
-        folders = {
-            Path(artifacts.deidentified_dir).resolve(): "artifacts/deidentified",
-            Path(artifacts.models_dir).resolve(): "artifacts/models",
-            Path(artifacts.reports_dir).resolve(): "artifacts/reports",
-        }
-        if artifacts.governance_dir:
-            folders[Path(artifacts.governance_dir).resolve()] = "governance"
-        mlflow_root = _local_folder(mlflow.artifact_root)
-        if mlflow_root is not None:
-            folders[mlflow_root.resolve()] = "mlflow_artifact_root"
-        if context.instance.root_directory:
-            folders[Path(context.instance.root_directory).resolve()] = "dagster_home"
-        hits = []
-        hits += scan_items(mlflow_items(mlflow.tracking_uri, experiment_prefix=mlflow.experiment_prefix), matcher, tally)
-        hits += scan_items(_dagster_event_items(context), matcher, tally)
-        hits += scan_items(_warehouse_items(warehouse), matcher, tally)
-        hits += scan_items(files_under(folders, folders), matcher, tally)
-        elapsed = time.perf_counter() - started
-        if hits:
-            context.log.error(f"leak scan: {len(hits)} location(s) hold a raw-zone identifier (values masked)")
-        findings = [{"location": h.location, "kind": h.identifier_kind, "count": h.count, "context": h.context}
-                    for h in hits]
-        summary = {
-            "identifiers_searched": matcher.size,
-            "identifier_kinds": MetadataValue.json(sorted(matcher.kinds)),
-            "locations_with_hits": len(hits),
-            **{f"scanned[{k}]": v for k, v in sorted(tally.items.items())},
-            "bytes_scanned": tally.bytes_scanned,
-            "unscanned": MetadataValue.json(tally.skipped[:200]),
-            "scan_seconds": round(elapsed, 2),
-        }
+        folders = _scanned_folders(context, artifacts, mlflow)
+        scan = scan_run_outputs(matcher, [
+            mlflow_items(mlflow.tracking_uri, experiment_prefix=mlflow.experiment_prefix),
+            _dagster_event_items(context),
+            warehouse_items(warehouse.get()),
+            files_under(folders, folders),
+        ])
+        if scan.hits:
+            context.log.error(f"leak scan: {len(scan.hits)} location(s) hold a raw-zone identifier (values masked)")
+        summary = scan.as_metadata()
         return MaterializeResult(
-            metadata={
-                **summary,
-                "findings": MetadataValue.json(findings[:200]),
-                "dagster_run_id": run_id_of(context),
-                **versions_metadata(),
-            },
+            metadata={**summary, "dagster_run_id": run_id_of(context), **versions_metadata()},
             check_results=[
                 AssetCheckResult(
                     check_name=keys.CHECK_NO_IDENTIFIER_IN_OUTPUTS,
-                    passed=not hits and not tally.skipped,
+                    passed=scan.passed,
                     severity=AssetCheckSeverity.ERROR,
-                    description=(
-                        f"{len(hits)} location(s) hold identifiers; see findings" if hits
-                        else f"{len(tally.skipped)} location(s) could not be scanned; see unscanned" if tally.skipped
-                        else "no raw-zone identifier found outside the raw zone"
-                    ),
-                    metadata={**summary, "findings": MetadataValue.json(findings[:200])},
+                    description=scan.verdict,
+                    metadata=summary,
                 )
             ],
         )

@@ -16,7 +16,6 @@ from dagster import (
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
-from medllm_pipelines.lib.common.versions import code_version
 from medllm_pipelines.lib.curate.dataset import SplitDataset, read_split_dataset
 from medllm_pipelines.lib.curate.spec import ModelSpec, load_spec
 from medllm_pipelines.lib.deidentify.policy import load_policy
@@ -28,6 +27,14 @@ from medllm_pipelines.resources.run_settings import RunSettingsResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
 NEEDS_RETRAINING_TAG = "medllm.needs_retraining"
+
+
+def _curated_preprocessing(store, spec_id: str, dataset_version: str):
+    """Never a new fit here: the pipeline curate/diabetes_preprocessing fitted for this dataset version."""
+    try:
+        return store.fitted_preprocessing(spec_id, dataset_version)
+    except FileNotFoundError as missing:
+        raise RuntimeError(f"{missing}: materialise {keys.asset_name(keys.DIABETES_PREPROCESSING)} first") from None
 
 
 def _trained_check(needs) -> AssetCheckResult:
@@ -78,7 +85,7 @@ def diabetes_model(
     artifacts: ArtifactStoreResource,
     run_settings: RunSettingsResource,
 ) -> MaterializeResult:
-    from medllm_pipelines.lib.train.runs import train_spec_model
+    from medllm_pipelines.lib.train.runs import spec_run_tags, train_spec_model
 
     spec = load_spec(keys.DIABETES_SPEC_ID)
     # Clause 4.1.2 (row E1): no model is trained for a project without a valid ethics approval.
@@ -96,19 +103,14 @@ def diabetes_model(
             check_results=[_trained_check(needs)],
         )
     store = artifacts.model_store()
-    try:  # never a new fit here: the pipeline curate/diabetes_preprocessing fitted for this dataset version
-        preprocessing = store.fitted_preprocessing(spec.id, dataset.version)
-    except FileNotFoundError as missing:
-        raise RuntimeError(f"{missing}: materialise {keys.asset_name(keys.DIABETES_PREPROCESSING)} first") from None
+    preprocessing = _curated_preprocessing(store, spec.id, dataset.version)
     save_membership(store.membership_folder(), dataset.version, dataset.frame["patient_pseudonym"])  # row S5
-    tags = {"ethics_approval": approval.id, "dagster_run_id": run_id_of(context), "model_spec": f"{spec.id}@{spec.version}",
-            "dagster_asset": keys.asset_name(keys.DIABETES_MODEL), "scenario": spec.scenario, "code_version": code_version()}
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_MODEL), ethics_approval=approval.id)
     with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
         trained = train_spec_model(dataset, preprocessing, spec, store.model_folder(spec.id, dataset.version),
                                    run.info.run_id, tags)
     store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
-    context.log.info(f"trained {spec.id}: best epoch {trained.result.best_epoch} of {trained.result.epochs_run}, "
-                     f"val ROC-AUC {trained.result.val_metrics.get('val_roc_auc')}")
+    context.log.info(trained.summary())
     return MaterializeResult(
         check_results=[_trained_check(needs)],
         metadata={

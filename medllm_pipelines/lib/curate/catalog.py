@@ -83,3 +83,22 @@ def format_datasets(datasets: list[dict[str, Any]]) -> str:
         lines.append(f"{d['name']:38} {d['kind']:12} {d['version'][:16]:17} {d['rows']:>7}  "
                      f"[{splits}] [{classes}] agreement={agreement} leakage={leakage}")
     return "\n".join(lines)
+
+
+def catalog_metadata(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dataset its kind, version, rows and gate results; and whether every gate passed."""
+    datasets = {
+        c["name"]: {
+            "kind": c["kind"], "version": c["version_short"], "rows": c["counts"]["rows"],
+            "per_split": c["counts"].get("per_split"), "agreement_passed": (c.get("agreement") or {}).get("passed"),
+            "leakage_passed": (c.get("leakage_check") or {}).get("passed"),
+        }
+        for c in cards
+    }
+    return {
+        "datasets": datasets,
+        "all_leakage_checks_passed": all(c["leakage_check"]["passed"] for c in cards if c.get("leakage_check")),
+        "all_agreement_passed": all(
+            c["agreement"]["passed"] for c in cards if c.get("agreement") and "passed" in c["agreement"]
+        ),
+    }

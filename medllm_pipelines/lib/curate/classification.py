@@ -172,3 +172,46 @@ def class_counts(frame: pd.DataFrame) -> dict[str, Any]:
         "by_sex": {str(k): int(v) for k, v in frame["sex"].value_counts().sort_index().items()},
         "by_disease_type_age_band_sex": nested,
     }
+
+
+@dataclass(frozen=True)
+class ConsentedClassification:
+    """Persons with granted consent, classified; the rest counted, never classified."""
+
+    frame: pd.DataFrame
+    report: ClassifierReport
+    persons_in: int
+
+    def as_metadata(self) -> dict[str, Any]:
+        removed = self.persons_in - len(self.frame)
+        return {
+            "records_in": self.persons_in,
+            "records_out": len(self.frame),
+            "removed[no_granted_consent]": removed,
+            "reconciled": self.persons_in == len(self.frame) + removed and removed >= 0,
+            "classes": class_counts(self.frame),
+            "classifier_vs_human": self.report.as_dict(),
+            "decision_tree_accuracy": self.report.decision_tree_accuracy,
+            "random_forest_accuracy": self.report.random_forest_accuracy,
+            "majority_class_accuracy": self.report.majority_class_accuracy,
+        }
+
+
+def classify_consented_persons(
+    patients: pd.DataFrame,
+    consent: pd.DataFrame,
+    conditions: pd.DataFrame,
+    observations: pd.DataFrame,
+    human: pd.DataFrame,
+    seed: int,
+) -> ConsentedClassification:
+    """Only persons whose consent is granted are classified, on their own records only."""
+    granted = set(consent.loc[consent["consent_status"] == "granted", "patient_pseudonym"])
+    frame, report = classify_persons(
+        patients[patients["patient_pseudonym"].isin(granted)],
+        conditions[conditions["patient_pseudonym"].isin(granted)],
+        observations[observations["patient_pseudonym"].isin(granted)],
+        human[["item_key", "patient_pseudonym", "label"]],
+        seed=seed,
+    )
+    return ConsentedClassification(frame, report, int(patients["patient_pseudonym"].nunique()))

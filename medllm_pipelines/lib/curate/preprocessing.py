@@ -209,6 +209,28 @@ class FittedPreprocessing:
             }
         return described
 
+    def as_metadata(self, dataset: Any) -> dict[str, Any]:
+        """What the curate asset reports: the fit, its inputs and outputs, the output shape per split.
+
+        ``dataset``: the ``lib.curate.dataset.SplitDataset`` it was fitted on.
+        """
+        selected = self.describe().get("feature_selection", {}).get("selected", self.output_features)
+        return {
+            "dataset_version": dataset.version,
+            "fitted": True,
+            "fitted_on_split": "train",
+            "fitted_rows": self.fitted_rows,
+            "fitted_ids_sha256": self.fitted_ids_sha256,
+            "fingerprint": self.fingerprint(),
+            "output_features": self.output_features,
+            "selected_features": selected,
+            "missing_values": self.missing_values,
+            "transformed_shape_per_split": {
+                s: list(self.transform_array(dataset.split(s)).shape) for s in ("train", "validation", "test")
+            },
+            "preprocessing": self.spec.as_dict(),
+        }
+
     def fingerprint(self) -> str:
         """Hash of the fitted statistics: refitting on the same rows reproduces it exactly."""
         described = self.describe()

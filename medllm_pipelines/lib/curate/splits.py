@@ -29,6 +29,8 @@ STRATEGIES = (GROUPED_STRATIFIED, TIME_BASED)
 NO_FOLD = -1
 
 
+NEAR_DUPLICATE_KEY = "near_duplicate_key"  # column of rows (persons, images) that must share a split
+
 @dataclass(frozen=True)
 class SplitConfig:
     ratios: tuple[float, float, float] = (0.70, 0.15, 0.15)
@@ -242,6 +244,27 @@ class LeakageReport:
             shares[split] = {k: round(v / total, 4) for k, v in counts.items()} if total else {}
         return shares
 
+    @property
+    def verdict(self) -> str:
+        crossing = {k: v for k, v in self.crossing_by_key.items() if v}
+        return (
+            f"{self.persons_in_several_splits} of {self.persons} persons appear in more than one split"
+            + (f"; crossing: {crossing}" if crossing else "")
+            + (f"; {self.folds_crossing} persons in several folds" if self.folds_crossing else "")
+        )
+
+    def check_metadata(self) -> dict[str, Any]:
+        """What the blocking leakage gate reports."""
+        return {
+            "persons": self.persons,
+            "persons_in_several_splits": self.persons_in_several_splits,
+            "crossing_by_key": self.crossing_by_key,
+            "folds_crossing": self.folds_crossing,
+            "rows_per_split": self.rows_per_split,
+            "positives_per_split": self.positives_per_split,
+            "label_balance_per_split": self.label_share_per_split,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
@@ -301,3 +324,51 @@ def check_leakage(
 
 def check_no_patient_leakage(splits: pd.DataFrame, group: str = "patient_pseudonym", label: str = "label") -> LeakageReport:
     return check_leakage(splits, (group,), label)
+
+
+@dataclass(frozen=True)
+class SplitOutcome:
+    """A split table, its leakage report and how it was declared: what the split assets report."""
+
+    splits: pd.DataFrame
+    report: LeakageReport
+    config: SplitConfig
+    records_in: int
+
+    def as_metadata(self) -> dict[str, Any]:
+        folds = self.splits.loc[self.splits["fold"] >= 0, "fold"] if "fold" in self.splits.columns else pd.Series(dtype=int)
+        shared = (self.splits.dropna(subset=[NEAR_DUPLICATE_KEY]).groupby(NEAR_DUPLICATE_KEY)["patient_pseudonym"].nunique()
+                  if NEAR_DUPLICATE_KEY in self.splits.columns else pd.Series(dtype=int))
+        return {
+            "records_in": self.records_in,
+            "records_out": len(self.splits),
+            "reconciled": self.records_in == len(self.splits),
+            "split_config": self.config.as_dict(),
+            "split_ratios": dict(zip(("train", "validation", "test"), self.config.ratios, strict=True)),
+            "split_seed": self.config.seed,
+            "rows_per_split": self.report.rows_per_split,
+            "positives_per_split": self.report.positives_per_split,
+            "label_balance_per_split": self.report.label_share_per_split,
+            "rows_per_fold": {str(k): int(v) for k, v in folds.value_counts().sort_index().items()},
+            "near_duplicate_groups": int((shared > 1).sum()),
+            "leakage_check": self.report.as_dict(),
+        }
+
+
+def split_persons(features: pd.DataFrame, config: SplitConfig, feature_columns: Sequence[str],
+                  leakage_keys: Sequence[str]) -> SplitOutcome:
+    """One row per person: near-duplicate feature rows share a key and a split; k folds; leakage checked."""
+    persons = features[["patient_pseudonym", "label"]].copy()
+    persons[NEAR_DUPLICATE_KEY] = tabular_near_duplicate_key(features, feature_columns)
+    assigned = assign_split_rows(persons, config)
+    splits = assigned[["patient_pseudonym", "split", "label", "fold", NEAR_DUPLICATE_KEY]]
+    splits = splits.sort_values("patient_pseudonym").reset_index(drop=True)
+    return SplitOutcome(splits, check_leakage(splits, leakage_keys), config, len(features))
+
+
+def split_images(dataset: pd.DataFrame, config: SplitConfig, leakage_keys: Sequence[str]) -> SplitOutcome:
+    """Patient-grouped, lesion-stratified image splits; slices of a study and near-identical images together."""
+    assigned = assign_split_rows(dataset, config)
+    columns = ["image_id", "patient_pseudonym", "study_key", NEAR_DUPLICATE_KEY, "institution", "lesion", "split", "fold"]
+    splits = assigned[columns].sort_values("image_id").reset_index(drop=True)
+    return SplitOutcome(splits, check_leakage(splits, leakage_keys, label="lesion"), config, len(dataset))

@@ -45,6 +45,10 @@ class SpecEvaluation:
         numeric |= {f"baseline_test_{k}": v for k, v in self.baseline_metrics.items() if isinstance(v, (int, float))}
         return {k: float(v) for k, v in numeric.items() if v is not None}
 
+    def summary(self) -> str:
+        return (f"test ROC-AUC model {self.model_metrics.get('roc_auc')} vs baseline "
+                f"{self.baseline_metrics.get('roc_auc')}; report {self.html_path}")
+
     def as_metadata(self) -> dict[str, Any]:
         return {
             "model_roc_auc": self.model_metrics.get("roc_auc"),
@@ -96,3 +100,12 @@ def evaluate_spec_model(
     )
     json_path, html_path = write_report(report, out_dir)
     return SpecEvaluation(evaluation, Path(json_path), Path(html_path), len(test), dataset.version)
+
+
+def log_evaluation(result: SpecEvaluation) -> None:
+    """Test metrics of model and baseline, and the report files as artifacts, into the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metrics(result.mlflow_metrics())
+    for path in (result.json_path, result.html_path):
+        mlflow.log_artifact(str(path), artifact_path="report")

@@ -43,6 +43,11 @@ class SpecTraining:
             "dagster_run_id": dagster_run_id,
         }
 
+    def summary(self) -> str:
+        result = self.result
+        return (f"trained {self.spec.id}: best epoch {result.best_epoch} of {result.epochs_run}, "
+                f"val ROC-AUC {result.val_metrics.get('val_roc_auc')}")
+
     def as_metadata(self) -> dict[str, Any]:
         result = self.result
         selected = self.preprocessing.describe().get("feature_selection", {}).get("selected")
@@ -63,6 +68,14 @@ class SpecTraining:
             "model_inputs": selected or self.preprocessing.output_features,
             "missing_values": self.preprocessing.missing_values,
         }
+
+
+def spec_run_tags(spec: ModelSpec, dagster_run_id: str, dagster_asset: str, **extra: str) -> dict[str, str]:
+    """The tags every MLflow run of a spec carries: where it came from and on which code."""
+    from medllm_pipelines.lib.common.versions import code_version
+
+    return {"dagster_run_id": dagster_run_id, "dagster_asset": dagster_asset, "model_spec": f"{spec.id}@{spec.version}",
+            "scenario": spec.scenario, "code_version": code_version(), **extra}
 
 
 def train_spec_model(

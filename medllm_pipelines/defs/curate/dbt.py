@@ -12,25 +12,22 @@ without it fails with a message that says how to create it (``make dbt-parse``).
 Under ``dagster dev`` the manifest is refreshed on load.
 """
 
-import os
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetDep, AssetExecutionContext, AssetKey, EnvVar, Output
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
-from pydantic import Field
+from dagster import AssetDep, AssetExecutionContext, AssetKey, Output
+from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.curate import dbt_project as project
+from medllm_pipelines.resources.dbt import MedllmDbtCliResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
-from medllm_pipelines.settings import Settings
 
 DBT_ASSETS_NAME = "curate_dbt_models"
 
@@ -53,13 +50,37 @@ def _written_by(source_props: Mapping[str, Any]) -> list[AssetKey]:
     return [AssetKey(list(path)) for path in (meta.get("medllm") or {}).get("written_by", [])]
 
 
+def _project_file(manifest_path: str | None) -> str | None:
+    """A manifest path (``models/x.sql`` or ``medllm://models/x.yml``) as a path from the repository root."""
+    if not manifest_path:
+        return None
+    relative = manifest_path.split("://", 1)[-1]
+    return f"{project.DBT_PROJECT_DIR.name}/{relative}"
+
+
 class MedllmDbtTranslator(DagsterDbtTranslator):
     """Models -> ``curate/<model>`` in group curate; sources -> the assets that write them.
 
     A source declared with ``meta.medllm.written_by`` (audit.quarantine, which
     every ingest and quality asset appends to) has no single owner: models
     reading it depend on each writer instead of on a key of its own.
+
+    Descriptions are the YAML's words and where the model lives, not its raw
+    SQL (dagster-dbt's default appends it, which buries the meaning in the UI).
+    Column schemas come from dagster-dbt's own ``get_metadata``: every model
+    column in the YAML, with its ``description`` and ``data_type``, becomes
+    ``dagster/column_schema`` (the YAML lists every column, tested).
     """
+
+    def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
+        kind, name = dbt_resource_props["resource_type"], dbt_resource_props["name"]
+        text = (dbt_resource_props.get("description") or "").strip() or f"dbt {kind} {name}"
+        defined = _project_file(dbt_resource_props.get("original_file_path"))
+        described = _project_file(dbt_resource_props.get("patch_path"))
+        where = [f"defined in `{defined}`"] if defined else []
+        if described and described != defined:
+            where.append(f"described in `{described}`")
+        return f"{text}\n\ndbt {kind} `{name}`: {', '.join(where)}" if where else text
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
         if dbt_resource_props["resource_type"] == "source":
@@ -93,62 +114,6 @@ class MedllmDbtTranslator(DagsterDbtTranslator):
 
 TRANSLATOR = MedllmDbtTranslator()
 _DBT_VERSIONS = package_versions(["dbt-core", "dbt-duckdb", "dbt-postgres"])
-
-
-@contextmanager
-def _scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in project.CONNECTION_ENV_KEYS}
-    for key in project.CONNECTION_ENV_KEYS:
-        os.environ.pop(key, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-class MedllmDbtCliResource(DbtCliResource):
-    """dagster-dbt's CLI resource, connected to our warehouse through environment variables only.
-
-    dbt's profiles.yml reads the connection from the environment; ``cli``
-    sets those variables (derived from ``warehouse_url``) only while it starts
-    the dbt process, so no file ever holds the path or the password.
-    """
-
-    warehouse_url: str = Field(
-        description="duckdb:///<path> or postgresql+psycopg2://... (the warehouse resource's URL)"
-    )
-
-    def cli(self, args, **kwargs):  # type: ignore[override]
-        connection = project.dbt_connection(self.warehouse_url)
-        with _scoped_environ(connection.env):
-            return super().cli(args, **kwargs)
-
-
-def dbt_resource(settings: Settings, environ: Mapping[str, str] | None = None) -> MedllmDbtCliResource:
-    """The dbt resource for ``settings``: target ``duckdb`` or ``postgres`` from the warehouse URL.
-
-    A URL that came from ``MEDLLM_WAREHOUSE_URL`` is bound as ``EnvVar`` so a
-    password in it is resolved at run time and never shown in the UI.
-    """
-    env = os.environ if environ is None else environ
-    from_env = env.get("MEDLLM_WAREHOUSE_URL") == settings.warehouse_url
-    return MedllmDbtCliResource(
-        project_dir=os.fspath(project.DBT_PROJECT_DIR),
-        profiles_dir=os.fspath(project.DBT_PROFILES_DIR),
-        target=project.dbt_connection(settings.warehouse_url).target,
-        dbt_executable=project.dbt_executable(),
-        warehouse_url=EnvVar("MEDLLM_WAREHOUSE_URL") if from_env else settings.warehouse_url,
-    )
-
-
-def build_dbt_resources(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Resources the dbt assets need beyond ``build_resources``: ``{"dbt": ...}``."""
-    return {"dbt": dbt_resource(settings, environ)}
 
 
 def _metadata_value(value: Any) -> Any:

@@ -1,1 +1,0 @@
-"""Curated data products from the dbt project (dbt/): staging views -> intermediate -> mart tables."""
