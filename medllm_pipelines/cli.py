@@ -195,6 +195,15 @@ def run(landing: Path | None, keep_landed: bool, job_name: str | None) -> None:
     sys.exit(_summarise(result))
 
 
+def mlflow_ui_command(settings: Settings) -> str:
+    """The MLflow UI on the host and port the run links in asset metadata point at (MEDLLM_MLFLOW_UI_URL)."""
+    from urllib.parse import urlsplit
+
+    ui = urlsplit(settings.mlflow_ui_url)
+    host, port = ui.hostname or "127.0.0.1", ui.port or (443 if ui.scheme == "https" else 80)
+    return f".venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --host {host} --port {port}"
+
+
 def dagster_ui_command(settings: Settings) -> str:
     """The command ``demo`` prints for the Dagster UI; run as printed, without the venv on PATH, it must load
     (tested: dbt is found beside the interpreter, not on PATH)."""
@@ -215,7 +224,7 @@ def demo(patients: int, seed: int) -> None:
     code = _summarise(result)
     click.echo("\nwhere to look:")
     click.echo(f"  Dagster UI:  {dagster_ui_command(settings)}")
-    click.echo(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000")
+    click.echo(f"  MLflow UI:   {mlflow_ui_command(settings)}")
     click.echo(f"  reports:     {settings.reports_dir}")
     click.echo(f"  warehouse:   {settings.warehouse_url}")
     sys.exit(code)
