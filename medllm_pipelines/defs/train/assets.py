@@ -47,23 +47,28 @@ def _trained_check(needs) -> AssetCheckResult:
     )
 
 
+def _dataset_card(artifacts: ArtifactStoreResource, dataset: SplitDataset):
+    """The card curate/dataset_catalog wrote for this dataset version (lib/curate/cards.write_card's layout)."""
+    name = keys.asset_name(keys.DIABETES_SPLITS).replace("/", "__")
+    return artifacts.folder("reports", "datasets") / name / dataset.version[:16] / "card.md"
+
+
 def _foundations(spec: ModelSpec, approval, run_settings: RunSettingsResource, artifacts: ArtifactStoreResource,
                  dataset: SplitDataset) -> dict:
     """What the model rests on, readable without walking the lineage: consent, policy, purpose, approval, card."""
     policy = load_policy(purpose=run_settings.purpose)
-    card = artifacts.folder("reports", "datasets") / keys.asset_name(keys.DIABETES_SPLITS).replace("/", "__")
     return {
         "consent_basis": f"consent {spec.data_needs.get('consent', 'granted')} (deidentify/consent_registry)",
         "deidentification_policy_version": policy.version,
         "processing_purpose": policy.purpose_id,
         "ethics_approval": MetadataValue.json(approval.as_metadata()),
-        "dataset_card": MetadataValue.path(str(card / dataset.version[:16] / "card.md")),
+        "dataset_card": MetadataValue.path(str(_dataset_card(artifacts, dataset))),
     }
 
 
 @asset(
     key=keys.DIABETES_MODEL,
-    deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS, keys.DIABETES_PREPROCESSING],
+    deps=[keys.DIABETES_FEATURES, keys.DIABETES_SPLITS, keys.DIABETES_PREPROCESSING, keys.DATASET_CATALOG],
     group_name=keys.TRAIN,
     kinds={"pytorch", "mlflow"},
     description="Checkpoint of the type 2 diabetes risk MLP (Lightning) on the preprocessing curate/diabetes_preprocessing "
@@ -108,7 +113,7 @@ def diabetes_model(
     tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_MODEL), ethics_approval=approval.id)
     with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
         trained = train_spec_model(dataset, preprocessing, spec, store.model_folder(spec.id, dataset.version),
-                                   run.info.run_id, tags)
+                                   run.info.run_id, tags, attachments=[_dataset_card(artifacts, dataset)])
     store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
     context.log.info(trained.summary())
     return MaterializeResult(

@@ -85,8 +85,12 @@ def train_spec_model(
     output_dir: Path,
     run_id: str,
     tags: dict[str, str],
+    attachments: list[Path] | None = None,
 ) -> SpecTraining:
-    """Train ``spec``'s network on ``dataset`` with the curate stage's ``preprocessing``; log to run ``run_id``."""
+    """Train ``spec``'s network on ``dataset`` with the curate stage's ``preprocessing``; log to run ``run_id``.
+
+    ``attachments`` (e.g. the dataset card) that exist are logged to the run as artifacts under ``foundations/``.
+    """
     if preprocessing.dataset_version not in (None, dataset.version):
         raise ValueError(
             f"preprocessing was fitted for dataset version {preprocessing.dataset_version[:16]}, "
@@ -97,4 +101,9 @@ def train_spec_model(
         dataset.frame, preprocessing, LABEL_COLUMN, config, output_dir, on_epoch_metrics=make_mlflow_epoch_logger(run_id)
     )
     logged = log_training(result, config, dataset.version, tags=tags, log_history=False)
+    import mlflow
+
+    for path in attachments or []:
+        if path.is_file():
+            mlflow.log_artifact(str(path), artifact_path="foundations")
     return SpecTraining(spec, dataset.version, config, result, logged, preprocessing)
