@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 from dagster import DagsterError, MetadataValue, TableColumn, TableSchema
 
+from medllm_pipelines.lib.common.data_dictionary import DATA_DICTIONARY_VERSION, column_descriptions
 from medllm_pipelines.lib.common.records import frame_content_hash
 from medllm_pipelines.lib.common.versions import code_version
 from medllm_pipelines.lib.common.versions import package_versions as versions_of
@@ -28,21 +29,34 @@ def versions_metadata(**extra_versions: str) -> dict[str, Any]:
     }
 
 
-def table_schema(frame: pd.DataFrame, descriptions: dict[str, str] | None = None) -> TableSchema:
-    """The frame's columns and types, with what each holds where ``descriptions`` says."""
-    descriptions = descriptions or {}
+def table_schema(
+    frame: pd.DataFrame, descriptions: dict[str, str] | None = None, table: str | None = None
+) -> TableSchema:
+    """The frame's columns and types, with what each holds: the data dictionary's words, where
+    ``descriptions`` says nothing else (``table``, ``<schema>.<table>``, picks a table's own meanings)."""
+    described = {**column_descriptions(frame.columns, table), **(descriptions or {})}
     return TableSchema(
-        columns=[TableColumn(name=str(c), type=str(t), description=descriptions.get(str(c))) for c, t in frame.dtypes.items()]
+        columns=[
+            TableColumn(name=str(c), type=str(t), description=described.get(str(c))) for c, t in frame.dtypes.items()
+        ]
     )
 
 
-def frame_metadata(frame: pd.DataFrame, *, with_schema: bool = True, descriptions: dict[str, str] | None = None) -> dict[str, Any]:
+def frame_metadata(
+    frame: pd.DataFrame,
+    *,
+    with_schema: bool = True,
+    descriptions: dict[str, str] | None = None,
+    table: str | None = None,
+) -> dict[str, Any]:
+    """Row count, content hash and (``with_schema``) the described column schema with its dictionary version."""
     meta: dict[str, Any] = {
         "dagster/row_count": len(frame),
         "content_sha256": frame_content_hash(frame),
     }
     if with_schema:
-        meta["dagster/column_schema"] = table_schema(frame, descriptions)
+        meta["dagster/column_schema"] = table_schema(frame, descriptions, table)
+        meta["data_dictionary_version"] = DATA_DICTIONARY_VERSION
     return meta
 
 
