@@ -40,6 +40,11 @@ LEAKAGE_KEYS = {
 }
 
 
+def _table(key: AssetKey) -> str:
+    """``<schema>.<table>`` of an asset: the data dictionary's per-table meanings apply."""
+    return ".".join(warehouse_location(key))
+
+
 def _spec_metadata(spec) -> dict:
     return {**spec.as_metadata(), "model_spec_declaration": MetadataValue.json(spec.describe())}
 
@@ -65,7 +70,7 @@ def diabetes_features(context: AssetExecutionContext, warehouse: WarehouseResour
     missing = {c: int(frame[c].isna().sum()) for c in spec.numeric_features}
     return MaterializeResult(
         metadata={
-            **frame_metadata(frame),
+            **frame_metadata(frame, table=_table(keys.DIABETES_FEATURES)),
             "records_in": len(labels),
             "records_out": len(frame),
             "reconciled": len(labels) == len(frame),
@@ -94,7 +99,7 @@ def diabetes_splits(context: AssetExecutionContext, warehouse: WarehouseResource
     wh.write_table(*warehouse_location(keys.DIABETES_SPLITS), outcome.splits)
     return MaterializeResult(
         metadata={
-            **frame_metadata(outcome.splits),
+            **frame_metadata(outcome.splits, table=_table(keys.DIABETES_SPLITS)),
             **outcome.as_metadata(),
             "dataset_version": join_features_with_splits(features, outcome.splits).version,
             **needs.as_metadata(),
@@ -217,7 +222,7 @@ def data_classification(context: AssetExecutionContext, warehouse: WarehouseReso
     wh.write_table(*warehouse_location(keys.DATA_CLASSIFICATION), outcome.frame)
     return MaterializeResult(
         metadata={
-            **frame_metadata(outcome.frame),
+            **frame_metadata(outcome.frame, table=_table(keys.DATA_CLASSIFICATION)),
             **outcome.as_metadata(),
             "disease_type_source": counts_by(outcome.frame, "disease_type_source"),
             **versions_metadata(),
@@ -248,7 +253,7 @@ def lesion_segmentation_dataset(
         context.log.warning(f"spec {spec.id} needs at least {spec.min_rows} images, got {len(dataset.frame)}")
     return MaterializeResult(
         metadata={
-            **frame_metadata(dataset.frame),
+            **frame_metadata(dataset.frame, table=_table(keys.LESION_DATASET)),
             **dataset.as_metadata(),
             "data_needs_met": len(dataset.frame) >= spec.min_rows,
             "rows_by_lesion": counts_by(dataset.frame, "lesion"),
@@ -270,7 +275,7 @@ def lesion_segmentation_splits(context: AssetExecutionContext, warehouse: Wareho
                            LEAKAGE_KEYS[keys.LESION_SPLITS])
     wh.write_table(*warehouse_location(keys.LESION_SPLITS), outcome.splits)
     return MaterializeResult(
-        metadata={**frame_metadata(outcome.splits), **outcome.as_metadata(), **_spec_metadata(spec), **versions_metadata()}
+        metadata={**frame_metadata(outcome.splits, table=_table(keys.LESION_SPLITS)), **outcome.as_metadata(), **_spec_metadata(spec), **versions_metadata()}
     )
 
 
@@ -310,7 +315,7 @@ def dataset_catalog(context: AssetExecutionContext, warehouse: WarehouseResource
     wh.write_table(CATALOG_SCHEMA, CATALOG_TABLE, frame)
     return MaterializeResult(
         metadata={
-            **frame_metadata(frame),
+            **frame_metadata(frame, table=f"{CATALOG_SCHEMA}.{CATALOG_TABLE}"),
             **catalog_metadata(cards),
             "card_paths": MetadataValue.json({name: files["json"] for name, files in written.items()}),
             **{f"card[{name}]": MetadataValue.path(files["markdown"]) for name, files in written.items()},

@@ -118,7 +118,7 @@ def released_statistics(
     wh.write_table(schema, table, release.frame)
     report = {"report_json": MetadataValue.path(str(release.report_path))} if release.report_path else {}
     return MaterializeResult(metadata={
-        **frame_metadata(release.frame), "warehouse_table": f"{schema}.{table}", **report, **release.as_metadata(),
+        **frame_metadata(release.frame, table=f"{schema}.{table}"), "warehouse_table": f"{schema}.{table}", **report, **release.as_metadata(),
         **versions_metadata(released_statistics=spec.version),
     })
 

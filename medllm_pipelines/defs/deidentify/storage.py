@@ -45,4 +45,4 @@ def write_deidentified(warehouse: WarehouseResource, asset_key: AssetKey, frame:
     """Write a released table to the warehouse; its row count, hash, schema and location as metadata."""
     schema, table = warehouse_location(asset_key)
     warehouse.get().write_table(schema, table, frame)
-    return {**frame_metadata(frame), "warehouse_table": f"{schema}.{table}", "warehouse_backend": warehouse.backend}
+    return {**frame_metadata(frame, table=f"{schema}.{table}"), "warehouse_table": f"{schema}.{table}", "warehouse_backend": warehouse.backend}
