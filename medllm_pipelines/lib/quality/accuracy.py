@@ -206,17 +206,7 @@ def link_patients(patients: pd.DataFrame, keyed_hash: Callable[[Sequence[str]], 
 
 # --- what the cleaned tables report ---------------------------------------------------
 # Columns of a disagreement that may appear in metadata: record addresses and sizes, no patient key, no value.
-SAFE_DISAGREEMENT_COLUMNS = (
-    "concept",
-    "unit",
-    "record_a",
-    "record_b",
-    "institution_a",
-    "institution_b",
-    "days_apart",
-    "abs_difference",
-    "tolerance",
-)
+SAFE_DISAGREEMENT_COLUMNS = tuple(c for c in DISAGREEMENT_COLUMNS if c not in ("person_ref", "same_institution"))
 
 
 def double_verification_details(observations: pd.DataFrame, verification: dict[str, Any], examples: int = 20) -> dict[str, Any]:
