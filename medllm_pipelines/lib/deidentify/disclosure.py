@@ -16,12 +16,12 @@ from typing import Any
 import pandas as pd
 
 from medllm_pipelines.lib.deidentify.policy import DisclosureRule
+from medllm_pipelines.lib.deidentify.recoding import recode_to_k
 from medllm_pipelines.lib.deidentify.risk import (
     KAnonymityReport,
     LDiversityReport,
     k_anonymity,
     l_diversity,
-    recode_to_k,
 )
 
 NO_RULE = "no quasi-identifiers declared"

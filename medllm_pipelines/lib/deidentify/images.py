@@ -30,7 +30,7 @@ from medllm_pipelines.lib.deidentify.dicom_release import (
 )
 from medllm_pipelines.lib.deidentify.persons import PersonIndex
 from medllm_pipelines.lib.deidentify.policy import HmacMany, Policy, PolicyOutcome, apply_policy
-from medllm_pipelines.lib.deidentify.risk import withhold
+from medllm_pipelines.lib.deidentify.withholding import withhold
 from medllm_pipelines.lib.deidentify.tables import UNLINKED, WITHHOLDING_RULES
 from medllm_pipelines.lib.ingest.dicom import decoded_pixels
 from medllm_pipelines.lib.security.leak_scan import IDENTIFIER_COLUMNS, identifier_needles

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from medllm_pipelines.lib.deidentify.risk import (
+from medllm_pipelines.lib.deidentify.recoding import (
     RecodingStep,
     suppress_value,
     widen_age_band,

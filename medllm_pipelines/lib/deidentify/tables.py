@@ -20,8 +20,8 @@ from medllm_pipelines.lib.deidentify.consent import build_consent_registry, eras
 from medllm_pipelines.lib.deidentify.disclosure import ProtectedTable, protect_released_table
 from medllm_pipelines.lib.deidentify.persons import PersonIndex
 from medllm_pipelines.lib.deidentify.policy import Policy, PolicyOutcome, apply_policy
-from medllm_pipelines.lib.deidentify.risk import (
-    K_ANONYMITY_SUPPRESSED,
+from medllm_pipelines.lib.deidentify.risk import K_ANONYMITY_SUPPRESSED
+from medllm_pipelines.lib.deidentify.withholding import (
     WithholdingResult,
     withheld_persons,
     withheld_registrations,

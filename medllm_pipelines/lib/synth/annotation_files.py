@@ -28,12 +28,15 @@ one institution also receives planted bad annotations (out-of-bounds and
 overlapping spans, an unknown label, an unregistered annotator, a guideline
 version that does not exist, a mask of the wrong shape, a box outside its
 image), each listed with the reason the importer must give.
+
+This module is the labelling office (who annotates what, when, with which tool
+and guideline; what the expert and the auditor decide); the entity annotations
+are made in :mod:`annotation_text`, the masks, SEG objects and boxes in
+:mod:`annotation_images`.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,8 +46,27 @@ from typing import Any
 
 import numpy as np
 
+from medllm_pipelines.lib.synth.annotation_images import (
+    LESION_LABEL,
+    MASK_ERRORS,
+    add_coco_entry,
+    mask_dice,
+    nifti_mask_bytes,
+    perturb_mask,
+    seg_bytes,
+)
+from medllm_pipelines.lib.synth.annotation_text import (
+    ENTITY_ERRORS,
+    IDENTIFIER_TYPES,
+    annotate_entities,
+    brat_ann,
+    dialogue_text,
+    gold_entities,
+    gold_relations,
+    span_f1,
+)
 from medllm_pipelines.lib.synth.defects import DefectRates
-from medllm_pipelines.lib.synth.determinism import derived_uid, stream
+from medllm_pipelines.lib.synth.determinism import stream
 from medllm_pipelines.lib.synth.dialogues import ANNOTATION_TOOL as TRIAGE_TOOL
 from medllm_pipelines.lib.synth.dialogues import GUIDELINE_VERSION as TRIAGE_GUIDELINE
 from medllm_pipelines.lib.synth.dialogues import DialogueOutput
@@ -64,86 +86,12 @@ SEG_TOOL = "3D Slicer 5.6 (highdicom)"
 BOX_TOOL = "CVAT 2.11"
 ADJUDICATION_TOOL = "adjudication console 1.0"
 AUDIT_TOOL = "audit console 1.0"
-MASK_SCHEMA = "medllm-mask/1"
-LESION_LABEL = "LESION"
 
 BRAT_DIALOGUE_RATE = 0.5
 SEG_STUDIES_PER_INSTITUTION = 2
 SEG_ANNOTATOR = "ann-01"
 ADJUDICATION_RATE = 0.7  # share of disagreements the expert has decided so far
 TRUTH_DIR = "_truth/annotations"
-
-
-@dataclass(frozen=True)
-class EntityErrors:
-    miss: float
-    boundary: float
-    swap: float
-    relation_miss: float
-
-
-@dataclass(frozen=True)
-class MaskErrors:
-    dilate: float
-    erode: float
-    shift: float
-    miss: float  # the whole lesion on a slice is overlooked
-
-
-ENTITY_ERRORS = {
-    "ann-01": EntityErrors(miss=0.03, boundary=0.05, swap=0.02, relation_miss=0.05),
-    "ann-02": EntityErrors(miss=0.06, boundary=0.10, swap=0.04, relation_miss=0.10),
-    "ann-03": EntityErrors(miss=0.12, boundary=0.20, swap=0.08, relation_miss=0.20),
-}
-MASK_ERRORS = {
-    "ann-01": MaskErrors(dilate=0.15, erode=0.10, shift=0.15, miss=0.0),
-    "ann-02": MaskErrors(dilate=0.25, erode=0.20, shift=0.30, miss=0.02),
-    "ann-03": MaskErrors(dilate=0.35, erode=0.30, shift=0.50, miss=0.06),
-}
-TYPE_SWAP = {"SYMPTOM": "DISEASE", "DISEASE": "SYMPTOM", "DRUG": "DISEASE"}
-IDENTIFIER_TYPES = ("PERSON", "PHONE")
-
-# Lexicon of the dialogue templates (lib/synth/dialogues.py): term -> entity type.
-LEXICON: dict[str, dict[str, str]] = {
-    "zh": {
-        **{t: "SYMPTOM" for t in (
-            "口渴", "喝水特别多", "上厕所", "体重好像也掉了几斤", "没什么力气", "尿多", "口干", "吃得也比以前多",
-            "口干舌燥", "小便次数明显增多", "视力最近也有点模糊", "胸口闷痛", "往左肩膀那边放射", "心慌",
-            "心跳很快很乱", "胸闷气短", "胸口像压了块石头一样", "咳嗽", "黄痰", "发烧到38度多", "喉咙也痛",
-            "浑身酸", "咳个不停", "有点喘", "痰比较多", "发热", "呼吸有点费力", "胃这里隐隐作痛", "反酸", "烧心",
-            "拉肚子", "肚子胀", "吃不下东西", "上腹部不舒服", "打嗝", "胃痛", "头痛得厉害", "眼前有闪光", "头晕",
-            "天旋地转", "发麻", "睡不着", "头昏脑胀", "记性也变差了", "膝盖疼", "关节有点僵", "腰疼", "弯腰都困难",
-            "扭了脚踝", "肿着", "红疹子", "很痒", "长了很多痘", "脱皮", "裂口子", "血糖有点高",
-        )},
-        **{t: "DISEASE" for t in ("高血压", "血压偏高", "感冒")},
-        **{t: "DRUG" for t in ("降压药", "药膏")},
-    },
-    "en": {
-        **{t: "SYMPTOM" for t in (
-            "thirsty all the time", "pee constantly", "lost a few pounds", "feel tired", "drinking a lot of water",
-            "urinating a lot", "blood sugar was high", "mouth is always dry", "vision has been a bit blurry",
-            "squeezing pain in my chest", "spreads to my left shoulder", "heart keeps racing", "short of breath",
-            "heavy pressure on my chest", "cough with yellow phlegm", "fever over 38", "throat hurts",
-            "ache all over", "can't stop coughing", "wheezy", "a lot of phlegm", "Fever and cough",
-            "breathing feels like hard work", "dull ache in my upper stomach", "heartburn", "acid coming up",
-            "diarrhoea", "belly is bloated", "can't eat", "upper abdomen feels uncomfortable", "keep burping",
-            "stomach pain", "throbbing headaches", "flashing lights", "dizzy", "room is spinning",
-            "hand goes numb", "can't sleep", "head feels foggy", "memory has got worse", "knee hurts",
-            "stiff in the mornings", "lower back has hurt", "bending is hard", "twisted my ankle", "swollen",
-            "hurts to walk", "itchy red patches", "acne", "peeling and cracking", "stings",
-        )},
-        **{t: "DISEASE" for t in ("high blood pressure", "blood pressure is high", "colds")},
-        **{t: "DRUG" for t in ("pills", "Creams")},
-    },
-}
-SPEAKER = {"zh": {"patient": "患者：", "assistant": "助手："}, "en": {"patient": "Patient: ", "assistant": "Assistant: "}}
-
-
-@dataclass(frozen=True)
-class Entity:
-    start: int
-    end: int
-    type: str
 
 
 @dataclass
@@ -160,232 +108,6 @@ class AnnotationTruth:
     gold_entities: dict[str, list[list[Any]]] = field(default_factory=dict)  # dialogue id -> [start, end, type]
     planted_defects: list[dict[str, Any]] = field(default_factory=list)
     image_dice: dict[str, dict[str, float]] = field(default_factory=dict)  # annotator -> mean Dice vs truth
-
-
-# --- text ---------------------------------------------------------------------------
-def dialogue_text(dialogue: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
-    """The brat .txt of a dialogue and the (start, end) of each patient turn."""
-    language = dialogue["language"]
-    parts, patient_regions, offset = [], [], 0
-    for turn in dialogue["turns"]:
-        prefix = SPEAKER[language][turn["speaker"]]
-        line = prefix + turn["text"]
-        if turn["speaker"] == "patient":
-            patient_regions.append((offset + len(prefix), offset + len(line)))
-        parts.append(line)
-        offset += len(line) + 1
-    return "\n".join(parts) + "\n", patient_regions
-
-
-def _occurrences(text: str, needle: str, lo: int = 0, hi: int | None = None) -> list[int]:
-    found, hi = [], len(text) if hi is None else hi
-    start = text.find(needle, lo, hi)
-    while needle and start != -1:
-        found.append(start)
-        start = text.find(needle, start + len(needle), hi)
-    return found
-
-
-def gold_entities(text: str, patient_regions: list[tuple[int, int]], language: str, name: str | None,
-                  phone: str | None) -> list[Entity]:
-    """Identifier mentions first, then lexicon terms (longest first) that overlap nothing taken."""
-    taken: list[Entity] = []
-
-    def free(start: int, end: int) -> bool:
-        return all(end <= e.start or start >= e.end for e in taken)
-
-    for value, entity_type in ((name, "PERSON"), (phone, "PHONE")):
-        if value:
-            for start in _occurrences(text, value):
-                if free(start, start + len(value)):
-                    taken.append(Entity(start, start + len(value), entity_type))
-    for term, entity_type in sorted(LEXICON[language].items(), key=lambda kv: (-len(kv[0]), kv[0])):
-        for lo, hi in patient_regions:
-            for start in _occurrences(text, term, lo, hi):
-                if free(start, start + len(term)):
-                    taken.append(Entity(start, start + len(term), entity_type))
-    return sorted(taken, key=lambda e: (e.start, e.end))
-
-
-def gold_relations(entities: list[Entity], patient_regions: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """TREATS (drug index, disease index) for a drug and a disease in the same patient turn."""
-    relations = []
-    for lo, hi in patient_regions:
-        inside = [i for i, e in enumerate(entities) if lo <= e.start and e.end <= hi]
-        drugs = [i for i in inside if entities[i].type == "DRUG"]
-        diseases = [i for i in inside if entities[i].type == "DISEASE"]
-        if drugs and diseases:
-            relations.append((drugs[0], diseases[0]))
-    return relations
-
-
-def annotate_entities(gold: list[Entity], relations: list[tuple[int, int]], errors: EntityErrors,
-                      rng: np.random.Generator) -> tuple[list[Entity | None], list[tuple[int, int]]]:
-    """One annotator's version of the gold standard: misses, shrunk boundaries, swapped types.
-
-    Boundaries only ever shrink, so a non-identifier span never reaches into a
-    neighbouring name or phone number; identifiers are missed, never retyped.
-    """
-    marked: list[Entity | None] = []
-    for entity in gold:
-        if entity.type in IDENTIFIER_TYPES:
-            marked.append(None if rng.random() < errors.miss / 2 else entity)
-            continue
-        if rng.random() < errors.miss:
-            marked.append(None)
-            continue
-        start, end, entity_type = entity.start, entity.end, entity.type
-        if rng.random() < errors.boundary and end - start >= 3:
-            if rng.random() < 0.5:
-                start += 1
-            else:
-                end -= 1
-        if rng.random() < errors.swap:
-            entity_type = TYPE_SWAP[entity_type]
-        marked.append(Entity(start, end, entity_type))
-    kept = [
-        (drug, disease) for drug, disease in relations
-        if marked[drug] is not None and marked[disease] is not None
-        and marked[drug].type == "DRUG" and marked[disease].type == "DISEASE"  # type: ignore[union-attr]
-        and rng.random() >= errors.relation_miss
-    ]
-    return marked, kept
-
-
-def brat_ann(text: str, marked: list[Entity | None], relations: list[tuple[int, int]], provenance: dict[str, str]) -> str:
-    lines = ["#0\tProvenance\t" + ";".join(f"{k}={v}" for k, v in provenance.items())]
-    tid: dict[int, str] = {}
-    for index, entity in enumerate(marked):
-        if entity is None:
-            continue
-        tid[index] = f"T{len(tid) + 1}"
-        lines.append(f"{tid[index]}\t{entity.type} {entity.start} {entity.end}\t{text[entity.start:entity.end]}")
-    for number, (drug, disease) in enumerate(relations, start=1):
-        lines.append(f"R{number}\tTREATS Arg1:{tid[drug]} Arg2:{tid[disease]}")
-    return "\n".join(lines) + "\n"
-
-
-def span_f1(first: set[tuple[int, int, str]], second: set[tuple[int, int, str]]) -> float:
-    if not first and not second:
-        return math.nan
-    return 2.0 * len(first & second) / (len(first) + len(second))
-
-
-# --- images ---------------------------------------------------------------------------
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[yd, xd] = mask[ys, xs]
-    return out
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        out |= _shift(mask, dy, dx)
-    return out
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        out &= _shift(mask, dy, dx)
-    return out
-
-
-def perturb_mask(truth: np.ndarray, errors: MaskErrors, rng: np.random.Generator) -> np.ndarray:
-    """One annotator's outline of a slice's lesion (empty slices stay empty)."""
-    mask = truth.astype(bool)
-    if not mask.any():
-        return mask.astype(np.uint8)
-    if rng.random() < errors.miss:
-        return np.zeros_like(truth, dtype=np.uint8)
-    if rng.random() < errors.dilate:
-        mask = _dilate(mask)
-    elif rng.random() < errors.erode:
-        eroded = _erode(mask)
-        mask = eroded if eroded.any() else mask
-    if rng.random() < errors.shift:
-        mask = _shift(mask, int(rng.integers(-1, 2)), int(rng.integers(-1, 2)))
-    return mask.astype(np.uint8)
-
-
-def mask_box(mask: np.ndarray) -> list[int] | None:
-    """COCO bbox [x, y, width, height] of a mask's foreground, in pixels."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return None
-    return [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.astype(bool).sum()) + int(b.astype(bool).sum())
-    return math.nan if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def nifti_mask_bytes(slices: list[np.ndarray], uids: list[str], provenance: dict[str, Any]) -> bytes:
-    """A gzip'd NIfTI-1 label volume (column, row, instance) with a JSON provenance extension."""
-    import nibabel as nib
-    import orjson
-
-    data = np.stack([s.T for s in slices], axis=-1).astype(np.uint8)
-    spacing = 5.0
-    affine = np.diag([-spacing, -spacing, spacing, 1.0])
-    image = nib.Nifti1Image(data, affine)
-    image.header["descrip"] = MASK_SCHEMA.encode()
-    document = {"schema": MASK_SCHEMA, **provenance, "sop_instance_uids": uids,
-                "axes": ["column", "row", "instance"], "labels": {"1": LESION_LABEL}}
-    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", orjson.dumps(document)))
-    return gzip.compress(image.to_bytes(), mtime=0)
-
-
-def seg_bytes(sources: list[Any], slices: list[np.ndarray], provenance: dict[str, str], uid_parts: tuple) -> bytes:
-    """A DICOM Segmentation (highdicom) of one study, by one annotator."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=LESION_LABEL,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=np.stack(slices).astype(bool),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=derived_uid(*uid_parts, "seg-series"),
-        series_number=900,
-        sop_instance_uid=derived_uid(*uid_parts, "seg-instance"),
-        instance_number=1,
-        manufacturer="MEDLLM",
-        manufacturer_model_name="synthetic labelling office",
-        software_versions=provenance["tool"],
-        device_serial_number="0",
-        content_description=f"guideline_version={provenance['guideline_version']}",
-        content_creator_name=f"{provenance['annotator_id']}^",
-        content_label="LESION",
-        omit_empty_frames=True,
-    )
-    when = datetime.fromisoformat(provenance["annotated_at"])
-    # highdicom stamps the clock; the file must be byte-identical for a seed.
-    seg.InstanceCreationDate = seg.ContentDate = when.strftime("%Y%m%d")
-    seg.InstanceCreationTime = seg.ContentTime = when.strftime("%H%M%S")
-    seg.SeriesDate = when.strftime("%Y%m%d")
-    seg.SeriesTime = when.strftime("%H%M%S")
-    for equipment in seg.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in equipment:
-            equipment.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
-    organization = derived_uid(*uid_parts, "dimension-organization")
-    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
-        item.DimensionOrganizationUID = organization
-    buffer = io.BytesIO()
-    seg.save_as(buffer)
-    return buffer.getvalue()
 
 
 # --- the writer -----------------------------------------------------------------------
@@ -516,16 +238,16 @@ class _Writer:
                                     nifti_mask_bytes(slices, uids, provenance))
                     self.truth.mask_files += 1
                 for image, uid, mask, gold_mask in zip(images, uids, slices, truths, strict=True):
-                    _coco_entry(coco[annotator], f"{study}/IM{image.instance_number:05d}.dcm", uid, mask, when)
-                    if not math.isnan(score := _dice(mask, gold_mask)):
+                    add_coco_entry(coco[annotator], f"{study}/IM{image.instance_number:05d}.dcm", uid, mask, when)
+                    if not math.isnan(score := mask_dice(mask, gold_mask)):
                         dice_vs_truth[annotator].append(score)
             self.truth.annotated_studies += 1
             for index, uid in enumerate(uids):
                 scores = [s for a, b in combinations(ANNOTATORS, 2)
-                          if not math.isnan(s := _dice(per_annotator[a][index], per_annotator[b][index]))]
+                          if not math.isnan(s := mask_dice(per_annotator[a][index], per_annotator[b][index]))]
                 if scores and min(scores) < self.image_review and self.decide_rng.random() < ADJUDICATION_RATE:
-                    best = max(ANNOTATORS, key=lambda a: (_nan_to(_dice(per_annotator[a][index], truths[index]), 1.0),
-                                                          -ANNOTATORS.index(a)))
+                    best = max(ANNOTATORS, key=lambda a: (
+                        _nan_to(mask_dice(per_annotator[a][index], truths[index]), 1.0), -ANNOTATORS.index(a)))
                     self._decide(uid, f"accept:{best}", IMAGE_GUIDELINE, 21)
         self.truth.image_dice = {a: round(float(np.mean(v)), 4) if v else None for a, v in dice_vs_truth.items()}  # type: ignore[misc]
         if not annotated:
@@ -557,17 +279,6 @@ class _Writer:
                                    "annotated_at": _timestamp(self.base, 30, self.decide_rng), "tool": AUDIT_TOOL,
                                    "guideline_version": TRIAGE_GUIDELINE})
         return audit_rows
-
-
-def _coco_entry(document: dict[str, Any], file_name: str, uid: str, mask: np.ndarray, when: str) -> None:
-    """The image and (if the annotator outlined a lesion) its box, COCO style."""
-    image_id = len(document["images"]) + 1
-    document["images"].append({"id": image_id, "width": int(mask.shape[1]), "height": int(mask.shape[0]),
-                               "file_name": file_name, "sop_instance_uid": uid})
-    box = mask_box(mask)
-    if box is not None:
-        document["annotations"].append({"id": len(document["annotations"]) + 1, "image_id": image_id, "category_id": 1,
-                                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0, "annotated_at": when})
 
 
 def _nan_to(value: float, replacement: float) -> float:

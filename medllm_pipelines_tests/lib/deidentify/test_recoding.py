@@ -1,5 +1,6 @@
-"""Local recoding to k-anonymity (rows kept, only rare ones coarsened), its policy declaration,
-and histograms where one person holds several values."""
+"""Recoding quasi-identifiers: the generalisation hierarchies (age bands, addresses to regions), local
+recoding to k-anonymity (rows kept, only rare ones coarsened), its policy declaration, and histograms where
+one person holds several values."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import pytest
 
 from medllm_pipelines.lib.deidentify.dp import PrivacyLedger, PrivateStatistics
 from medllm_pipelines.lib.deidentify.policy import load_policy
-from medllm_pipelines.lib.deidentify.risk import (
+from medllm_pipelines.lib.deidentify.recoding import (
     RecodingStep,
-    k_anonymity,
+    address_to_region,
+    generalise_addresses,
     recode_to_k,
-    suppress_to_k,
+    region_code_to_province,
     suppress_value,
     widen_age_band,
 )
+from medllm_pipelines.lib.deidentify.risk import k_anonymity, suppress_to_k
 
 QI = ["institution", "sex", "age_band"]
 AGE_STEPS = [
@@ -45,6 +48,32 @@ def test_widen_age_band(band, width, widened) -> None:
 def test_widen_age_band_refuses_what_is_not_a_band() -> None:
     with pytest.raises(ValueError, match="not an age band"):
         widen_age_band("*", 10)
+
+
+@pytest.mark.parametrize(
+    ("address", "region"),
+    [
+        ("湖北省武汉市江岸区解放大道100号3栋2单元1502室", "湖北省"),
+        ("北京市朝阳区建国路8号", "北京市"),
+        ("中国广西壮族自治区南宁市青秀区民族大道1号", "广西壮族自治区"),
+        ("陕西省西安市雁塔区", "陕西省"),
+        ("山西省太原市小店区", "山西省"),
+        ("武汉市洪山区珞喻路1037号", "湖北省"),
+        ("内蒙古呼和浩特市", "内蒙古自治区"),
+        ("742 Evergreen Terrace, Springfield, OR 97403", "US-OR"),
+        ("somewhere unknown", None),
+        (None, None),
+    ],
+)
+def test_address_generalises_to_province(address: str | None, region: str | None) -> None:
+    assert address_to_region(address) == region
+
+
+def test_region_codes_and_series() -> None:
+    assert region_code_to_province("420102") == "湖北省"
+    assert region_code_to_province("99") is None
+    series = generalise_addresses(pd.Series(["湖南省长沙市芙蓉区", None]))
+    assert series.iloc[0] == "湖南省" and pd.isna(series.iloc[1])
 
 
 def test_rows_in_classes_of_k_are_left_alone_and_rare_ones_are_coarsened() -> None:

@@ -7,11 +7,9 @@ import pytest
 
 from medllm_pipelines.lib.deidentify.risk import (
     SUPPRESSED,
-    address_to_region,
-    generalise_addresses,
+    check_quasi_identifiers,
     k_anonymity,
     l_diversity,
-    region_code_to_province,
     suppress_to_k,
 )
 
@@ -80,27 +78,9 @@ def test_too_much_suppression_raises_when_capped() -> None:
         suppress_to_k(TABLE, QI, 5, max_row_fraction=0.2)
 
 
-@pytest.mark.parametrize(
-    ("address", "region"),
-    [
-        ("湖北省武汉市江岸区解放大道100号3栋2单元1502室", "湖北省"),
-        ("北京市朝阳区建国路8号", "北京市"),
-        ("中国广西壮族自治区南宁市青秀区民族大道1号", "广西壮族自治区"),
-        ("陕西省西安市雁塔区", "陕西省"),
-        ("山西省太原市小店区", "山西省"),
-        ("武汉市洪山区珞喻路1037号", "湖北省"),
-        ("内蒙古呼和浩特市", "内蒙古自治区"),
-        ("742 Evergreen Terrace, Springfield, OR 97403", "US-OR"),
-        ("somewhere unknown", None),
-        (None, None),
-    ],
-)
-def test_address_generalises_to_province(address: str | None, region: str | None) -> None:
-    assert address_to_region(address) == region
-
-
-def test_region_codes_and_series() -> None:
-    assert region_code_to_province("420102") == "湖北省"
-    assert region_code_to_province("99") is None
-    series = generalise_addresses(pd.Series(["湖南省长沙市芙蓉区", None]))
-    assert series.iloc[0] == "湖南省" and pd.isna(series.iloc[1])
+def test_quasi_identifiers_must_be_named_and_present() -> None:
+    """A misspelt column would otherwise be no quasi-identifier at all, and k would hold trivially."""
+    with pytest.raises(ValueError, match="at least one quasi-identifier"):
+        k_anonymity(TABLE, [], k=2)
+    with pytest.raises(ValueError, match=r"lacks quasi-identifier columns \['postcode'\]"):
+        check_quasi_identifiers(TABLE, ["sex", "postcode"])

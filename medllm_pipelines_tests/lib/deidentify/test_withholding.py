@@ -5,12 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medllm_pipelines.lib.deidentify.risk import (
-    K_ANONYMITY_SUPPRESSED,
+from medllm_pipelines.lib.deidentify.recoding import RecodingStep, recode_to_k, suppress_value
+from medllm_pipelines.lib.deidentify.risk import K_ANONYMITY_SUPPRESSED
+from medllm_pipelines.lib.deidentify.withholding import (
     WITHHELD_COLUMNS,
-    RecodingStep,
-    recode_to_k,
-    suppress_value,
     withheld_persons,
     withheld_registrations,
     withhold,

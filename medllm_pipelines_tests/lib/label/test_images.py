@@ -20,7 +20,7 @@ from medllm_pipelines.lib.label.images import (
     read_nifti_mask,
     rle_to_mask,
 )
-from medllm_pipelines.lib.synth.annotation_files import nifti_mask_bytes
+from medllm_pipelines.lib.synth.annotation_images import nifti_mask_bytes
 
 PROVENANCE = {"annotator_id": "ann-01", "annotated_at": "2025-11-10T09:00:00+08:00", "tool": "ITK-SNAP 4.2",
               "guideline_version": "lesion-annotation-v1.0"}
