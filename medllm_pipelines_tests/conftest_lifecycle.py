@@ -1,19 +1,30 @@
-"""Session fixtures that run the whole asset graph in-process against real services.
+"""The whole-lifecycle tier: two runs of the whole asset graph per session, and selections of it.
 
-Embedded: DuckDB, SQLite Dagster storage and MLflow store under a temporary
-MEDLLM_HOME, an OpenBao dev server started the way `medllm services up` does.
-PostgreSQL: the same graph with Dagster storage, warehouse and MLflow on the
-local server (fresh databases per session).
+Whole runs are few and expensive (CONVENTIONS rule 18), so each happens once per session and every
+module that needs one reads the same fixture:
+
+- ``embedded_run``: DuckDB, SQLite Dagster storage and MLflow store under a temporary MEDLLM_HOME, an
+  OpenBao dev server started the way `medllm services up` does; the small synthetic hospital with bad
+  input planted beside it.
+- ``postgres_run``: the same graph with Dagster storage, warehouse and MLflow on the local PostgreSQL
+  server (fresh databases per session); the same hospital and bad input, and the conformance corpus
+  (../shared/conformance: files other projects publish) delivered beside them, so that data we did not
+  write goes through every stage, training included, on the production backends.
+
+Scenarios that rest on part of the graph (hospital sizes, consent withdrawal, a Vault outage) run in a
+home of their own and materialise only that part (``run_lifecycle_in(..., selection=...)``): the same
+lifecycle job, executed in process, restricted to an asset selection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,8 @@ import pytest
 SMALL_HOSPITAL_PATIENTS = 160  # a test split of ~25 persons: enough for a stable AUC
 SMALL_HOSPITAL_SEED = 11
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
+CORPUS_FOLDERS = ("fhir", "hl7v2", "dicom")
 
 ENV_KEYS = (
     "MEDLLM_HOME",
@@ -31,6 +44,7 @@ ENV_KEYS = (
     "MLFLOW_TRACKING_URI",
     "MEDLLM_MLFLOW_ARTIFACT_ROOT",
     "MEDLLM_DAGSTER_PG_URL",
+    "MEDLLM_SOURCES_FILE",
     "DAGSTER_HOME",
     "VAULT_ADDR",
     "VAULT_TOKEN",
@@ -52,6 +66,21 @@ def scoped_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+WHOLE_RUN_FIXTURES = ("embedded_run", "postgres_run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``) keep every reader of one whole-lifecycle run on one
+    worker, so that each whole run still happens once per session; without ``-n`` the mark changes nothing."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((name for name in WHOLE_RUN_FIXTURES if name in names), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass
@@ -115,6 +144,52 @@ def plant_burned_in_copy(source: Path, target: Path) -> None:
     ds.save_as(target, enforce_file_format=True)
 
 
+def landed_hashes(landing: Path) -> dict[str, str]:
+    """landing relpath -> SHA-256 of every file waiting in the landing zone (what a run must account for)."""
+    return {
+        path.relative_to(landing).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(landing.rglob("*"))
+        if path.is_file()
+    }
+
+
+@dataclass
+class CorpusDelivery:
+    """The conformance corpus as delivered: which file became which delivery, under which source codes."""
+
+    hash_of: dict[str, str]  # corpus relpath -> content hash of the delivered file
+    codes: tuple[str, ...]  # the source codes its folders became (``fhir``, ``hl7v2``, ``dicom``)
+
+
+def stage_corpus_beside_hospital(workdir: Path) -> tuple[Path, Path, CorpusDelivery]:
+    """Lay ../shared/conformance out as deliveries (``medllm stage-corpus``) and register its sources next to the
+    hospital's: returns (staged landing folder, merged source registry, what was delivered)."""
+    import yaml
+
+    from medllm_pipelines.lib.ingest.corpus import stage_corpus
+    from medllm_pipelines.lib.ingest.sources import DEFAULT_SOURCES_FILE
+
+    staged_landing = workdir / "corpus-landing"
+    staged = stage_corpus(CONFORMANCE, staged_landing, sources_file=workdir / "corpus-sources.yaml",
+                          folders=CORPUS_FOLDERS)
+    hospital_registry = yaml.safe_load(DEFAULT_SOURCES_FILE.read_text())
+    corpus_registry = yaml.safe_load(staged.sources_file.read_text())
+    hospital_codes = {s["code"] for s in hospital_registry["sources"]}
+    assert not hospital_codes & {s["code"] for s in corpus_registry["sources"]}, "corpus and hospital share a code"
+    merged = {
+        "version": f"{hospital_registry['version']}+{corpus_registry['version']}",
+        "sources": [*hospital_registry["sources"], *corpus_registry["sources"]],
+    }
+    registry = workdir / "sources-hospital-and-corpus.yaml"
+    registry.write_text(yaml.safe_dump(merged, allow_unicode=True, sort_keys=False))
+    hash_of = {
+        corpus: hashlib.sha256((staged_landing / landing).read_bytes()).hexdigest()
+        for landing, corpus in staged.delivered.items()
+    }
+    codes = tuple(sorted(s["code"] for s in corpus_registry["sources"]))
+    return staged_landing, registry, CorpusDelivery(hash_of, codes)
+
+
 @pytest.fixture(scope="session")
 def small_hospital(tmp_path_factory: pytest.TempPathFactory) -> Hospital:
     from medllm_pipelines.lib.synth import generate_hospital
@@ -124,12 +199,77 @@ def small_hospital(tmp_path_factory: pytest.TempPathFactory) -> Hospital:
     return Hospital(root, manifest)
 
 
+# --- selections of the graph -------------------------------------------------------------
+def through(*targets: Any) -> Any:
+    """``targets`` and every asset upstream of them, ingestion included: the part of the graph they rest on."""
+    from dagster import AssetSelection
+
+    return AssetSelection.assets(*targets).upstream()
+
+
+def dbt_models(defs: Any) -> Any:
+    """The dbt models of the curate group (one dbt invocation: parse and build cost ~20 s at any size)."""
+    from dagster import AssetSelection
+
+    return AssetSelection.assets(*[k for a in defs.assets if "dbt" in a.required_resource_keys for k in a.keys])
+
+
+def selected_keys(selection: Any, graph: Any) -> set[Any]:
+    """The keys ``selection`` resolves to, with the other outputs of any multi-asset it cuts (they run as one step)."""
+    return set(selection.required_multi_asset_neighbors().resolve(graph))
+
+
+def materialise(settings: Any, selection: Any, *, partitions: list[str] | None = None,
+                log_level: str = "WARNING") -> Any:
+    """Materialise ``selection`` (a dagster AssetSelection) as one in-process run of the lifecycle job.
+
+    What ``runner.run_lifecycle`` does for the whole graph, restricted to a selection: the ingest assets
+    cover every registered institution (or ``partitions``) in the one run, the asset checks of the
+    selected assets run with them. Returns a ``runner.LifecycleResult``.
+    """
+    from dagster import DagsterInstance
+
+    from medllm_pipelines.definitions import make_definitions
+    from medllm_pipelines.defs import keys
+    from medllm_pipelines.lib.ingest.sources import UNROUTED, load_sources
+    from medllm_pipelines.runner import LifecycleResult, ensure_partitions, partition_range_tags
+
+    defs = make_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    chosen = sorted(selected_keys(selection, graph), key=lambda k: k.to_user_string())
+    names = list(partitions or [*load_sources(settings.sources_file).codes, UNROUTED])
+    result = LifecycleResult(partitions=names)
+    with DagsterInstance.get() as instance:
+        ensure_partitions(instance, names)
+        tags = {"medllm/trigger": "test-selection"}
+        if any(graph.get(key).is_partitioned for key in chosen):
+            tags.update(partition_range_tags(instance, names))
+        result.runs.append(defs.resolve_job_def(keys.LIFECYCLE_JOB).execute_in_process(
+            instance=instance, raise_on_error=False, asset_selection=chosen, tags=tags,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        ))
+    return result
+
+
+# --- runs --------------------------------------------------------------------------------
 @dataclass
 class LifecycleRun:
     settings: Any
     defs: Any
     result: Any
-    hospital: Hospital
+    hospital: Hospital | None
+    env: dict[str, str] = field(default_factory=dict)  # the environment the run saw: reruns use it too
+    selection: frozenset[Any] | None = None  # the asset keys of a partial run; None: the whole graph
+    delivered: dict[str, str] = field(default_factory=dict)  # landing relpath -> hash, before the first run
+    corpus: CorpusDelivery | None = None
+    _report: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def expected_keys(self) -> set[Any]:
+        """What the run had to materialise: its selection, or every asset of the graph."""
+        if self.selection is not None:
+            return set(self.selection)
+        return set(self.defs.resolve_asset_graph().get_all_asset_keys())
 
     def materialization(self, asset_key: Any) -> dict[str, Any]:
         """Metadata of the (single) materialisation of an unpartitioned asset."""
@@ -145,38 +285,104 @@ class LifecycleRun:
     def check_evaluations(self) -> list[Any]:
         return [e.event_specific_data for e in self.result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
 
+    def reconciliation(self) -> dict[str, Any]:
+        """`medllm reconcile --json` for this home (computed on first use, then kept)."""
+        if self._report is None:
+            from medllm_pipelines.reconcile import reconciliation_report
+
+            with scoped_env(self.env):
+                self._report = reconciliation_report(self.settings)
+        return self._report
+
+    def rerun(self, *, job_name: str | None = None, selection: Any = None, partitions: list[str] | None = None,
+              log_level: str = "WARNING") -> Any:
+        """Run again in the same home: a job as `medllm run` runs it, or a selection (``materialise``)."""
+        from medllm_pipelines.runner import run_lifecycle
+
+        with scoped_env(self.env):
+            if selection is not None:
+                return materialise(self.settings, selection, partitions=partitions, log_level=log_level)
+            return run_lifecycle(self.settings, job_name=job_name, partitions=partitions, log_level=log_level)
+
+
+def assert_withheld_persons_leave_person_keyed_tables(run: LifecycleRun) -> dict[str, Any]:
+    """No de-identified row points at a person the released patients table lacks, and each person-keyed
+    table counts what it withheld under the rule that withheld the person. Returns deidentify/patients' metadata."""
+    from medllm_pipelines.defs import keys
+    from medllm_pipelines.lib.common.warehouse import Warehouse
+    from medllm_pipelines.lib.deidentify.risk import K_ANONYMITY_SUPPRESSED
+
+    patients_meta = run.materialization(keys.DEID_PATIENTS)
+    warehouse = Warehouse(run.settings.warehouse_url)
+    try:
+        released = set(warehouse.read_table("deidentify", "patients")["patient_pseudonym"])
+        for key in (keys.DEID_OBSERVATIONS, keys.DEID_CONDITIONS, keys.CONSENT_REGISTRY):
+            frame = warehouse.read_table(*key.path)
+            assert set(frame["patient_pseudonym"]) <= released, key.to_user_string()
+            meta = run.materialization(key)
+            assert f"removed[{K_ANONYMITY_SUPPRESSED}]" in meta and meta["reconciled"] is True
+            if patients_meta[f"persons_withheld[{K_ANONYMITY_SUPPRESSED}]"] == 0:
+                assert meta[f"removed[{K_ANONYMITY_SUPPRESSED}]"] == 0
+    finally:
+        warehouse.dispose()
+    return patients_meta
+
 
 def run_lifecycle_in(
-    home: Path, hospital: Hospital | None, extra_env: dict[str, str] | None = None, *, bad_input: bool = True
+    home: Path,
+    hospital: Hospital | None,
+    extra_env: dict[str, str] | None = None,
+    *,
+    bad_input: bool = True,
+    corpus: bool = False,
+    selection: Any = None,
+    log_level: str = "INFO",
 ) -> LifecycleRun:
-    """Deliver the hospital (None: deliver nothing) into MEDLLM_HOME/landing and materialise everything through Dagster.
+    """Deliver the hospital (None: deliver nothing) into MEDLLM_HOME/landing and materialise through Dagster.
 
     ``bad_input``: plant the malformed files of BAD_INPUT beside the hospital's (it needs a DICOM file).
+    ``corpus``: deliver ../shared/conformance beside them, its folders registered as sources of their own.
+    ``selection``: a dagster AssetSelection, or a callable of the Definitions giving one (``materialise``);
+    None runs the whole graph as `medllm run` does (``runner.run_lifecycle``).
+    The caller stops the OpenBao server (``stop_services(home)``).
     """
-    from medllm_pipelines.runner import run_lifecycle
+    from medllm_pipelines.cli import record_demo_approval
     from medllm_pipelines.definitions import make_definitions
-    from medllm_pipelines.lib.security.openbao import start_local_server
+    from medllm_pipelines.lib.services.openbao import start_local_server
+    from medllm_pipelines.runner import run_lifecycle
     from medllm_pipelines.settings import load_settings, prepare_home
 
     env = {"MEDLLM_HOME": str(home), **(extra_env or {})}
+    delivery = None
+    if corpus:
+        staged_landing, registry, delivery = stage_corpus_beside_hospital(home.parent / f"{home.name}-corpus")
+        env["MEDLLM_SOURCES_FILE"] = str(registry)
     with scoped_env(env):
         settings = load_settings()
         prepare_home(settings)
-        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+        env["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
         start_local_server(settings.services_dir, port=0)  # what `medllm services up` starts
         if hospital is not None:
             hospital.copy_landing_to(settings.landing_dir)
         if bad_input:
             plant_bad_input(settings.landing_dir)
-        from medllm_pipelines.cli import record_demo_approval
-
+        if delivery is not None:
+            shutil.copytree(staged_landing, settings.landing_dir, dirs_exist_ok=True)
+        delivered = landed_hashes(settings.landing_dir)
         record_demo_approval(settings)  # training refuses to run without a valid ethics approval
-        result = run_lifecycle(settings)  # the function `medllm run` calls
-        return LifecycleRun(settings, make_definitions(settings), result, hospital)
+        defs = make_definitions(settings)
+        if selection is None:
+            result = run_lifecycle(settings, log_level=log_level)  # the function `medllm run` calls
+            chosen = None
+        else:
+            selection = selection(defs) if callable(selection) else selection
+            result = materialise(settings, selection, log_level=log_level)
+            chosen = frozenset(selected_keys(selection, defs.resolve_asset_graph()))
+        return LifecycleRun(settings, defs, result, hospital, dict(env), chosen, delivered, delivery)
 
 
 def stop_services(home: Path) -> None:
-    from medllm_pipelines.lib.security.openbao import stop_dev_server
+    from medllm_pipelines.lib.services.openbao import stop_dev_server
 
     stop_dev_server(home / "services")
 
@@ -224,6 +430,7 @@ def postgres_databases() -> Iterator[dict[str, str]]:
 def postgres_run(
     tmp_path_factory: pytest.TempPathFactory, small_hospital: Hospital, postgres_databases: dict[str, str]
 ) -> Iterator[LifecycleRun]:
+    """The hospital, its bad input and (when ../shared/conformance is present) the conformance corpus."""
     home = tmp_path_factory.mktemp("medllm_home_pg")
     env = {
         "MEDLLM_WAREHOUSE_URL": postgres_databases["warehouse"],
@@ -231,7 +438,6 @@ def postgres_run(
         "MEDLLM_DAGSTER_PG_URL": postgres_databases["dagster"],
     }
     try:
-        with scoped_env({"MEDLLM_HOME": str(home), **env}):
-            yield run_lifecycle_in(home, small_hospital, env)
+        yield run_lifecycle_in(home, small_hospital, env, corpus=CONFORMANCE.is_dir())
     finally:
         stop_services(home)

@@ -26,7 +26,7 @@ class SimulatedCrash(RuntimeError):
 
 @pytest.fixture
 def home(tmp_path: Path, small_hospital):
-    from medllm_pipelines.lib.security.openbao import start_dev_server, stop_dev_server
+    from medllm_pipelines.lib.services.openbao import start_dev_server, stop_dev_server
     from medllm_pipelines.settings import load_settings, prepare_home
 
     home = tmp_path / "home"

@@ -121,6 +121,13 @@ def test_deidentified_tables_have_pseudonyms_and_age_bands_only(embedded_run) ->
     assert splits.groupby("patient_pseudonym")["split"].nunique().max() == 1
 
 
+def test_a_withheld_person_leaves_every_person_keyed_table(embedded_run) -> None:
+    """The consistency test_lifecycle_sizes.py asserts per size, on the whole graph at this size."""
+    from medllm_pipelines_tests.conftest_lifecycle import assert_withheld_persons_leave_person_keyed_tables
+
+    assert_withheld_persons_leave_person_keyed_tables(embedded_run)
+
+
 def test_only_consented_persons_are_labelled(embedded_run) -> None:
     warehouse = Warehouse(embedded_run.settings.warehouse_url)
     labels = warehouse.read_table("label", "diabetes_labels")
@@ -132,14 +139,10 @@ def test_only_consented_persons_are_labelled(embedded_run) -> None:
 
 def test_rerun_with_the_same_delivery_is_idempotent(embedded_run, tmp_path: Path) -> None:
     """Deliver the same files again and rerun: nothing new is stored, tables keep their content hash."""
-    from medllm_pipelines.runner import run_lifecycle
-    from medllm_pipelines_tests.conftest_lifecycle import scoped_env
-
     before_patients = embedded_run.materialization(keys.DEID_PATIENTS)["content_sha256"]
     before_ledger = len(Warehouse(embedded_run.settings.warehouse_url).read_table(keys.AUDIT_SCHEMA, keys.FILE_LEDGER_TABLE))
     embedded_run.hospital.copy_landing_to(embedded_run.settings.landing_dir)
-    with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home), "DAGSTER_HOME": str(embedded_run.settings.dagster_home)}):
-        again = run_lifecycle(embedded_run.settings, job_name=keys.INGEST_JOB)
+    again = embedded_run.rerun(job_name=keys.INGEST_JOB, log_level="INFO")
     assert again.success
     landed = list(again.materializations(keys.LANDED_FILES))
     assert landed[0]["partitions_in_run"] == again.partitions  # one run over every institution
@@ -186,11 +189,9 @@ def test_daily_arrivals_partition_summarises_the_ledger(embedded_run) -> None:
 
 
 def test_reconcile_report_accounts_for_every_stage(embedded_run) -> None:
-    from medllm_pipelines.reconcile import format_report, reconciliation_report
-    from medllm_pipelines_tests.conftest_lifecycle import scoped_env
+    from medllm_pipelines.reconcile import format_report
 
-    with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home)}):
-        report = reconciliation_report(embedded_run.settings)
+    report = embedded_run.reconciliation()
     assets = {row["asset"] for row in report["stages"]}
     assert {"ingest/landed_files", "quality/clean_observations", "deidentify/patients", "label/diabetes_labels"} <= assets
     assert all(row["reconciled"] is not False for row in report["stages"])
@@ -203,19 +204,16 @@ def test_reconcile_report_accounts_for_every_stage(embedded_run) -> None:
 
 
 def test_dicom_is_indexed_per_study_series_and_instance(embedded_run) -> None:
-    meta = next(embedded_run.result.materializations(keys.RAW_DICOM_INSTANCES))
-    hierarchy = meta["dicom_hierarchy_by_institution"]
+    hierarchy: dict = {}
+    for meta in embedded_run.result.materializations(keys.RAW_DICOM_INSTANCES):  # one per partition
+        hierarchy.update(meta["dicom_hierarchy_by_institution"])
     assert set(hierarchy) >= {"hzsf", "rvic", "jhsq"}
     for counts in hierarchy.values():
         assert 0 < counts["studies"] <= counts["series"] <= counts["instances"]
 
 
 def test_reconcile_accounts_for_every_landed_file(embedded_run) -> None:
-    from medllm_pipelines.reconcile import reconciliation_report
-    from medllm_pipelines_tests.conftest_lifecycle import scoped_env
-
-    with scoped_env({"MEDLLM_HOME": str(embedded_run.settings.home)}):
-        report = reconciliation_report(embedded_run.settings)
+    report = embedded_run.reconciliation()
     files = report["files"]
     warehouse = Warehouse(embedded_run.settings.warehouse_url)
     try:

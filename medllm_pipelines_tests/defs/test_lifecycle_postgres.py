@@ -7,6 +7,7 @@ import pytest
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.lib.common.warehouse import Warehouse
+from medllm_pipelines_tests.conftest_lifecycle import scoped_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -29,10 +30,11 @@ def test_lifecycle_on_postgres(postgres_run, postgres_databases) -> None:
     run = MlflowClient(tracking_uri=postgres_databases["mlflow"]).get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
 
-    instance = DagsterInstance.from_config(str(postgres_run.settings.dagster_home))
-    try:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        stored = instance.get_run_by_id(postgres_run.result.run_id)
-        assert stored is not None and stored.is_success
-    finally:
-        instance.dispose()
+    with scoped_env(postgres_run.env):  # dagster.yaml reads the storage URL from the environment
+        instance = DagsterInstance.from_config(str(postgres_run.settings.dagster_home))
+        try:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            stored = instance.get_run_by_id(postgres_run.result.run_id)
+            assert stored is not None and stored.is_success
+        finally:
+            instance.dispose()

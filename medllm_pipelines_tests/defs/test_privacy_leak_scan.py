@@ -55,7 +55,7 @@ def test_an_identifier_planted_in_mlflow_fails_the_gate_without_echoing_it(embed
         canary = client.create_run(experiment, run_name="canary")
         client.log_param(canary.info.run_id, "cohort_filter", f"phone == {phone}")
         scan = next(a for a in embedded_run.defs.assets if keys.PRIVACY_LEAK_SCAN in a.keys)
-        with scoped_env({"MEDLLM_HOME": str(settings.home)}):
+        with scoped_env(embedded_run.env):
             result = materialize([scan], resources=build_resources(settings), raise_on_error=False)
         evaluation = next(e.event_specific_data for e in result.all_events
                           if e.event_type_value == "ASSET_CHECK_EVALUATION")

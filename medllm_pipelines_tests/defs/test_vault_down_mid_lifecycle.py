@@ -4,25 +4,41 @@ The raw zone is written while Vault is up (ingest_job); then the OpenBao
 server stops and the downstream job runs. Every downstream stage needs Vault
 to unwrap the raw zone's data keys, so the run must fail at its first step
 with an error that names Vault, write no de-identified table, and leave no
-identifier in plaintext anywhere under MEDLLM_HOME. With Vault back, the same
-downstream job reads the raw zone and de-identifies again: nothing was lost,
-and the audit log (whose appends need Vault for their keyed head) was not
-left broken by the outage.
+identifier in plaintext anywhere under MEDLLM_HOME. With Vault back, the
+downstream assets that reach Vault run again, with what they rest on, as a
+selection of the lifecycle job: every way a stage uses it (unwrapping the raw
+zone's data keys, transit HMAC for pseudonyms, surrogates and UID shifts,
+transit decryption of annotation files) is exercised. Left out are the
+free-text branch and the run-wide leak scan, which reach Vault through the
+same two resources, and the stages that read only released tables. They read
+the raw zone and de-identify again: nothing was lost, and the audit log (whose
+appends need Vault for their keyed head) was not left broken by the outage.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines_tests.conftest_lifecycle import scoped_env
+from medllm_pipelines_tests.conftest_lifecycle import materialise, scoped_env, through
 
 pytestmark = pytest.mark.slow
 
 PATIENTS = 30
+
+
+def vault_users(defs: Any) -> Any:
+    """Every downstream asset that needs Vault (directly or to read the raw zone) but the free-text branch and
+    the leak scan, with what it rests on after ingestion."""
+    from dagster import AssetSelection
+
+    same_paths = {keys.PHI_TAGGER, keys.DEID_NOTES, keys.DEID_DIALOGUES, keys.PRIVACY_LEAK_SCAN}
+    users = [k for a in defs.assets if {"raw_zone", "vault"} & set(a.required_resource_keys) for k in a.keys]
+    return through(*[k for k in users if k not in same_paths]) - AssetSelection.groups(keys.INGEST)
 
 
 def _failure_messages(result) -> list[str]:
@@ -33,7 +49,7 @@ def test_vault_down_between_stages_fails_closed_and_recovers(tmp_path: Path) -> 
     from medllm_pipelines.cli import record_demo_approval
     from medllm_pipelines.lib.common.warehouse import Warehouse
     from medllm_pipelines.lib.security.home_scan import scan_home
-    from medllm_pipelines.lib.security.openbao import (
+    from medllm_pipelines.lib.services.openbao import (
         start_local_server,
         stop_dev_server,
     )
@@ -71,10 +87,16 @@ def test_vault_down_between_stages_fails_closed_and_recovers(tmp_path: Path) -> 
             assert scan_home(settings, identities) == []  # and nothing was written in plaintext
 
             start_local_server(settings.services_dir, port=0)  # Vault back: the same keys, nothing lost
-            recovered = run_lifecycle(settings, job_name=keys.DOWNSTREAM_JOB, log_level="WARNING")
+            from medllm_pipelines.definitions import make_definitions
+
+            defs = make_definitions(settings)
+            recovery = vault_users(defs)
+            assert {keys.CLEAN_PATIENTS, keys.PSEUDONYM_MAP, keys.DEID_IMAGES, keys.TRIAGE_ANNOTATIONS,
+                    keys.EXPERT_DECISIONS} <= recovery.resolve(defs.resolve_asset_graph())
+            recovered = materialise(settings, recovery)
             # The raw zone reads again and the audit log accepts entries again (an outage never leaves an entry
-            # without its head). Training may still refuse this tiny hospital (too few labelled persons):
-            # that is the model spec speaking, not the outage.
+            # without its head). A gate may still refuse this tiny hospital's data (annotator agreement over a
+            # handful of items): that is the gate speaking, not the outage.
             later = [m for m in _failure_messages(recovered) if "Vault" in m or "OpenBao" in m or "audit" in m]
             assert later == []
             assert next(recovered.materializations(keys.DEID_PATIENTS))["records_out"] > 0

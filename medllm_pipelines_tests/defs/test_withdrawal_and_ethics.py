@@ -1,7 +1,11 @@
 """Consent withdrawal end to end (row S5) and the ethics-approval gate on training (row E1).
 
-A lifecycle runs in its own MEDLLM_HOME; then one labelled person withdraws
-(a later Consent delivered like any other feed) and the lifecycle reruns.
+Neither needs the whole graph: the part of it the model and its retraining flag rest on (ingestion of
+the hospital's feeds through quality, de-identification, labelling and curation to training) is
+materialised in its own MEDLLM_HOME through the lifecycle job (conftest_lifecycle.materialise); then
+one labelled person withdraws (a later Consent delivered like any other feed) and the same part
+materialises again. That the whole graph succeeds with withdrawn and refused consents in the data is
+the embedded lifecycle run's (test_lifecycle_embedded.py).
 """
 
 from __future__ import annotations
@@ -13,18 +17,30 @@ import pytest
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.lib.common.warehouse import Warehouse
-from medllm_pipelines_tests.conftest_lifecycle import run_lifecycle_in, scoped_env, stop_services
+from medllm_pipelines_tests.conftest_lifecycle import run_lifecycle_in, stop_services, through
 
 pytestmark = pytest.mark.slow
+
+MODEL_AND_RETRAINING_FLAG = through(keys.RETRAINING_REQUIRED)
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, small_hospital):
     home = tmp_path_factory.mktemp("withdrawal_home")
     try:
-        yield run_lifecycle_in(home, small_hospital)
+        yield run_lifecycle_in(home, small_hospital, bad_input=False, selection=MODEL_AND_RETRAINING_FLAG,
+                               log_level="WARNING")
     finally:
         stop_services(home)
+
+
+def test_the_model_was_trained_before_the_withdrawal(first_run) -> None:
+    assert first_run.result.success, first_run.result.failed_checks()
+    assert {keys.DIABETES_MODEL, keys.RETRAINING_REQUIRED, keys.CONSENT_REGISTRY} <= first_run.expected_keys
+    materialised = {e.event_specific_data.materialization.asset_key
+                    for e in first_run.result.get_asset_materialization_events()}
+    assert materialised == first_run.expected_keys
+    assert first_run.materialization(keys.DIABETES_MODEL)["mlflow_run_id"]
 
 
 def _raw_zone(settings):
@@ -54,8 +70,6 @@ def _withdrawal_bundle(patient_key: str) -> bytes:
 def test_a_withdrawal_removes_the_person_and_flags_the_model(first_run) -> None:
     from mlflow.tracking import MlflowClient
 
-    from medllm_pipelines.runner import run_lifecycle
-
     settings = first_run.settings
     warehouse = Warehouse(settings.warehouse_url)
     labels = warehouse.read_table("label", "diabetes_labels")
@@ -66,8 +80,7 @@ def test_a_withdrawal_removes_the_person_and_flags_the_model(first_run) -> None:
 
     (settings.landing_dir / "hzsf" / "fhir" / "bundles").mkdir(parents=True, exist_ok=True)
     (settings.landing_dir / "hzsf" / "fhir" / "bundles" / "withdrawal-1.json").write_bytes(_withdrawal_bundle(person.patient_key))
-    with scoped_env({"MEDLLM_HOME": str(settings.home), "DAGSTER_HOME": str(settings.dagster_home)}):
-        rerun = run_lifecycle(settings, log_level="WARNING")
+    rerun = first_run.rerun(selection=MODEL_AND_RETRAINING_FLAG)
     assert rerun.success, rerun.failed_checks()
 
     registry = warehouse.read_table("deidentify", "consent_registry").set_index("patient_pseudonym")["consent_status"]
@@ -86,14 +99,14 @@ def test_a_withdrawal_removes_the_person_and_flags_the_model(first_run) -> None:
 
 
 def test_training_refuses_without_a_valid_ethics_approval(first_run) -> None:
+    from dagster import AssetSelection
+
     from medllm_pipelines.lib.security.governance import GovernanceStore
-    from medllm_pipelines.runner import run_lifecycle
 
     settings = first_run.settings
     store = GovernanceStore(settings.governance_dir)
     store.revoke_approval("demo-synthetic-data", dt.date.today(), recorded_by="test: committee withdrew approval")
-    with scoped_env({"MEDLLM_HOME": str(settings.home), "DAGSTER_HOME": str(settings.dagster_home)}):
-        refused = run_lifecycle(settings, job_name=keys.DOWNSTREAM_JOB, log_level="CRITICAL")
+    refused = first_run.rerun(selection=AssetSelection.assets(keys.DIABETES_MODEL), log_level="CRITICAL")
     assert not refused.success
     failures = [
         _error_text(e.event_specific_data.error)
