@@ -119,7 +119,7 @@ def group_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GroupRun]:
         "mlflow": MLflowResource(tracking_uri=f"sqlite:///{base / 'mlflow.db'}", artifact_root=(base / "mlruns").as_uri()),
     }
     curated = materialize([*CURATE_DIABETES, *CURATE_IMAGING, *curate.CHECKS], resources=resources)
-    trained = materialize([train.diabetes_model, evaluate.diabetes_evaluation_report, *CURATE_DIABETES, curate.dataset_catalog],
+    trained = materialize([train.diabetes_model, evaluate.diabetes_evaluation_report, *CURATE_DIABETES],
                           resources=resources, selection=[keys.DIABETES_MODEL, keys.DIABETES_EVALUATION])
     try:
         yield GroupRun(curated, trained, wh, artifacts, resources)
@@ -182,7 +182,7 @@ def test_training_refuses_when_the_curate_stage_fitted_nothing_for_this_version(
     hidden = folder.with_name(folder.name + ".hidden")
     folder.rename(hidden)
     try:
-        result = materialize([train.diabetes_model, *CURATE_DIABETES, curate.dataset_catalog], resources=group_run.resources,
+        result = materialize([train.diabetes_model, *CURATE_DIABETES], resources=group_run.resources,
                              selection=[keys.DIABETES_MODEL], raise_on_error=False)
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
