@@ -38,7 +38,9 @@ from medllm_pipelines_tests.conftest_lifecycle import (
 pytestmark = pytest.mark.slow
 
 PERSON_KEYED = (keys.DEID_OBSERVATIONS, keys.DEID_CONDITIONS, keys.CONSENT_REGISTRY)
-SIZE_PATH = through(keys.DIABETES_EVALUATION, keys.RETRAINING_REQUIRED, keys.DEID_PATIENTS, *PERSON_KEYED)
+# the dataset catalog brings every labelled set and the lesion splits (the model no longer depends on it)
+SIZE_PATH = through(keys.DIABETES_EVALUATION, keys.RETRAINING_REQUIRED, keys.DATASET_CATALOG, keys.DEID_PATIENTS,
+                    *PERSON_KEYED)
 
 
 def size_path_and_dbt(defs: Any) -> Any:
