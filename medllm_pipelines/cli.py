@@ -289,7 +289,7 @@ def record_demo_approval(settings: Settings) -> None:
     synthetic approval for the demo project unless one is on file."""
     import datetime as dt
 
-    from medllm_pipelines.lib.curate.spec import load_spec
+    from medllm_pipelines.lib.curate.spec import load_spec, spec_ids
     from medllm_pipelines.lib.security.governance import ApprovalError, EthicsApproval, GovernanceStore
 
     spec = load_spec("t2d_risk")
@@ -297,13 +297,13 @@ def record_demo_approval(settings: Settings) -> None:
     today = dt.date.today()
     try:
         store.require_valid_approval(spec.project, spec.id, today, spec_version=spec.version)
-    except ApprovalError:
+    except ApprovalError:  # every spec of the demo project: the model zoo trains all of them
         store.record_approval(
             EthicsApproval(
                 id="demo-synthetic-data",
                 project=spec.project,
                 purpose="demonstration on synthetic data only (no real patient)",
-                scope=("t2d_risk", "lesion_segmentation"),
+                scope=tuple(spec_ids()),
                 approved_on=today,
                 expires_on=today + dt.timedelta(days=30),
                 committee="none: synthetic demo data",
@@ -367,11 +367,13 @@ def scan_leaks(identities: Path) -> None:
     sys.exit(1)
 
 
+from medllm_pipelines.cli_models import register as _register_models
 from medllm_pipelines.cli_security import register as _register_security
 from medllm_pipelines.cli_text import register as _register_text
 
 _register_security(main)
 _register_text(main)
+_register_models(main)
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,9 @@ variable                        effect
 ``MEDLLM_PURPOSE``              processing purpose of the run, one declared in
                                 the de-identification policy (default: its
                                 ``default_purpose``)
+``MEDLLM_TRAINING_SIZE``        ``demo`` (default: each spec's ``training``
+                                block, minutes on a laptop) or ``full`` (its
+                                ``full`` overrides, for production hardware)
 ==============================  ==============================================
 
 Nothing else in the package calls ``os.environ`` for configuration, so no other
@@ -52,6 +55,7 @@ EMBEDDED = "embedded"
 PRODUCTION = "production"
 
 _TRUE = {"1", "true", "yes", "on"}
+TRAINING_SIZES = ("demo", "full")  # the sizes ModelSpec.training_for accepts
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Settings:
     dp_epsilon_per_release: float = 1.0
     arrivals_start: str | None = None  # MEDLLM_ARRIVALS_START (YYYY-MM-DD); None: the first arrival, else today
     purpose: str | None = None  # MEDLLM_PURPOSE; None: the de-identification policy's default_purpose
+    training_size: str = "demo"  # MEDLLM_TRAINING_SIZE: "demo" or "full" (ModelSpec.training_for)
 
     # --- derived locations -------------------------------------------------
     @property
@@ -219,7 +224,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dp_epsilon_per_release=_number(env, "MEDLLM_DP_EPSILON_PER_RELEASE", 1.0, float, 1e-9),
         purpose=processing_purpose(env),
         arrivals_start=env.get("MEDLLM_ARRIVALS_START") or None,
+        training_size=training_size(env),
     )
+
+
+def training_size(environ: Mapping[str, str] | None = None) -> str:
+    """``MEDLLM_TRAINING_SIZE``: "demo" (default) or "full"; anything else is refused with the choices."""
+    env = os.environ if environ is None else environ
+    size = (env.get("MEDLLM_TRAINING_SIZE") or "demo").strip().lower()
+    if size not in TRAINING_SIZES:
+        raise ValueError(f"MEDLLM_TRAINING_SIZE must be one of {', '.join(TRAINING_SIZES)}, got {size!r}")
+    return size
 
 
 _EMBEDDED_DAGSTER_YAML = """\

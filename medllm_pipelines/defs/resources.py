@@ -37,7 +37,7 @@ def vault_resource(settings: Settings, **overrides: Any) -> VaultResource:
 
 
 def run_settings_resource(settings: Settings) -> RunSettingsResource:
-    """The run-time choices assets read (purpose, k, l, privacy budget), from the settings the Definitions bind."""
+    """The run-time choices assets read (purpose, k, l, privacy budget, training size), from the bound settings."""
     return RunSettingsResource(
         purpose=settings.purpose,
         k_anonymity_k=settings.k_anonymity_k,
@@ -46,6 +46,7 @@ def run_settings_resource(settings: Settings) -> RunSettingsResource:
         dp_epsilon_budget=settings.dp_epsilon_budget,
         dp_epsilon_per_release=settings.dp_epsilon_per_release,
         sources_file=str(settings.sources_file or ""),
+        training_size=settings.training_size,
     )
 
 

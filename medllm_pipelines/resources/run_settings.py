@@ -1,4 +1,4 @@
-"""Run-time choices an asset needs (purpose, k, l, privacy budget), bound by ``make_definitions(settings)``.
+"""Run-time choices an asset needs (purpose, k, l, privacy budget, training size), bound by ``make_definitions(settings)``.
 
 Assets read them from this resource instead of calling ``load_settings()``:
 the Definitions a test builds with its own Settings are then the settings
@@ -20,3 +20,4 @@ class RunSettingsResource(ConfigurableResource):
     dp_epsilon_budget: float = 10.0
     dp_epsilon_per_release: float = 1.0
     sources_file: str = ""  # source-institution registry; "" means the packaged one
+    training_size: str = "demo"  # MEDLLM_TRAINING_SIZE: which of a spec's sizes trains ("demo" or "full")

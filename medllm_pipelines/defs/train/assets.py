@@ -76,8 +76,9 @@ def _foundations(spec: ModelSpec, approval, run_settings: RunSettingsResource, a
     group_name=keys.TRAIN,
     kinds={"pytorch", "mlflow"},
     description="Checkpoint of the type 2 diabetes risk MLP (Lightning) on the preprocessing curate/diabetes_preprocessing "
-    "fitted for the dataset version; one MLflow run per materialisation. Below the spec's min_rows nothing is "
-    "trained: metadata trained=false with the reason, and the model_trained check warns.",
+    "fitted for the dataset version; one MLflow run per materialisation, the model registered as t2d_risk with alias "
+    "challenger. Below the spec's min_rows nothing is trained: metadata trained=false with the reason, and the "
+    "model_trained check warns.",
     check_specs=[
         AssetCheckSpec(
             keys.CHECK_MODEL_TRAINED,
@@ -94,9 +95,10 @@ def diabetes_model(
     artifacts: ArtifactStoreResource,
     run_settings: RunSettingsResource,
 ) -> MaterializeResult:
-    from medllm_pipelines.lib.train.runs import spec_run_tags, train_spec_model
+    from medllm_pipelines.lib.train.runs import spec_run_tags, train_spec_model, training_config
 
     spec = load_spec(keys.DIABETES_SPEC_ID)
+    config = training_config(spec, run_settings.training_size)  # unknown optimiser/network: refused before any run
     # Clause 4.1.2 (row E1): no model is trained for a project without a valid ethics approval.
     approval = GovernanceStore(artifacts.folder("governance")).require_valid_approval(
         spec.project, spec.id, dt.date.today(), spec_version=spec.version
@@ -117,7 +119,8 @@ def diabetes_model(
     tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_MODEL), ethics_approval=approval.id)
     with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
         trained = train_spec_model(dataset, preprocessing, spec, store.model_folder(spec.id, dataset.version),
-                                   run.info.run_id, tags, attachments=[_dataset_card(artifacts, dataset)])
+                                   run.info.run_id, tags, attachments=[_dataset_card(artifacts, dataset)],
+                                   config=config, size=run_settings.training_size)
     store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
     context.log.info(trained.summary())
     return MaterializeResult(

@@ -19,6 +19,9 @@ from medllm_pipelines.lib.curate.preprocessing import PreprocessingSpec
 from medllm_pipelines.lib.curate.splits import GROUPED_STRATIFIED, SplitConfig
 
 SPECS_DIR = Path(__file__).with_name("specs")
+DEMO_SIZE = "demo"
+FULL_SIZE = "full"
+TRAINING_SIZES = (DEMO_SIZE, FULL_SIZE)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,35 @@ class ModelSpec:
     data_needs: dict[str, Any] = field(default_factory=dict)
     # The research project whose ethics approval must cover this spec (clause 4.1.2, row E1).
     project: str = ""
+    # The network: ``family`` (mlp, unet, cnn, lstm, ...) and its architecture hyper-parameters.
+    network: dict[str, Any] = field(default_factory=dict)
+    # Overrides of ``training`` (and of ``network`` under its ``network`` key) for the full size.
+    full: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def network_family(self) -> str | None:
+        """The declared network family, None when the spec declares no network (a dataset-only spec)."""
+        family = self.network.get("family")
+        return None if family is None else str(family)
+
+    def training_for(self, size: str = DEMO_SIZE) -> dict[str, Any]:
+        """The training block at ``size``: "demo" is ``training`` as written, "full" applies the ``full`` overrides.
+
+        ``training`` holds the demo-size defaults (seconds on a laptop core, what
+        tests and ``make demo`` use); ``full`` only the keys production changes.
+        """
+        if size not in TRAINING_SIZES:
+            raise ValueError(f"spec {self.id}: training size must be one of {', '.join(TRAINING_SIZES)}, got {size!r}")
+        if size == DEMO_SIZE:
+            return dict(self.training)
+        return {**self.training, **{key: value for key, value in self.full.items() if key != "network"}}
+
+    def network_for(self, size: str = DEMO_SIZE) -> dict[str, Any]:
+        """The network block at ``size`` (``full.network`` overrides it at full size), ``family`` included."""
+        if size not in TRAINING_SIZES:
+            raise ValueError(f"spec {self.id}: training size must be one of {', '.join(TRAINING_SIZES)}, got {size!r}")
+        overrides = dict(self.full.get("network") or {}) if size == FULL_SIZE else {}
+        return {**self.network, **overrides}
 
     def needs_met_by(self, rows: int) -> DataNeeds:
         """``min_rows`` against a dataset of ``rows``: the data stages run whatever the count, training only above it."""
@@ -137,6 +169,11 @@ def load_spec(spec_id: str) -> ModelSpec:
     inputs = raw.get("inputs") or {}
     target = dict(raw.get("target") or {})
     data_needs = dict(raw.get("data_needs") or {})
+    for block in ("network", "training", "full"):
+        if raw.get(block) is not None and not isinstance(raw[block], dict):
+            raise ValueError(f"spec {spec_id}: {block} must be a mapping, got {type(raw[block]).__name__}")
+    if (raw.get("full") or {}).get("network") is not None and not isinstance(raw["full"]["network"], dict):
+        raise ValueError(f"spec {spec_id}: full.network must be a mapping")
     spec = ModelSpec(
         id=raw["id"],
         version=str(raw["version"]),
@@ -159,6 +196,8 @@ def load_spec(spec_id: str) -> ModelSpec:
         preprocessing_raw=raw.get("preprocessing"),
         data_needs=data_needs,
         project=str(raw.get("project", "")),
+        network=dict(raw.get("network") or {}),
+        full=dict(raw.get("full") or {}),
     )
     _ = (spec.split_config, spec.preprocessing)  # both validate their declaration
     return spec

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ from medllm_pipelines.lib.train.dp_sgd import (
     require_dp_trainable,
 )
 from medllm_pipelines.lib.train.networks import ACTIVATIONS, TabularMLP
+from medllm_pipelines.lib.train.optim import (
+    OPTIMIZER_NAMES,
+    SCHEDULER_NAMES,
+    attach_scheduler,
+    build_optimizer,
+    check_component,
+    check_finite_loss,
+)
 from medllm_pipelines.lib.train.predictor import (
     MODEL_SPEC_FILENAME,
     MODEL_SPEC_FORMAT_VERSION,
@@ -63,11 +72,9 @@ __all__ = [
     "train_tabular_classifier",
 ]
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
+# The network families this module trains; a spec naming another is refused before any run opens.
+TABULAR_NETWORK_FAMILIES = ("mlp",)
+NETWORK_KEYS = ("hidden_sizes", "activation", "dropout")  # TrainConfig fields a spec's network block sets
 TRAIN_SPLIT = "train"
 VALIDATION_SPLIT = "validation"
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -82,16 +89,21 @@ EpochMetricsCallback = Callable[[dict[str, float], int], None]
 class TrainConfig:
     """Everything that decides the trained weights, and nothing else (M3, M4, M10).
 
-    `weight_decay` is L2 regularisation added to the gradient (torch's coupled
-    form for all three optimisers). `pos_weight` multiplies the loss of positive
-    rows: None for 1, a float, or "balanced" for n_negative / n_positive in train.
+    `optimizer` and `scheduler` are names from lib/train/optim.py (adam, adamw,
+    rmsprop, adagrad, sgd; none, cosine, step, plateau, onecycle). `weight_decay`
+    is torch's coupled L2 term, decoupled for adamw; `momentum` is sgd's.
+    `pos_weight` multiplies the loss of positive rows: None for 1, a float, or
+    "balanced" for n_negative / n_positive in train.
     """
 
     hidden_sizes: tuple[int, ...] = (64, 32)
     activation: str = "relu"
     dropout: float = 0.1
     optimizer: str = "adam"
+    scheduler: str = "none"
+    scheduler_options: dict[str, Any] | None = None  # e.g. {step_size: 5, gamma: 0.5}: optim.attach_scheduler
     lr: float = 1e-3
+    momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 64
     max_epochs: int = 100
@@ -106,11 +118,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(size) for size in self.hidden_sizes))
+        check_component("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        check_component("scheduler", self.scheduler, SCHEDULER_NAMES)
         problems = []
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {sorted(ACTIVATIONS)}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {sorted(OPTIMIZERS)}")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append("momentum must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             problems.append("dropout must be in [0, 1)")
         if self.lr <= 0:
@@ -119,6 +133,8 @@ class TrainConfig:
             problems.append("weight_decay must be >= 0")
         if self.batch_size < 1 or self.max_epochs < 1 or self.early_stopping_patience < 0:
             problems.append("batch_size and max_epochs must be >= 1, early_stopping_patience >= 0")
+        if self.scheduler_options is not None and not isinstance(self.scheduler_options, dict):
+            problems.append("scheduler_options must be a mapping")
         if any(size < 1 for size in self.hidden_sizes):
             problems.append("hidden sizes must be positive")
         if isinstance(self.pos_weight, str) and self.pos_weight != "balanced":
@@ -144,6 +160,27 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return cls(**data)
+
+    @classmethod
+    def from_spec(cls, spec_id: str, network: dict[str, Any], training: dict[str, Any]) -> TrainConfig:
+        """The config of a spec's ``network`` and ``training`` blocks (at one size, ModelSpec.training_for).
+
+        Unknown network families, optimisers and schedulers raise
+        UnknownComponentError naming the spec, the kind and the choices;
+        unknown keys a ValueError naming the spec: both before anything trains.
+        """
+        network = dict(network or {})
+        check_component("network", network.pop("family", "mlp"), TABULAR_NETWORK_FAMILIES, spec_id)
+        check_component("optimizer", training.get("optimizer", cls.optimizer), OPTIMIZER_NAMES, spec_id)
+        check_component("scheduler", training.get("scheduler", cls.scheduler), SCHEDULER_NAMES, spec_id)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(network) - set(NETWORK_KEYS)) + sorted(set(training) - known)
+        if unknown:
+            raise ValueError(f"spec {spec_id}: unknown training/network keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**{**network, **training})
+        except ValueError as invalid:
+            raise ValueError(f"spec {spec_id}: {invalid}") from None
 
 
 @dataclass
@@ -184,11 +221,17 @@ class BinaryClassificationSystem(L.LightningModule):
         weight_decay: float = 0.0,
         pos_weight: float | None = None,
         privacy: PrivateTraining | None = None,
+        *,
+        scheduler: str = "none",
+        scheduler_options: dict[str, Any] | None = None,
+        momentum: float = 0.9,
+        spec_id: str = "",
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        check_component("optimizer", optimizer, OPTIMIZER_NAMES, spec_id)
+        check_component("scheduler", scheduler, SCHEDULER_NAMES, spec_id)
         self.save_hyperparameters(ignore=["network", "privacy"])
+        self.scheduler_options = dict(scheduler_options or {})
         self.network = network
         self.privacy = privacy
         weight = None if pos_weight is None else torch.tensor(float(pos_weight))
@@ -202,6 +245,7 @@ class BinaryClassificationSystem(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         features, labels = batch
         loss = self.loss_fn(self(features), labels)
+        check_finite_loss(loss, spec_id=self.hparams["spec_id"], epoch=self.current_epoch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
@@ -224,15 +268,25 @@ class BinaryClassificationSystem(L.LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch[0]))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer_class = OPTIMIZERS[self.hparams["optimizer"]]
-        optimizer = optimizer_class(self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
-        if self.privacy is None:
-            return optimizer
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """The spec's optimiser (lib/train/optim.py), made private for DP-SGD, with its learning-rate schedule."""
+        hparams = self.hparams
+        optimizer = build_optimizer(hparams["optimizer"], self.parameters(), lr=hparams["lr"],
+                                    weight_decay=hparams["weight_decay"], momentum=hparams["momentum"],
+                                    spec_id=hparams["spec_id"])
+        if hparams["scheduler"] == "none" and self.privacy is None:
+            return optimizer  # nothing needs the trainer: callable on a bare system
         data = self.trainer.datamodule
-        # The plain loader only tells Opacus the sampling rate; batches come from the data module's Poisson loader.
-        rate_loader = DataLoader(data.train_dataset, batch_size=data.batch_size)
-        return self.privacy.make_private(self.network, optimizer, rate_loader, int(self.trainer.max_epochs))
+        max_epochs = int(self.trainer.max_epochs)
+        if self.privacy is not None:
+            # The plain loader only tells Opacus the sampling rate; batches come from the data module's Poisson loader.
+            rate_loader = DataLoader(data.train_dataset, batch_size=data.batch_size)
+            optimizer = self.privacy.make_private(self.network, optimizer, rate_loader, max_epochs)
+        # Poisson batches vary in number: a spare step per epoch keeps OneCycle from running past its end.
+        steps_per_epoch = math.ceil(len(data.train_dataset) / data.batch_size) + (1 if self.privacy is not None else 0)
+        return attach_scheduler(optimizer, hparams["scheduler"], lr=hparams["lr"], max_epochs=max_epochs,
+                                steps_per_epoch=steps_per_epoch, spec_id=hparams["spec_id"],
+                                options=self.scheduler_options)
 
 
 class TabularDataModule(L.LightningDataModule):
@@ -314,10 +368,17 @@ class _EpochHistory(Callback):
     def __init__(self, on_epoch_metrics: EpochMetricsCallback | None) -> None:
         self.history: list[dict[str, float]] = []
         self.on_epoch_metrics = on_epoch_metrics
+        self._epoch_lr: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Read here: epoch schedules have already stepped when on_train_epoch_end runs.
+        self._epoch_lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation before this hook, so val metrics are current.
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        if self._epoch_lr is not None:  # the rate this epoch started with: the schedule's curve
+            metrics["lr"] = self._epoch_lr
         metrics["epoch"] = float(trainer.current_epoch)
         self.history.append(metrics)
         if self.on_epoch_metrics is not None:
@@ -362,6 +423,7 @@ def train_tabular_classifier(
     on_epoch_metrics: EpochMetricsCallback | None = None,
     *,
     split_column: str = "split",
+    spec_id: str = "",
 ) -> TrainResult:
     """Train on the train split, select on the validation split, write a loadable model directory.
 
@@ -369,9 +431,10 @@ def train_tabular_classifier(
     training split (its declared inputs are the model's); it is applied
     unchanged and copied into the model directory, so that the predictor
     serves exactly it. `on_epoch_metrics(metrics, epoch)` is called after
-    each epoch (validation included) with train_loss, val_loss and val_roc_auc,
+    each epoch (validation included) with train_loss, val_loss, val_roc_auc and lr,
     e.g. to stream curves to MLflow. Files we own under output_dir
-    (checkpoints/, model/) are replaced.
+    (checkpoints/, model/) are replaced. A loss that becomes NaN or infinite
+    raises TrainingDivergedError naming ``spec_id`` and the epoch.
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -394,7 +457,9 @@ def train_tabular_classifier(
     if config.private:
         require_dp_trainable(network)  # before any epoch: name the layers DP-SGD cannot train
         privacy = PrivateTraining(config.dp_target_epsilon, config.dp_delta, config.dp_max_grad_norm)
-    system = BinaryClassificationSystem(network, config.optimizer, config.lr, config.weight_decay, pos_weight, privacy)
+    system = BinaryClassificationSystem(network, config.optimizer, config.lr, config.weight_decay, pos_weight, privacy,
+                                        scheduler=config.scheduler, scheduler_options=config.scheduler_options,
+                                        momentum=config.momentum, spec_id=spec_id)
 
     history = _EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(

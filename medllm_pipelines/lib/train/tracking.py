@@ -8,6 +8,7 @@ run tagged with the Dagster run id, as CONVENTIONS rule 9 asks.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,11 +17,13 @@ from typing import Any, Literal
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import pandas as pd
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from medllm_pipelines.lib.train.predictor import TabularPredictor
+from medllm_pipelines.lib.train.registry import TRAINING_EXPERIMENT_TAGS
 from medllm_pipelines.lib.train.tabular import EpochMetricsCallback, TrainConfig, TrainResult
 
 MODEL_ARTIFACT_NAME = "model"
@@ -28,7 +31,15 @@ MODEL_DIR_ARTIFACT_PATH = "model_dir"
 TRAINING_SUMMARY_ARTIFACT = "training_summary.json"
 DATASET_VERSION_TAG = "dataset_version"
 PINNED_PACKAGES = ("torch", "lightning", "scikit-learn", "numpy", "pandas")
+FAILURE_REASON_TAG = "failure_reason"
+SUMMARY_PARAMS = ("best_epoch", "epochs_run", "stopped_early", "train_seconds")
 _MLFLOW_BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call.
+_MLFLOW_TAG_LIMIT = 5000  # characters of a tag value MLflow keeps
+
+__all__ = [
+    "DATASET_VERSION_TAG", "FAILURE_REASON_TAG", "TRAINING_EXPERIMENT_TAGS", "LoggedTraining", "log_dataset_input",
+    "log_training", "log_training_summary", "make_mlflow_epoch_logger", "mark_failed", "pinned_pip_requirements",
+]
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,49 @@ def make_mlflow_epoch_logger(run_id: str | None = None, tracking_uri: str | None
     return log_epoch
 
 
+def log_dataset_input(
+    frame: pd.DataFrame, *, name: str, dataset_version: str, context: str = "training", targets: str | None = None
+) -> None:
+    """Record ``frame`` as an input of the active run, so that its Datasets field names what it was trained on.
+
+    Only the schema, the row count and a digest go to MLflow (no rows), so the
+    frame must already be the de-identified one a model sees. The digest is
+    the dataset version's prefix: two runs on the same version show the same dataset.
+    """
+    import mlflow.data
+
+    _require_active_run()
+    with warnings.catch_warnings():  # the label is an integer column: MLflow's hint is about model schemas
+        warnings.filterwarnings("ignore", message=r".*Inferred schema contains integer column.*")
+        dataset = mlflow.data.from_pandas(frame, name=name, targets=targets, digest=dataset_version[:32])
+        mlflow.log_input(dataset, context=context, tags={DATASET_VERSION_TAG: dataset_version})  # schema is lazy
+
+
+def log_training_summary(
+    *, best_epoch: int, epochs_run: int, stopped_early: bool, train_seconds: float, kept_metrics: Mapping[str, float]
+) -> None:
+    """How training went, as params (one value each, not one-point charts), and the kept checkpoint's metrics.
+
+    ``kept_metrics`` are the metrics of the checkpoint that is kept (the best
+    epoch's, not the last one's), logged as ``best_<name>`` at the best epoch's step.
+    """
+    _require_active_run()
+    mlflow.log_params(
+        {"best_epoch": int(best_epoch), "epochs_run": int(epochs_run), "stopped_early": bool(stopped_early),
+         "train_seconds": round(float(train_seconds), 2)},
+        synchronous=True,
+    )
+    if kept_metrics:
+        mlflow.log_metrics({f"best_{key}": float(value) for key, value in kept_metrics.items()},
+                           step=int(best_epoch), synchronous=True)
+
+
+def mark_failed(reason: str) -> None:
+    """Tag the active run with ``failure_reason`` (the caller re-raises; the run context then ends it FAILED)."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(FAILURE_REASON_TAG, str(reason)[:_MLFLOW_TAG_LIMIT])
+
+
 def log_training(
     result: TrainResult,
     config: TrainConfig,
@@ -106,7 +160,7 @@ def log_training(
     log_history: bool = True,
     serialization_format: Literal["pt2", "pickle"] = "pt2",
 ) -> LoggedTraining:
-    """Log params, curves, summary metrics, the network and the model directory to the active run.
+    """Log params, curves, the training summary, the network and the model directory to the active run.
 
     The MLflow model is the bare network (input: preprocessed float32
     features, output: one logit per row); the full predictor with its
@@ -130,18 +184,10 @@ def log_training(
     }
     mlflow.log_params(params, synchronous=True)
 
-    metrics = _history_metrics(result.history) if log_history else []
-    final_step = max(result.epochs_run - 1, 0)
-    summary = {
-        "best_epoch": float(result.best_epoch),
-        "epochs_run": float(result.epochs_run),
-        "stopped_early": float(result.stopped_early),
-        "train_seconds": float(result.train_seconds),
-        **{f"best_{key}": float(value) for key, value in result.val_metrics.items()},
-    }
-    timestamp = int(time.time() * 1000)
-    metrics += [Metric(key=k, value=v, timestamp=timestamp, step=final_step) for k, v in summary.items()]
-    _log_metrics_batched(client, run_id, metrics)
+    if log_history:
+        _log_metrics_batched(client, run_id, _history_metrics(result.history))
+    log_training_summary(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early,
+                         train_seconds=result.train_seconds, kept_metrics=result.val_metrics)
 
     predictor = TabularPredictor.load(result.model_dir)
     # Zeros, never real rows: an input example is stored in the artifact store in clear.

@@ -142,7 +142,8 @@ def test_early_stopping_stops_on_plateau_and_keeps_best_epoch(noise_frame: Frame
 
 @pytest.mark.parametrize(
     ("name", "optimizer_class"),
-    [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop), ("adagrad", torch.optim.Adagrad)],
+    [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop),
+     ("adagrad", torch.optim.Adagrad), ("sgd", torch.optim.SGD)],
 )
 def test_optimizer_is_selectable_and_trains(
     name: str, optimizer_class: type, cancer_frame: FrameAndFeatures, tmp_path: Path
@@ -153,7 +154,9 @@ def test_optimizer_is_selectable_and_trains(
     assert optimizer.defaults["lr"] == 0.02 and optimizer.defaults["weight_decay"] == 1e-4
 
     frame, features = cancer_frame
-    config = TrainConfig(hidden_sizes=(16,), optimizer=name, lr=1e-2, max_epochs=4, early_stopping_patience=10)
+    # SGD takes larger steps than the adaptive optimisers to learn as much in 4 epochs.
+    config = TrainConfig(hidden_sizes=(16,), optimizer=name, lr=5e-2 if name == "sgd" else 1e-2, max_epochs=4,
+                         early_stopping_patience=10)
     seen: list[tuple[int, dict[str, float]]] = []
     result = train_tabular_classifier(
         frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path, lambda m, e: seen.append((e, m))
@@ -177,7 +180,7 @@ def test_network_follows_configured_architecture(activation: str, module: type[n
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("optimizer", "sgd"), ("activation", "sigmoid"), ("dropout", 1.0), ("lr", 0.0), ("pos_weight", "auto")],
+    [("optimizer", "lbfgs"), ("scheduler", "warmup"), ("activation", "sigmoid"), ("momentum", 1.0), ("dropout", 1.0), ("lr", 0.0), ("pos_weight", "auto")],
 )
 def test_invalid_config_is_refused(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -200,3 +203,62 @@ def test_bad_labels_are_refused_with_the_split_named(cancer_frame: FrameAndFeatu
     frame.loc[frame.index[frame["split"] == "validation"][:2], LABEL_COLUMN] = 2
     with pytest.raises(ValueError, match="2 rows of the validation split"):
         train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, FAST_CONFIG, tmp_path)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "cosine", "step", "plateau", "onecycle"])
+def test_learning_rate_follows_the_configured_schedule(
+    scheduler: str, cancer_frame: FrameAndFeatures, tmp_path: Path
+) -> None:
+    frame, features = cancer_frame
+    config = TrainConfig(hidden_sizes=(8,), optimizer="sgd", scheduler=scheduler, lr=0.05, max_epochs=3,
+                         early_stopping_patience=10)
+    result = train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path)
+    rates = [entry["lr"] for entry in result.history]
+    expected = {
+        "none": [0.05, 0.05, 0.05],
+        "cosine": [0.05, 0.0375, 0.0125],  # 0.05 * (1 + cos(pi * epoch / 3)) / 2
+        "step": [0.05, 0.005, 0.0005],  # x0.1 every max_epochs // 3 epochs
+        "plateau": [0.05, 0.05, 0.05],  # the validation loss keeps falling: no reduction
+    }
+    if scheduler == "onecycle":  # per step: starts at lr / 25, warms up towards lr, then anneals
+        assert rates[0] == pytest.approx(0.05 / 25) and max(rates) <= 0.05 and rates[1] > rates[0]
+    else:
+        assert rates == pytest.approx(expected[scheduler])
+    assert result.val_metrics["val_roc_auc"] > 0.9
+    assert json.loads((result.model_dir / MODEL_SPEC_FILENAME).read_text())["train_config"]["scheduler"] == scheduler
+
+
+def test_scheduler_options_reach_the_schedule(cancer_frame: FrameAndFeatures, tmp_path: Path) -> None:
+    frame, features = cancer_frame
+    config = TrainConfig.from_spec("s1", {"family": "mlp", "hidden_sizes": [8]}, {
+        "optimizer": "sgd", "scheduler": "step", "scheduler_options": {"step_size": 1, "gamma": 0.5}, "lr": 0.04,
+        "max_epochs": 3, "early_stopping_patience": 10})
+    result = train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path)
+    assert [entry["lr"] for entry in result.history] == pytest.approx([0.04, 0.02, 0.01])
+
+
+def test_a_nan_loss_stops_training_naming_the_spec_and_the_epoch(
+    cancer_frame: FrameAndFeatures, tmp_path: Path
+) -> None:
+    from medllm_pipelines.lib.train.optim import TrainingDivergedError
+
+    frame, features = cancer_frame
+    config = TrainConfig(hidden_sizes=(8,), optimizer="sgd", momentum=0.0, lr=1e30, max_epochs=5, dropout=0.0)
+    with pytest.raises(TrainingDivergedError, match=r"spec t2d_demo: training loss became (nan|inf) at epoch \d"):
+        train_tabular_classifier(frame, fitted_preprocessing(frame, features), LABEL_COLUMN, config, tmp_path,
+                                 spec_id="t2d_demo")
+
+
+def test_a_spec_naming_an_unknown_component_is_refused_before_training() -> None:
+    from medllm_pipelines.lib.train.optim import UnknownComponentError
+
+    with pytest.raises(UnknownComponentError, match="spec s1: unknown network 'resnet'; choose one of mlp"):
+        TrainConfig.from_spec("s1", {"family": "resnet"}, {})
+    with pytest.raises(UnknownComponentError, match="spec s1: unknown optimizer 'lamb'.*adam, adamw"):
+        TrainConfig.from_spec("s1", {"family": "mlp"}, {"optimizer": "lamb"})
+    with pytest.raises(UnknownComponentError, match="spec s1: unknown scheduler 'warmup'.*onecycle"):
+        TrainConfig.from_spec("s1", {"family": "mlp"}, {"scheduler": "warmup"})
+    with pytest.raises(ValueError, match=r"spec s1: unknown training/network keys \['epochs'\]"):
+        TrainConfig.from_spec("s1", {"family": "mlp"}, {"epochs": 3})
+    config = TrainConfig.from_spec("s1", {"family": "mlp", "hidden_sizes": [4]}, {"optimizer": "adamw", "lr": 0.01})
+    assert config.hidden_sizes == (4,) and config.optimizer == "adamw"

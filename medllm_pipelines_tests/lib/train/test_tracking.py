@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +15,13 @@ from mlflow.tracking import MlflowClient
 from medllm_pipelines.lib.train.tabular import TabularPredictor, TrainResult
 from medllm_pipelines.lib.train.tracking import (
     DATASET_VERSION_TAG,
+    FAILURE_REASON_TAG,
     LoggedTraining,
+    log_dataset_input,
     log_training,
+    log_training_summary,
     make_mlflow_epoch_logger,
+    mark_failed,
 )
 from medllm_pipelines_tests.lib.train.conftest import FAST_CONFIG
 
@@ -73,8 +78,14 @@ def test_training_is_logged_and_the_model_loads_back(
     assert data.params["hidden_sizes"] == "[32, 16]"
     assert data.params["dataset_version"] == "ds-2026-11-28"
     assert data.tags[DATASET_VERSION_TAG] == "ds-2026-11-28" and data.tags["dagster_run_id"] == "run-123"
-    assert data.metrics["best_epoch"] == trained.best_epoch
+    # The summary is params (one value, no one-point chart); the kept checkpoint's metrics are best_*.
+    assert data.params["best_epoch"] == str(trained.best_epoch) and data.params["epochs_run"] == str(trained.epochs_run)
+    assert data.params["stopped_early"] == str(trained.stopped_early) and "train_seconds" in data.params
+    assert not {"best_epoch", "epochs_run", "stopped_early", "train_seconds"} & set(data.metrics)
     assert data.metrics["best_val_roc_auc"] == pytest.approx(trained.val_metrics["val_roc_auc"])
+    assert data.metrics["best_val_loss"] == pytest.approx(trained.val_metrics["val_loss"])
+    [kept] = client.get_metric_history(run.info.run_id, "best_val_roc_auc")
+    assert kept.step == trained.best_epoch
     for key in ("train_loss", "val_loss", "val_roc_auc"):
         curve = client.get_metric_history(run.info.run_id, key)
         assert [point.step for point in curve] == list(range(trained.epochs_run))
@@ -106,3 +117,36 @@ def test_epoch_logger_streams_curves_while_training(experiment_id: str) -> None:
 def test_logging_without_an_active_run_is_refused(trained: TrainResult, experiment_id: str) -> None:
     with pytest.raises(RuntimeError, match="no active MLflow run"):
         log_training(trained, FAST_CONFIG, dataset_version="v1")
+
+
+def test_the_dataset_is_recorded_as_a_run_input(cancer_frame: FrameAndFeatures, experiment_id: str) -> None:
+    frame, features = cancer_frame
+    training_rows = frame[frame["split"] == "train"][[*features, "label"]]
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        log_dataset_input(training_rows, name="wdbc-train", dataset_version="0123456789abcdef" * 4, targets="label")
+    [logged] = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.name == "wdbc-train" and logged.dataset.digest == "0123456789abcdef" * 2
+    assert {tag.key: tag.value for tag in logged.tags}["mlflow.data.context"] == "training"
+    assert json.loads(logged.dataset.profile)["num_rows"] == len(training_rows)
+    assert {column["name"] for column in json.loads(logged.dataset.schema)["mlflow_colspec"]} == {*features, "label"}
+
+
+def test_summary_values_are_params_and_kept_metrics_are_best(experiment_id: str) -> None:
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        log_training_summary(best_epoch=4, epochs_run=9, stopped_early=True, train_seconds=3.14159,
+                             kept_metrics={"val_roc_auc": 0.894})
+    data = MlflowClient().get_run(run.info.run_id).data
+    assert data.params == {"best_epoch": "4", "epochs_run": "9", "stopped_early": "True", "train_seconds": "3.14"}
+    assert data.metrics == {"best_val_roc_auc": 0.894}
+
+
+def test_a_failed_training_is_marked_with_its_reason(experiment_id: str) -> None:
+    with pytest.raises(FloatingPointError), mlflow.start_run(experiment_id=experiment_id) as run:
+        try:
+            raise FloatingPointError("spec t2d_risk: training loss became nan at epoch 3")
+        except FloatingPointError as failure:
+            mark_failed(str(failure))
+            raise
+    finished = MlflowClient().get_run(run.info.run_id)
+    assert finished.info.status == "FAILED"
+    assert finished.data.tags[FAILURE_REASON_TAG] == "spec t2d_risk: training loss became nan at epoch 3"

@@ -1,0 +1,74 @@
+"""``medllm models [--json]``: every model in the MLflow Model Registry of the configured environment.
+
+One line per registered version: the spec id (the registered name; variants
+are ``<spec>-<variant>``), the family, the version, its aliases (challenger,
+champion), the dataset version it was trained on, its MLflow run and the
+held-out/validation metrics the training and evaluation stages tagged it with.
+The tracking URI is the one every command reads (``MLFLOW_TRACKING_URI`` or the
+SQLite store under ``MEDLLM_HOME``, settings.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import click
+
+__all__ = ["models_command", "register"]
+
+DATASET_VERSION_WIDTH = 16
+
+
+def _sqlite_store_missing(tracking_uri: str) -> bool:
+    """A SQLite store that does not exist yet holds no model; opening it would create it."""
+    if not tracking_uri.startswith("sqlite:"):
+        return False
+    return not Path(unquote(urlparse(tracking_uri).path)).exists()
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()) or "-"
+
+
+def format_models(entries: list[dict]) -> str:
+    """A plain table, one registered version a line, newest version first within each model."""
+    if not entries:
+        return "no registered model (train one: medllm run, or make demo)"
+    header = ("model", "family", "version", "aliases", "dataset", "run", "metrics")
+    rows = [
+        (e["name"], e["family"] or "-", e["version"], ",".join(e["aliases"]) or "-",
+         (e["dataset_version"] or "-")[:DATASET_VERSION_WIDTH], e["run_id"] or "-", _format_metrics(e["metrics"]))
+        for e in entries
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header) - 1)]
+    lines = []
+    for row in (header, *rows):
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + "  " + str(row[-1]))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def models_command(as_json: bool) -> None:
+    """List every registered model: spec id, family, version, aliases, dataset version, run, metrics."""
+    from medllm_pipelines.settings import load_settings
+
+    settings = load_settings()
+    tracking_uri = settings.mlflow_tracking_uri
+    if _sqlite_store_missing(tracking_uri):
+        entries: list[dict] = []
+    else:
+        from medllm_pipelines.lib.train.registry import list_registered
+
+        entries = [entry.as_dict() for entry in list_registered(tracking_uri)]
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_models(entries))
+
+
+def register(main: click.Group) -> None:
+    """Add ``models`` to ``medllm``."""
+    main.add_command(models_command)
