@@ -28,6 +28,7 @@ from medllm_pipelines.defs.label import assets as label
 from medllm_pipelines.defs.quality import assets as quality
 from medllm_pipelines.defs.resources import build_dbt_resources, build_resources
 from medllm_pipelines.defs.train import assets as train
+from medllm_pipelines.defs.train import compression, tabular_zoo
 from medllm_pipelines.settings import Settings, load_settings
 
 ALL_ASSETS = [
@@ -41,6 +42,8 @@ ALL_ASSETS = [
     *curate.ASSETS,
     *curate_dbt.ASSETS,
     *train.ASSETS,
+    *tabular_zoo.ASSETS,
+    *compression.ASSETS,
     *evaluate.ASSETS,
     *leak_scan.ASSETS,
 ]

@@ -1,0 +1,120 @@
+"""Train stage: the trained t2d_risk MLP compressed (pruned, int8, ONNX) and distilled, each one MLflow run (rows M7-M8).
+
+What is built and the tolerance a variant must meet are declared in lib/train/configs/compression.yaml;
+a variant is registered (``t2d_risk-<variant>``, alias challenger) only when within it.
+"""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.keys import warehouse_location
+from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
+from medllm_pipelines.lib.curate.dataset import read_split_dataset
+from medllm_pipelines.lib.curate.spec import load_spec
+from medllm_pipelines.resources.artifacts import ArtifactStoreResource
+from medllm_pipelines.resources.mlflow import MLflowResource
+from medllm_pipelines.resources.warehouse import WarehouseResource
+
+READS = [keys.DIABETES_MODEL, keys.DIABETES_FEATURES, keys.DIABETES_SPLITS, keys.DIABETES_PREPROCESSING, keys.DEID_PATIENTS]
+
+
+def _teacher(warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
+    """The spec, its dataset, the trained MLP's record (None when it was not trained) and the de-identified patients."""
+    spec = load_spec(keys.DIABETES_SPEC_ID)
+    dataset = read_split_dataset(warehouse.get(), warehouse_location(keys.DIABETES_FEATURES),
+                                 warehouse_location(keys.DIABETES_SPLITS))
+    record = artifacts.model_store().training_record(spec.id, dataset.version)
+    patients = warehouse.get().read_table(*warehouse_location(keys.DEID_PATIENTS)) if record else None
+    return spec, dataset, record, patients
+
+
+def _not_trained(context: AssetExecutionContext, spec, dataset, asset_key) -> MaterializeResult:
+    needs = spec.needs_met_by(len(dataset.frame))
+    reason = needs.reason or f"no trained {spec.id} model for dataset version {dataset.version[:16]}"
+    context.log.warning(f"{keys.asset_name(asset_key)}: nothing to compress: {reason}")
+    return MaterializeResult(metadata={"trained": False, "reason": reason, "dataset_version": dataset.version,
+                                       **spec.as_metadata(), **versions_metadata()})
+
+
+def _run_metadata(mlflow: MLflowResource, run, spec, dataset, record) -> dict:
+    return {"dataset_version": dataset.version, "teacher_mlflow_run_id": record["mlflow_run_id"],
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.experiment_id, run.info.run_id)),
+            **spec.as_metadata(), **versions_metadata()}
+
+
+@asset(
+    key=keys.DIABETES_COMPRESSED,
+    deps=READS,
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "onnx", "mlflow"},
+    description="The t2d_risk MLP pruned (L1, structured), int8-quantised and exported to ONNX (onnxruntime): size, "
+    "single-thread CPU latency p50/p95 and test metrics overall and per sex, age band and institution against fp32. "
+    "Variants within the tolerance of lib/train/configs/compression.yaml are registered; one MLflow run.",
+)
+def diabetes_model_compressed(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
+                              artifacts: ArtifactStoreResource) -> MaterializeResult:
+    from medllm_pipelines.lib.train.compression import (
+        compress_tabular_model, failure_recorded, load_compression_config, log_compression,
+    )
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+
+    spec, dataset, record, patients = _teacher(warehouse, artifacts)
+    if record is None:
+        return _not_trained(context, spec, dataset, keys.DIABETES_COMPRESSED)
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_COMPRESSED), stage="compression")
+    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "compression"):
+            suite = compress_tabular_model(record["model_dir"], dataset.frame, config, out_dir, patients=patients)
+            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
+    context.log.info(suite.summary())
+    return MaterializeResult(metadata={
+        **suite.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(suite.table())),
+        "variants_dir": MetadataValue.path(str(out_dir)),
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    })
+
+
+@asset(
+    key=keys.DIABETES_DISTILLED,
+    deps=READS,
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "mlflow"},
+    description="A smaller MLP distilled from the trained t2d_risk MLP (Hinton soft labels, temperature and alpha in "
+    "lib/train/configs/compression.yaml): student vs teacher test metrics, parameters, size and latency. Registered as "
+    "t2d_risk-distilled when within the declared tolerance; one MLflow run with per-epoch curves.",
+)
+def diabetes_model_distilled(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
+                             artifacts: ArtifactStoreResource) -> MaterializeResult:
+    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.distillation import distil_tabular, log_distillation
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+    from medllm_pipelines.lib.train.tracking import make_mlflow_epoch_logger
+
+    spec, dataset, record, patients = _teacher(warehouse, artifacts)
+    if record is None:
+        return _not_trained(context, spec, dataset, keys.DIABETES_DISTILLED)
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "distilled"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_DISTILLED), stage="distillation")
+    with mlflow.start_run(spec.id, run_name=f"distil-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "distillation"):
+            report = distil_tabular(record["model_dir"], dataset.frame, config, out_dir, patients=patients,
+                                    on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id))
+            registered = log_distillation(report, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
+    context.log.info(report.summary())
+    return MaterializeResult(metadata={
+        **report.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(report.table())),
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    })
+
+
+ASSETS = [diabetes_model_compressed, diabetes_model_distilled]
