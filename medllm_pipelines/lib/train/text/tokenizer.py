@@ -1,0 +1,277 @@
+"""A sub-word tokenizer trained locally on the de-identified notes and dialogues (Chinese and English).
+
+Nothing is downloaded: the vocabulary is learnt from the pipeline's own
+de-identified texts (``tokenizers``), with NFKC normalisation and BERT's
+handling of CJK characters (one token per character, Latin script split into
+sub-words). The sub-word model is a Unigram LM: of the trainers of
+``tokenizers`` 0.23 it is the one whose vocabulary does not change from run to
+run (WordPiece and BPE break ties between equally frequent pairs in hash
+order: two trainings on the same texts differed in 48 and 4 of 4,000 tokens);
+its pieces are then put in a canonical order (score, then text) with scores
+rounded, so that the ids are the same too. A share of persons is held out of the training to measure the
+unknown-token rate on text the tokenizer never saw. The result is one
+``tokenizer.json``; a model records its digest and its vocabulary size, and a
+tokenizer that does not match a model's embedding is refused
+(``check_tokenizer_matches``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_REPORT_FILE = "tokenizer_report.json"
+CONFIG_FILE = Path(__file__).with_name("tokenizer.yaml")
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+
+
+class TokenizerMismatchError(ValueError):
+    """A tokenizer whose vocabulary is not the one a model's embedding was built for."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How the tokenizer is trained (lib/train/text/tokenizer.yaml); the version goes into metadata."""
+
+    version: str = "1.0.0"
+    model: str = "unigram"
+    vocab_size: int = 4000
+    max_piece_length: int = 16
+    lowercase: bool = True
+    special_tokens: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
+    validation_share: float = 0.1
+    validation_salt: str = "text-tokenizer-v1"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
+        if self.model != "unigram":
+            raise ValueError(f"tokenizer model must be 'unigram', got {self.model!r}")
+        if self.vocab_size < len(self.special_tokens) + 1 or self.max_piece_length < 1:
+            raise ValueError("tokenizer vocab_size must exceed the special tokens and max_piece_length be >= 1")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ValueError("tokenizer validation_share must be in [0, 1)")
+        if self.special_tokens[:2] != (PAD, UNK):
+            raise ValueError(f"the first special tokens must be {PAD} and {UNK} (ids 0 and 1)")
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["special_tokens"] = list(self.special_tokens)
+        return data
+
+
+@cache
+def load_tokenizer_config(path: Path = CONFIG_FILE) -> TokenizerConfig:
+    return TokenizerConfig(**yaml.safe_load(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class TokenizerReport:
+    """What a trained tokenizer is: vocabulary, corpus, unknown-token rate on held-out persons' texts."""
+
+    vocab_size: int
+    vocab_size_requested: int
+    corpus_texts: int
+    corpus_characters: int
+    corpus_persons: int
+    texts_by_source: dict[str, int]
+    validation_texts: int
+    validation_tokens: int
+    unknown_token_rate: float
+    unknown_token_rate_by_language: dict[str, float]
+    mean_tokens_per_text: float
+    config_version: str
+    sha256: str
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "vocab_size": self.vocab_size,
+            "vocab_size_requested": self.vocab_size_requested,
+            "corpus_texts": self.corpus_texts,
+            "corpus_characters": self.corpus_characters,
+            "corpus_persons": self.corpus_persons,
+            "texts_by_source": self.texts_by_source,
+            "validation_texts": self.validation_texts,
+            "validation_tokens": self.validation_tokens,
+            "unknown_token_rate_validation": round(self.unknown_token_rate, 5),
+            "unknown_token_rate_by_language": {k: round(v, 5) for k, v in self.unknown_token_rate_by_language.items()},
+            "mean_tokens_per_text": round(self.mean_tokens_per_text, 1),
+            "tokenizer_config_version": self.config_version,
+            "tokenizer_sha256": self.sha256,
+        }
+
+
+@dataclass
+class TrainedTokenizer:
+    tokenizer: Any  # tokenizers.Tokenizer
+    report: TokenizerReport
+    config: TokenizerConfig
+
+    def save(self, folder: str | Path) -> Path:
+        """``tokenizer.json`` and its report into ``folder``; returns the tokenizer file."""
+        from medllm_pipelines.lib.common.files import write_private_atomic
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / TOKENIZER_FILE
+        write_private_atomic(path, self.tokenizer.to_str(pretty=False))
+        write_private_atomic(folder / TOKENIZER_REPORT_FILE,
+                             json.dumps({**self.report.as_metadata(), "config": self.config.as_dict()}, indent=2))
+        return path
+
+
+def build_empty_tokenizer(config: TokenizerConfig) -> Any:
+    """An untrained tokenizer with the normaliser, pre-tokenizer, post-processor and decoder of ``config``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFKC(),
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                   lowercase=config.lowercase),
+    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tokenizer
+
+
+SCORE_DECIMALS = 3  # the trainer's scores of the rarest pieces vary by ~1e-4 between runs
+
+
+def canonical_pieces(tokenizer: Any, config: TokenizerConfig) -> Any:
+    """The trained Unigram model with its pieces in a canonical order: special tokens, then score, then text.
+
+    The trainer returns the same pieces with scores equal to within ~1e-4 but in an
+    order that varies between runs; rounding and sorting makes the ids, and
+    the tokenizer file, the same for the same texts.
+    """
+    from tokenizers import models
+
+    pieces = json.loads(tokenizer.to_str())["model"]["vocab"]
+    specials = set(config.special_tokens)
+    ordered = sorted(((str(piece), round(float(score), SCORE_DECIMALS)) for piece, score in pieces if piece not in specials),
+                     key=lambda item: (-item[1], item[0]))
+    tokenizer.model = models.Unigram([(token, 0.0) for token in config.special_tokens] + ordered, unk_id=1,
+                                     byte_fallback=False)
+    return tokenizer
+
+
+def held_out(persons: pd.Series, share: float, salt: str) -> pd.Series:
+    """True for the persons held out of training: a keyed hash of the pseudonym, stable under row order."""
+    if share <= 0:
+        return pd.Series(False, index=persons.index)
+    cut = int(share * 10_000)
+    return persons.astype(str).map(
+        lambda p: int(hashlib.sha256(f"{salt}:{p}".encode()).hexdigest()[:8], 16) % 10_000 < cut)
+
+
+def _language(value: str) -> str:
+    return str(value or "").split("-")[0].lower() or "unknown"
+
+
+def unknown_rate(tokenizer: Any, texts: Sequence[str]) -> tuple[float, int]:
+    """Share of [UNK] among the tokens of ``texts`` (special tokens not counted), and the token count."""
+    if not texts:
+        return 0.0, 0
+    unk_id = tokenizer.token_to_id(UNK)
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    total = sum(len(e.ids) for e in encodings)
+    unknown = sum(e.ids.count(unk_id) for e in encodings)
+    return (unknown / total if total else 0.0), total
+
+
+def train_tokenizer(corpus: pd.DataFrame, config: TokenizerConfig | None = None) -> TrainedTokenizer:
+    """Train on ``corpus`` (columns text, patient_pseudonym, language, source) except held-out persons' texts.
+
+    The texts are sorted before training, so that the vocabulary does not
+    depend on the order the warehouse returns rows in.
+    """
+    from tokenizers import trainers
+
+    config = config or load_tokenizer_config()
+    corpus = corpus[corpus["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))]
+    if corpus.empty:
+        raise ValueError("no de-identified text to train the tokenizer on (deidentify/notes and dialogues are empty)")
+    validation = held_out(corpus["patient_pseudonym"], config.validation_share, config.validation_salt)
+    if validation.all():  # a handful of persons, all hashed into validation: train on them anyway
+        validation = pd.Series(False, index=corpus.index)
+    fit_texts = sorted(corpus.loc[~validation, "text"].tolist())
+    tokenizer = build_empty_tokenizer(config)
+    trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=list(config.special_tokens),
+                                      unk_token=UNK, max_piece_length=config.max_piece_length, show_progress=False)
+    tokenizer.train_from_iterator(fit_texts, trainer=trainer, length=len(fit_texts))
+    tokenizer = canonical_pieces(tokenizer, config)
+    held = corpus[validation]
+    rate, tokens = unknown_rate(tokenizer, held["text"].tolist())
+    by_language = {language: unknown_rate(tokenizer, group["text"].tolist())[0]
+                   for language, group in held.groupby(held["language"].map(_language), sort=True)}
+    all_encodings = tokenizer.encode_batch(corpus["text"].tolist(), add_special_tokens=False)
+    serialised = tokenizer.to_str(pretty=False)
+    report = TokenizerReport(
+        vocab_size=tokenizer.get_vocab_size(),
+        vocab_size_requested=config.vocab_size,
+        corpus_texts=len(fit_texts),
+        corpus_characters=sum(len(t) for t in fit_texts),
+        corpus_persons=int(corpus.loc[~validation, "patient_pseudonym"].nunique()),
+        texts_by_source={str(k): int(v) for k, v in corpus.loc[~validation, "source"].value_counts().sort_index().items()},
+        validation_texts=len(held),
+        validation_tokens=tokens,
+        unknown_token_rate=rate,
+        unknown_token_rate_by_language=by_language,
+        mean_tokens_per_text=sum(len(e.ids) for e in all_encodings) / len(all_encodings),
+        config_version=config.version,
+        sha256=hashlib.sha256(serialised.encode("utf-8")).hexdigest(),
+    )
+    return TrainedTokenizer(tokenizer, report, config)
+
+
+def tokenizer_corpus(notes: pd.DataFrame, dialogues: pd.DataFrame) -> pd.DataFrame:
+    """De-identified notes and dialogues as one corpus: text, patient_pseudonym, language, source."""
+    columns = ["text", "patient_pseudonym", "language"]
+    parts = [frame[columns].assign(source=source) for frame, source in ((notes, "notes"), (dialogues, "dialogues"))
+             if len(frame)]
+    if not parts:
+        return pd.DataFrame(columns=[*columns, "source"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved at ``path`` (a tokenizer.json, or the folder holding one)."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {path}: materialise train/text_tokenizer first")
+    return Tokenizer.from_file(str(path))
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    return hashlib.sha256(tokenizer.to_str(pretty=False).encode("utf-8")).hexdigest()
+
+
+def check_tokenizer_matches(tokenizer: Any, embedding_rows: int, *, spec_id: str = "", expected_sha256: str | None = None,
+                            where: str = "") -> None:
+    """Refuse a tokenizer that cannot feed a model: another vocabulary size, or another tokenizer than recorded.
+
+    A mismatched vocabulary would index past the embedding (a crash) or, worse,
+    map every token to the wrong row (silently wrong predictions).
+    """
+    label = f"spec {spec_id}" if spec_id else "text model"
+    at = f" ({where})" if where else ""
+    vocab = tokenizer.get_vocab_size()
+    if vocab != embedding_rows:
+        raise TokenizerMismatchError(
+            f"{label}: the tokenizer has {vocab} tokens but the model's embedding has {embedding_rows} rows{at}; "
+            "train the model again with this tokenizer, or use the tokenizer it was trained with")
+    if expected_sha256 is not None and tokenizer_sha256(tokenizer) != expected_sha256:
+        raise TokenizerMismatchError(
+            f"{label}: the tokenizer is not the one the model was trained with (SHA-256 differs){at}")
