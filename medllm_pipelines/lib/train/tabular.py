@@ -11,14 +11,11 @@ that `TabularPredictor.load` reads in a fresh process.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import shutil
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,12 +24,13 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medllm_pipelines.lib.common.versions import package_versions
+from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
 from medllm_pipelines.lib.train.dp_sgd import (
     PrivateTraining,
     poisson_loader,
@@ -82,7 +80,6 @@ MODEL_DIRNAME = "model"
 BEST_CHECKPOINT_NAME = "best"
 VERSIONED_PACKAGES = ("torch", "lightning", "scikit-learn", "numpy", "pandas", "joblib")
 
-EpochMetricsCallback = Callable[[dict[str, float], int], None]
 
 
 @dataclass(frozen=True)
@@ -362,47 +359,6 @@ class TabularDataModule(L.LightningDataModule):
         return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 1024), shuffle=False)
 
 
-class _EpochHistory(Callback):
-    """Collects one dict of epoch-level metrics per epoch and forwards it to the caller's hook."""
-
-    def __init__(self, on_epoch_metrics: EpochMetricsCallback | None) -> None:
-        self.history: list[dict[str, float]] = []
-        self.on_epoch_metrics = on_epoch_metrics
-        self._epoch_lr: float | None = None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Read here: epoch schedules have already stepped when on_train_epoch_end runs.
-        self._epoch_lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning runs the epoch's validation before this hook, so val metrics are current.
-        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        if self._epoch_lr is not None:  # the rate this epoch started with: the schedule's curve
-            metrics["lr"] = self._epoch_lr
-        metrics["epoch"] = float(trainer.current_epoch)
-        self.history.append(metrics)
-        if self.on_epoch_metrics is not None:
-            self.on_epoch_metrics({k: v for k, v in metrics.items() if k != "epoch"}, trainer.current_epoch)
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's banners (accelerator info, a product tip with a URL) and one upstream deprecation.
-
-    Everything a caller needs (epochs run, early stop) is in TrainResult; real
-    warnings from Lightning still come through.
-    """
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    previous_level = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-            yield
-    finally:
-        rank_zero.setLevel(previous_level)
-
-
 def _resolve_pos_weight(config: TrainConfig, train_labels: torch.Tensor) -> float | None:
     if config.pos_weight == "balanced":
         n_positive = float(train_labels.sum())
@@ -461,7 +417,7 @@ def train_tabular_classifier(
                                         scheduler=config.scheduler, scheduler_options=config.scheduler_options,
                                         momentum=config.momentum, spec_id=spec_id)
 
-    history = _EpochHistory(on_epoch_metrics)
+    history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename=BEST_CHECKPOINT_NAME,
@@ -488,7 +444,7 @@ def train_tabular_classifier(
         num_sanity_val_steps=0,
         default_root_dir=output_dir,
     )
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer.fit(system, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError("no checkpoint was saved: the validation loss was never finite")

@@ -12,12 +12,10 @@ fresh process). Deterministic on the CPU: lightning.seed_everything,
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.train.imaging.data import (
@@ -53,6 +51,7 @@ from medllm_pipelines.lib.train.imaging.predictor import (
     sha256_file,
 )
 from medllm_pipelines.lib.train.imaging.systems import LesionClassificationSystem, LesionSegmentationSystem
+from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
 from medllm_pipelines.lib.train.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_component
 
 SEGMENTATION = "segmentation"
@@ -64,7 +63,6 @@ BEST_CHECKPOINT_NAME = "best"
 MONITOR = "val_loss"  # the kept checkpoint: lowest validation loss (DiceCE / BCE), defined even without lesions
 VERSIONED_PACKAGES = ("torch", "lightning", "monai", "numpy")
 
-EpochMetricsCallback = Callable[[dict[str, float], int], None]
 
 
 @dataclass(frozen=True)
@@ -172,36 +170,9 @@ class ImagingTrainResult:
         return data
 
 
-class _EpochHistory(Callback):
-    """One dict of epoch-level metrics per epoch (validation included), forwarded to the caller's hook."""
-
-    def __init__(self, on_epoch_metrics: EpochMetricsCallback | None) -> None:
-        self.history: list[dict[str, float]] = []
-        self.on_epoch_metrics = on_epoch_metrics
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        if trainer.optimizers:
-            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.history.append({**metrics, "epoch": float(trainer.current_epoch)})
-        if self.on_epoch_metrics is not None:
-            self.on_epoch_metrics(metrics, trainer.current_epoch)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> AbstractContextManager[None]:
     """Lightning's banners and MONAI's per-slice crop warnings (a lesion-free slice gives background crops) off."""
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    previous = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*[Nn]um foregrounds 0.*")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-            yield
-    finally:
-        rank_zero.setLevel(previous)
+    return quiet_lightning(r".*[Nn]um foregrounds 0.*", r".*does not have many workers.*")
 
 
 def split_images(frame: pd.DataFrame, images_folder: Path) -> dict[str, LesionImages]:
@@ -271,7 +242,7 @@ def train_imaging_model(
     L.seed_everything(config.seed, workers=True, verbose=False)
     images = split_images(frame, images_folder)
     network, system, data = _system_and_data(config, images, spec_id)
-    history = _EpochHistory(on_epoch_metrics)
+    history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT_NAME, monitor=MONITOR, mode="min",
                                  save_top_k=1, enable_version_counter=False)
     stopping = EarlyStopping(monitor=MONITOR, mode="min", patience=config.early_stopping_patience)

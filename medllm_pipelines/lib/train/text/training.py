@@ -11,12 +11,10 @@ majority-class baseline and writes a folder that
 from __future__ import annotations
 
 import json
-import logging
 import platform
 import shutil
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,9 +24,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from medllm_pipelines.lib.common.versions import package_versions
+from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
 from medllm_pipelines.lib.train.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_component
 from medllm_pipelines.lib.train.text.data import (
     TEST_SPLIT,
@@ -57,7 +56,6 @@ TEXT_NETWORK_FAMILIES = (TRANSFORMER_ENCODER,)
 CHECKPOINT_DIRNAME = "checkpoints"
 MODEL_DIRNAME = "model"
 VERSIONED_PACKAGES = ("torch", "lightning", "tokenizers", "numpy", "pandas")
-EpochMetricsCallback = Callable[[dict[str, float], int], None]
 
 
 @dataclass(frozen=True)
@@ -160,36 +158,6 @@ class TextTrainResult:
         return data
 
 
-class _EpochHistory(Callback):
-    """One dict of epoch-level metrics per epoch, forwarded to the caller's hook (MLflow curves)."""
-
-    def __init__(self, on_epoch_metrics: EpochMetricsCallback | None) -> None:
-        self.history: list[dict[str, float]] = []
-        self.on_epoch_metrics = on_epoch_metrics
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        if trainer.optimizers:
-            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.history.append({**metrics, "epoch": float(trainer.current_epoch)})
-        if self.on_epoch_metrics is not None:
-            self.on_epoch_metrics(metrics, trainer.current_epoch)
-
-
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Lightning's banners (accelerator, a product tip) and one upstream deprecation silenced; real warnings stay."""
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    previous = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-            yield
-    finally:
-        rank_zero.setLevel(previous)
-
-
 @contextmanager
 def cpu_threads(count: int) -> Iterator[None]:
     """torch's intra-op thread count set to ``count`` (0: unchanged) for the block, then restored."""
@@ -255,7 +223,7 @@ def train_text_classifier(
                                       weight_decay=config.weight_decay, momentum=config.momentum,
                                       label_smoothing=config.label_smoothing, token_dropout=config.token_dropout,
                                       spec_id=spec_id)
-    history = _EpochHistory(on_epoch_metrics)
+    history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
     stopping = EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping_patience,
