@@ -104,3 +104,33 @@ def test_the_gpu_benchmark_runs_both_loops_on_the_cpu(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["plain"]["tokens_per_s"] > 0 and result["lightning"]["tokens_per_s"] > 0
     assert result["lightning_over_plain"] > 0 and result["parameters"] > 0
+
+
+def test_instruction_tuning_learns_the_responses_and_never_the_prompts() -> None:
+    from medllm_pipelines.lib.train.generative.system import InstructionDataModule, instruction_example
+
+    bos, eos, pad = 1, 2, 0
+    pairs = [([5, 6, 7], [20, 21, 22]), ([8, 9, 7], [23, 24]), ([10, 11, 12, 7], [25, 20, 26])]
+    examples = [instruction_example(p, r, bos_id=bos, eos_id=eos, max_length=TINY.block_size + 1) for p, r in pairs]
+    assert examples[0]["labels"] == [IGNORE_INDEX] * 4 + [20, 21, 22, eos]
+    data = InstructionDataModule(examples, examples, batch_size=3, pad_id=pad, seed=3)
+    inputs, targets = next(iter(data.train_dataloader()))
+    assert inputs.shape == targets.shape and (targets[inputs == pad] == IGNORE_INDEX).all()
+    L.seed_everything(3, verbose=False)
+    system = CausalLMSystem(TINY, CausalLMTraining(lr=3e-2, warmup_steps=2, max_steps=120, weight_decay=0.0))
+    trainer = L.Trainer(max_steps=120, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(system, datamodule=data)
+    system.network.eval()
+    for prompt, response in pairs:
+        out = system.network.generate(torch.tensor([[bos, *prompt]]), max_new_tokens=6, eos_id=eos)
+        assert out[0, len(prompt) + 1:].tolist()[:len(response) + 1] == [*response, eos]
+
+
+def test_an_overlong_pair_keeps_the_response_and_the_end_of_the_prompt() -> None:
+    from medllm_pipelines.lib.train.generative.system import instruction_example
+
+    example = instruction_example(list(range(10, 30)), [5, 6], bos_id=1, eos_id=2, max_length=8)
+    assert example["input_ids"] == [1, 26, 27, 28, 29, 5, 6, 2]
+    assert example["labels"][-3:] == [5, 6, 2]

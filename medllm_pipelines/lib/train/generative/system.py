@@ -61,6 +61,23 @@ def make_adamw(model: torch.nn.Module, training: CausalLMTraining, device_type: 
                              fused=device_type == "cuda")
 
 
+def instruction_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *, bos_id: int | None,
+                        eos_id: int, max_length: int) -> dict[str, list[int]]:
+    """Ids and labels of one (prompt, response) pair: the prompt labelled IGNORE_INDEX, the response and EOS learned.
+
+    When the pair is longer than ``max_length`` the prompt is cut from the left (the dialogue's end is kept next
+    to the response), never the response unless it alone overflows: a truncated target teaches the model to stop
+    mid-note.
+    """
+    head = [bos_id] if bos_id is not None else []
+    response = [*response_ids, eos_id]
+    if len(head) + len(response) >= max_length:
+        response = response[:max(1, max_length - len(head) - 1)]
+    room = max_length - len(head) - len(response)
+    prompt = list(prompt_ids)[-room:] if room > 0 else []
+    return {"input_ids": head + prompt + response, "labels": [IGNORE_INDEX] * (len(head) + len(prompt)) + response}
+
+
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
@@ -141,3 +158,55 @@ class TokenBlockDataModule(L.LightningDataModule):
         if self.val_blocks is None:
             return DataLoader([])
         return DataLoader(self.val_blocks, batch_size=self.batch_size)
+
+
+class InstructionExamples(Dataset):
+    """Encoded (prompt, response) pairs (``instruction_example``) as (inputs, targets) for ``CausalLMSystem``."""
+
+    def __init__(self, examples: Sequence[dict[str, list[int]]]) -> None:
+        if not examples:
+            raise ValueError("no instruction examples")
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        example = self.examples[index]
+        ids, labels = example["input_ids"], example["labels"]
+        return torch.tensor(ids[:-1], dtype=torch.long), torch.tensor(labels[1:], dtype=torch.long)
+
+
+def pad_instruction_batch(batch: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (inputs, targets); padding is never a target (causal attention never looks right of a token)."""
+    width = max(len(inputs) for inputs, _ in batch)
+    inputs = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, labels) in enumerate(batch):
+        inputs[row, :len(ids)] = ids
+        targets[row, :len(labels)] = labels
+    return inputs, targets
+
+
+class InstructionDataModule(L.LightningDataModule):
+    """Instruction tuning of the from-scratch GPT: seeded shuffling, main process, padded batches."""
+
+    def __init__(self, train: Sequence[dict[str, list[int]]], validation: Sequence[dict[str, list[int]]],
+                 batch_size: int, pad_id: int, seed: int = 0) -> None:
+        super().__init__()
+        self.train_examples = InstructionExamples(train)
+        self.val_examples = InstructionExamples(validation)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+
+    def _collate(self, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_instruction_batch(batch, self.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_examples, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_examples, batch_size=self.batch_size, collate_fn=self._collate)
