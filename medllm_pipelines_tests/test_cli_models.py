@@ -65,3 +65,13 @@ def test_models_lists_each_registered_version_with_family_aliases_dataset_run_an
     assert table[0].split() == ["model", "family", "version", "aliases", "dataset", "run", "metrics"]
     assert table[1].split()[:6] == ["t2d_risk", "mlp", "1", "challenger", "a" * 16, run.info.run_id]
     assert table[1].endswith("test_roc_auc 0.881, val_roc_auc 0.894")
+
+
+def test_preparing_gemma_without_accepting_its_terms_is_refused(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from medllm_pipelines.cli import main
+
+    result = CliRunner().invoke(main, ["prepare-gemma-base", str(tmp_path / "gemma")])
+    assert result.exit_code != 0 and "Gemma Terms of Use" in result.output
+    assert not (tmp_path / "gemma").exists()

@@ -90,20 +90,36 @@ def offline() -> Iterator[None]:
 def load_base_model(folder: BaseModelFolder, *, spec_id: str = "", dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) from the checked folder, offline; float32 on the CPU unless ``dtype`` says otherwise."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     extra = {"gguf_file": folder.gguf_file} if folder.gguf_file else {}
+    # packed GGUF blocks cannot be trained or saved: unpack them into a plain dense model
+    quantization = {"quantization_config": GgufConfig(dequantize=True)} if folder.gguf_file else {}
     with offline():
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder.path, local_files_only=True, **extra)
             model = AutoModelForCausalLM.from_pretrained(folder.path, local_files_only=True,
-                                                         dtype=dtype or torch.float32, **extra)
+                                                         dtype=dtype or torch.float32, **extra, **quantization)
         except (OSError, ValueError, KeyError) as error:  # transformers' errors for unreadable folders
             raise BaseModelError(spec_id, folder.path, f"cannot be loaded: {type(error).__name__}: {error}") from None
     check_tokenizer_matches(model, tokenizer, spec_id=spec_id)
+    if folder.gguf_file:  # dense now: drop the GGUF loading record so that save_pretrained accepts the model
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer = None
     if tokenizer.pad_token is None:  # decoder-only checkpoints often ship none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def save_dense_copy(model: Any, tokenizer: Any, target: Path, *, dtype: Any = None) -> Path:
+    """Write ``model`` (bf16 by default) and its tokenizer as a plain ``save_pretrained`` folder: a GGUF base is
+    dequantised once (minutes) and reloads from the copy in well under a second."""
+    import torch
+
+    target = Path(target)
+    model.to(dtype or torch.bfloat16).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
 
 
 def check_tokenizer_matches(model: Any, tokenizer: Any, *, spec_id: str = "") -> None:
