@@ -14,7 +14,6 @@ study's run with its early-stopping epoch, and registered as ``<spec>-tuned``.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import warnings
@@ -32,6 +31,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from medllm_pipelines.lib.curate.dataset import SplitDataset
 from medllm_pipelines.lib.curate.preprocessing import FittedPreprocessing
+from medllm_pipelines.lib.train.callbacks import quiet_lightning
 from medllm_pipelines.lib.train.optim import check_component
 from medllm_pipelines.lib.train.tabular import (
     BinaryClassificationSystem,
@@ -172,21 +172,15 @@ class TrialCurves(Callback):
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Lightning's banners and Optuna's per-trial INFO lines are noise in a Dagster log; warnings still pass."""
-    loggers = [logging.getLogger(f"{root}.utilities.rank_zero") for root in ("lightning.pytorch", "pytorch_lightning")]
-    previous, previous_optuna = [logger.level for logger in loggers], optuna.logging.get_verbosity()
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
+    """quiet_lightning, and Optuna's per-trial INFO lines and experimental-feature warnings: noise in a Dagster log."""
+    previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        with quiet_lightning(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             yield
     finally:
-        for logger, level in zip(loggers, previous, strict=True):
-            logger.setLevel(level)
-        optuna.logging.set_verbosity(previous_optuna)
+        optuna.logging.set_verbosity(previous)
 
 
 def _pos_weight(config: TrainConfig, labels: np.ndarray) -> float | None:
