@@ -36,6 +36,7 @@ from medllm_pipelines.lib.train.dp_sgd import (
     poisson_loader,
     require_dp_trainable,
 )
+from medllm_pipelines.lib.train.hardware import HardwareSettings, maybe_compile
 from medllm_pipelines.lib.train.networks import ACTIVATIONS, TabularMLP
 from medllm_pipelines.lib.train.optim import (
     OPTIMIZER_NAMES,
@@ -112,9 +113,12 @@ class TrainConfig:
     dp_target_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    # placement and scale (lib/train/hardware.py): accelerator, devices, num_nodes, strategy, precision, compile
+    hardware: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(size) for size in self.hidden_sizes))
+        HardwareSettings.from_mapping(self.hardware)
         check_component("optimizer", self.optimizer, OPTIMIZER_NAMES)
         check_component("scheduler", self.scheduler, SCHEDULER_NAMES)
         problems = []
@@ -170,6 +174,7 @@ class TrainConfig:
         check_component("network", network.pop("family", "mlp"), TABULAR_NETWORK_FAMILIES, spec_id)
         check_component("optimizer", training.get("optimizer", cls.optimizer), OPTIMIZER_NAMES, spec_id)
         check_component("scheduler", training.get("scheduler", cls.scheduler), SCHEDULER_NAMES, spec_id)
+        HardwareSettings.from_mapping(training.get("hardware"), spec_id=spec_id)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(network) - set(NETWORK_KEYS)) + sorted(set(training) - known)
         if unknown:
@@ -417,6 +422,8 @@ def train_tabular_classifier(
                                         scheduler=config.scheduler, scheduler_options=config.scheduler_options,
                                         momentum=config.momentum, spec_id=spec_id)
 
+    hardware = HardwareSettings.from_mapping(config.hardware, spec_id=spec_id)
+    system.network = maybe_compile(network, hardware)
     history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -433,14 +440,12 @@ def train_tabular_classifier(
         min_delta=config.early_stopping_min_delta,
     )
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
+        **hardware.trainer_kwargs(),
         max_epochs=config.max_epochs,
         callbacks=[history, checkpoint, early_stopping],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        deterministic=True,
         num_sanity_val_steps=0,
         default_root_dir=output_dir,
     )
@@ -453,8 +458,9 @@ def train_tabular_classifier(
     # Our own checkpoint: tensors and plain containers only, so weights_only loading works.
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     best_epoch = int(state["epoch"])
-    network_state = {
-        key.removeprefix("network."): value for key, value in state["state_dict"].items() if key.startswith("network.")
+    network_state = {  # a compiled network's keys carry torch.compile's "_orig_mod." wrapper prefix
+        key.removeprefix("network.").removeprefix("_orig_mod."): value
+        for key, value in state["state_dict"].items() if key.startswith("network.")
     }
     network.load_state_dict(network_state)
     network.eval()
