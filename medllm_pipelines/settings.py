@@ -56,6 +56,7 @@ PRODUCTION = "production"
 
 _TRUE = {"1", "true", "yes", "on"}
 TRAINING_SIZES = ("demo", "full")  # the sizes ModelSpec.training_for accepts
+TRAINING_PROCESSES = ("in_process", "subprocess")  # where a model trains (MEDLLM_TRAINING_PROCESS)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Settings:
     arrivals_start: str | None = None  # MEDLLM_ARRIVALS_START (YYYY-MM-DD); None: the first arrival, else today
     purpose: str | None = None  # MEDLLM_PURPOSE; None: the de-identification policy's default_purpose
     training_size: str = "demo"  # MEDLLM_TRAINING_SIZE: "demo" or "full" (ModelSpec.training_for)
+    training_process: str = "in_process"  # MEDLLM_TRAINING_PROCESS: "in_process" or "subprocess" (Dagster Pipes)
 
     # --- derived locations -------------------------------------------------
     @property
@@ -225,6 +227,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         purpose=processing_purpose(env),
         arrivals_start=env.get("MEDLLM_ARRIVALS_START") or None,
         training_size=training_size(env),
+        training_process=training_process(env),
     )
 
 
@@ -235,6 +238,16 @@ def training_size(environ: Mapping[str, str] | None = None) -> str:
     if size not in TRAINING_SIZES:
         raise ValueError(f"MEDLLM_TRAINING_SIZE must be one of {', '.join(TRAINING_SIZES)}, got {size!r}")
     return size
+
+
+def training_process(environ: Mapping[str, str] | None = None) -> str:
+    """``MEDLLM_TRAINING_PROCESS``: "in_process" (default) or "subprocess" (the model trains in a child process
+    launched through Dagster Pipes); anything else is refused with the choices."""
+    env = os.environ if environ is None else environ
+    process = (env.get("MEDLLM_TRAINING_PROCESS") or "in_process").strip().lower().replace("-", "_")
+    if process not in TRAINING_PROCESSES:
+        raise ValueError(f"MEDLLM_TRAINING_PROCESS must be one of {', '.join(TRAINING_PROCESSES)}, got {process!r}")
+    return process
 
 
 _EMBEDDED_DAGSTER_YAML = """\

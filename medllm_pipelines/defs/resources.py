@@ -47,6 +47,7 @@ def run_settings_resource(settings: Settings) -> RunSettingsResource:
         dp_epsilon_per_release=settings.dp_epsilon_per_release,
         sources_file=str(settings.sources_file or ""),
         training_size=settings.training_size,
+        training_process=settings.training_process,
     )
 
 

@@ -21,3 +21,4 @@ class RunSettingsResource(ConfigurableResource):
     dp_epsilon_per_release: float = 1.0
     sources_file: str = ""  # source-institution registry; "" means the packaged one
     training_size: str = "demo"  # MEDLLM_TRAINING_SIZE: which of a spec's sizes trains ("demo" or "full")
+    training_process: str = "in_process"  # MEDLLM_TRAINING_PROCESS: "in_process" or "subprocess" (Dagster Pipes)

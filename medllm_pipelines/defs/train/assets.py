@@ -2,6 +2,7 @@
 
 
 import datetime as dt
+from pathlib import Path
 
 from dagster import (
     AssetCheckResult,
@@ -95,7 +96,7 @@ def diabetes_model(
     artifacts: ArtifactStoreResource,
     run_settings: RunSettingsResource,
 ) -> MaterializeResult:
-    from medllm_pipelines.lib.train.runs import spec_run_tags, train_spec_model, training_config
+    from medllm_pipelines.lib.train.runs import spec_run_tags, training_config
 
     spec = load_spec(keys.DIABETES_SPEC_ID)
     config = training_config(spec, run_settings.training_size)  # unknown optimiser/network: refused before any run
@@ -114,29 +115,65 @@ def diabetes_model(
             check_results=[_trained_check(needs)],
         )
     store = artifacts.model_store()
-    preprocessing = _curated_preprocessing(store, spec.id, dataset.version)
+    preprocessing = _curated_preprocessing(store, spec.id, dataset.version)  # missing: fails here, in either process
     save_membership(store.membership_folder(), dataset.version, dataset.frame["patient_pseudonym"])  # row S5
     tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_MODEL), ethics_approval=approval.id)
+    attachments = [_dataset_card(artifacts, dataset)]
     with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
-        trained = train_spec_model(dataset, preprocessing, spec, store.model_folder(spec.id, dataset.version),
-                                   run.info.run_id, tags, attachments=[_dataset_card(artifacts, dataset)],
-                                   config=config, size=run_settings.training_size)
-    store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
-    context.log.info(trained.summary())
+        if run_settings.training_process == "subprocess":
+            trained = _train_out_of_process(context, run, spec, dataset, store, tags, attachments, mlflow.tracking_uri,
+                                            run_settings.training_size)
+        else:
+            trained = _train_in_process(context, run, spec, dataset, store, preprocessing, tags, attachments, config,
+                                        run_settings.training_size)
     return MaterializeResult(
         check_results=[_trained_check(needs)],
         metadata={
-            **trained.as_metadata(),
+            **trained,
             **needs.as_metadata(),
-            "checkpoint_path": MetadataValue.path(str(trained.result.checkpoint_path)),
-            "model_dir": MetadataValue.path(str(trained.result.model_dir)),
             "mlflow_experiment_id": run.info.experiment_id,
-            "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.experiment_id, trained.logged.run_id)),
+            "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.experiment_id, run.info.run_id)),
             **_foundations(spec, approval, run_settings, artifacts, dataset),
             **spec.as_metadata(),
             **versions_metadata(),
         },
     )
+
+
+def _train_in_process(context, run, spec, dataset, store, preprocessing, tags, attachments, config, size) -> dict:
+    from medllm_pipelines.lib.train.runs import train_spec_model
+
+    trained = train_spec_model(dataset, preprocessing, spec, store.model_folder(spec.id, dataset.version),
+                               run.info.run_id, tags, attachments=attachments, config=config, size=size)
+    store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
+    context.log.info(trained.summary())
+    return {**trained.as_metadata(), "training_process": "in process",
+            "checkpoint_path": MetadataValue.path(str(trained.result.checkpoint_path)),
+            "model_dir": MetadataValue.path(str(trained.result.model_dir))}
+
+
+def _train_out_of_process(context, run, spec, dataset, store, tags, attachments, tracking_uri, size) -> dict:
+    """The same training in a child process launched through Dagster Pipes (MEDLLM_TRAINING_PROCESS=subprocess);
+    lib/train/out_of_process.py is the child's half. A PipesK8sClient runs the same command in a GPU pod."""
+    import sys
+
+    from dagster import PipesSubprocessClient
+
+    from medllm_pipelines.lib.train.out_of_process import TrainingJob, write_job_dataset
+
+    job_folder = store.model_folder(spec.id, dataset.version) / "pipes_job"
+    job = TrainingJob(spec_id=spec.id, dataset_path=str(write_job_dataset(dataset.frame, job_folder)),
+                      dataset_version=dataset.version, model_store=str(store.root), mlflow_tracking_uri=tracking_uri,
+                      mlflow_run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+                      dagster_run_id=run_id_of(context), size=size, tags=tags,
+                      attachments=[str(path) for path in attachments])
+    try:
+        completed = PipesSubprocessClient().run(
+            command=[sys.executable, "-m", "medllm_pipelines.lib.train.out_of_process"], context=context,
+            extras=job.as_extras())
+    finally:  # the de-identified rows were a hand-over, not an artefact: the model store keeps no copy
+        Path(job.dataset_path).unlink(missing_ok=True)
+    return dict(completed.get_materialize_result().metadata or {})
 
 
 @asset(
