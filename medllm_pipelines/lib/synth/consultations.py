@@ -1,4 +1,4 @@
-"""Outpatient consultations: a doctor-patient dialogue and the structured note a doctor would write from it.
+"""Consultations and ward rounds: a doctor-patient dialogue and the structured note a doctor writes from it.
 
 The aligned pairs the note generator learns from (issue 11, text generation). The dialogue is composed from
 ``consultation_vocabulary.yaml`` (complaint phrasings, durations, associated symptoms asked and affirmed or
@@ -28,6 +28,8 @@ from medllm_pipelines.lib.common.structured_note import StructuredNote
 
 VOCABULARY_FILE = Path(__file__).with_name("consultation_vocabulary.yaml")
 OUTPATIENT_CONSULTATION = "outpatient_consultation"
+WARD_ROUND = "ward_round"
+KINDS = (OUTPATIENT_CONSULTATION, WARD_ROUND)
 LANGUAGES = ("en", "zh")
 
 _GREETING = {"en": ["Good morning, what brings you in today?", "Hello, how can I help you?",
@@ -48,6 +50,20 @@ _PLAN = {"en": ["Next steps: {items}.", "I'm also arranging {items}.", "Plan: {i
          "zh": ["下一步：{items}。", "再安排{items}。", "处理：{items}。"]}
 _CLOSING = {"en": ["Thank you, doctor.", "OK, thanks.", "Alright, thank you."], "zh": ["好的，谢谢医生。", "谢谢。", "行，谢谢大夫。"]}
 _JOIN = {"en": " and ", "zh": "，"}
+# ward round: the doctor asks how a symptom is today; the patient says better, worse or gone
+_ROUND_GREETING = {"en": ["Morning, day {day} in hospital now. How are you feeling?",
+                          "Good morning. This is your day {day} with us. How was the night?"],
+                   "zh": ["早上好，今天住院第{day}天了，感觉怎么样？", "住院第{day}天了，昨晚睡得怎么样？"]}
+_ROUND_ASK = {"en": ["And the {term}?", "How is the {term} today?"], "zh": ["{term}怎么样了？", "{term}好点了吗？"]}
+_PROGRESS = {  # state -> (patient phrasings, how the note writes it)
+    "better": {"en": (["Better than yesterday.", "A lot better, thanks."], "{term} improved"),
+               "zh": (["比昨天好多了。", "好一些了。"], "{term}好转")},
+    "worse": {"en": (["Worse, to be honest.", "It's got worse overnight."], "{term} worse"),
+              "zh": (["比昨天还重。", "更厉害了。"], "{term}加重")},
+    "gone": {"en": (["It's gone.", "None at all now."], "no {term}"), "zh": (["没有了。", "已经好了。"], "无{term}")},
+}
+_CONTINUE = {"en": ["Carry on with {items}.", "We'll continue {items}."], "zh": ["继续用{items}。", "{items}接着用。"]}
+_CONTINUE_NOTE = {"en": "continue {item}", "zh": "继续{item}"}
 _NEGATION = {"en": "no {term}", "zh": "无{term}"}
 
 
@@ -194,11 +210,66 @@ def build_consultation(pair_id: str, language: str, rng: np.random.Generator, *,
     return ConsultationPair(pair_id, language, key, spec["department"], tuple(talk.turns), gold)
 
 
+def build_ward_round(pair_id: str, language: str, rng: np.random.Generator, *, condition: str | None = None,
+                     ) -> ConsultationPair:
+    """A ward-round conversation on hospital day 2-9 and the daily progress note written from it.
+
+    Note fields: chief complaint "hospital day N" (住院第N天); history, how each symptom asked about is today
+    ("cough improved", "no fever", "咳嗽好转"); findings read out; the assessment; medications continued;
+    the plan.
+    """
+    if language not in LANGUAGES:
+        raise ValueError(f"ward-round language must be one of {LANGUAGES}, got {language!r}")
+    vocabulary = load_consultation_vocabulary()
+    keys = sorted(vocabulary["conditions"])
+    key = condition or keys[int(rng.integers(len(keys)))]
+    spec = vocabulary["conditions"][key]
+    talk = _Conversation(language, rng)
+    day = int(rng.integers(2, 10))
+    note: dict[str, list[str]] = {"chief_complaint": [f"住院第{day}天" if language == "zh" else f"hospital day {day}"],
+                                  "history": [], "findings": [], "assessment": [], "medications": [], "plan": []}
+    talk.say("doctor", talk.pick(_ROUND_GREETING[language]).format(day=day))
+    symptoms = [c["term"][language] for c in spec["complaints"]] + [a["term"][language] for a in spec.get("associated", [])]
+    for index in rng.permutation(len(symptoms))[: max(1, int(rng.integers(1, len(symptoms) + 1)))]:
+        term = symptoms[int(index)]
+        state = ("better", "worse", "gone")[int(rng.choice(3, p=[0.55, 0.15, 0.30]))]
+        phrasings, written = _PROGRESS[state][language]
+        talk.say("doctor", talk.pick(_ROUND_ASK[language]).format(term=term))
+        talk.say("patient", talk.pick(phrasings))
+        note["history"].append(written.format(term=term))
+    talk.say("doctor", talk.pick(_EXAMINE[language]))
+    for finding in spec.get("findings", []):
+        if rng.random() < 0.3:
+            continue
+        values = _values(finding.get("values", {}), rng)
+        talk.say("doctor", talk.pick(finding["say"][language]).format(**values))
+        note["findings"].append(finding["note"][language].format(**values))
+    note["assessment"].append(f"{spec['display'][language]} ({spec['icd10']})")
+    talk.say("doctor", talk.pick(_ASSESSMENT[language]).format(
+        display=spec["display"][language].lower() if language == "en" else spec["display"][language]))
+    medications = [m[language] for m in spec["medications"]]
+    chosen = [medications[int(i)] for i in sorted(rng.choice(len(medications), size=1, replace=False))]
+    talk.say("doctor", talk.pick(_CONTINUE[language]).format(items=_JOIN[language].join(chosen)))
+    note["medications"].extend(_CONTINUE_NOTE[language].format(item=item) for item in chosen)
+    plan = spec["plan"][int(rng.integers(len(spec["plan"])))][language]
+    talk.say("doctor", talk.pick(_PLAN[language]).format(items=plan))
+    note["plan"].append(plan)
+    talk.say("patient", talk.pick(_CLOSING[language]))
+    gold = StructuredNote({name: tuple(items) for name, items in note.items() if items}, language=language)
+    return ConsultationPair(pair_id, language, key, spec["department"], tuple(talk.turns), gold, kind=WARD_ROUND)
+
+
 def build_consultations(count: int, rng: np.random.Generator, *, languages: tuple[str, ...] = LANGUAGES,
-                        prefix: str = "cons") -> list[ConsultationPair]:
-    """``count`` consultations, languages and conditions drawn evenly (conditions cycled, then shuffled)."""
+                        prefix: str = "cons", kinds: tuple[str, ...] = (OUTPATIENT_CONSULTATION,),
+                        ) -> list[ConsultationPair]:
+    """``count`` pairs, languages, kinds and conditions drawn evenly (conditions cycled, then shuffled)."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown pair kinds {sorted(unknown)}; known: {list(KINDS)}")
     keys = sorted(load_consultation_vocabulary()["conditions"])
     conditions = [keys[i % len(keys)] for i in range(count)]
     order = rng.permutation(count)
-    return [build_consultation(f"{prefix}-{n + 1:05d}", languages[n % len(languages)], rng,
-                               condition=conditions[int(order[n])]) for n in range(count)]
+    builders = {OUTPATIENT_CONSULTATION: build_consultation, WARD_ROUND: build_ward_round}
+    return [builders[kinds[(n // len(languages)) % len(kinds)]](
+        f"{prefix}-{n + 1:05d}", languages[n % len(languages)], rng, condition=conditions[int(order[n])])
+        for n in range(count)]

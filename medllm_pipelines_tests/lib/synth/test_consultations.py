@@ -72,3 +72,28 @@ def test_a_given_name_is_said_and_never_in_the_note() -> None:
 def test_an_unknown_language_is_refused() -> None:
     with pytest.raises(ValueError, match="language"):
         build_consultation("c-1", "fr", stream(1, "x"))
+
+
+ROUNDS = build_consultations(70, stream(6, "rounds"), kinds=("ward_round",))
+
+
+def test_a_ward_round_note_follows_the_conversation() -> None:
+    from medllm_pipelines.lib.synth.consultations import WARD_ROUND
+
+    assert {p.kind for p in ROUNDS} == {WARD_ROUND}
+    for pair in ROUNDS:
+        text = pair.dialogue_text()
+        day = re.search(r"\d+", pair.note.items("chief_complaint")[0]).group()
+        assert f"day {day}" in text or f"第{day}天" in text
+        assert len(pair.note.items("history")) >= 1
+        for item in pair.note.items("medications"):
+            assert item.removeprefix("continue ").removeprefix("继续") in text
+    states = {item.split()[-1] for p in ROUNDS if p.language == "en" for item in p.note.items("history")}
+    assert {"improved", "worse"} <= states
+
+
+def test_both_kinds_alternate_when_asked_for() -> None:
+    mixed = build_consultations(8, stream(1, "mixed"), kinds=("outpatient_consultation", "ward_round"))
+    assert [p.kind for p in mixed].count("ward_round") == 4
+    with pytest.raises(ValueError, match="unknown pair kinds"):
+        build_consultations(2, stream(1, "x"), kinds=("operation_dictation",))
