@@ -114,6 +114,16 @@ LESION_CLASSIFIER_COMPRESSED = key(TRAIN, "lesion_classifier_compressed")
 LESION_CLASSIFIER_DISTILLED = key(TRAIN, "lesion_classifier_distilled")
 DIABETES_EVALUATION = key(EVALUATE, "diabetes_evaluation_report")
 PRIVACY_LEAK_SCAN = key(EVALUATE, "privacy_leak_scan")
+# sequences (issue 11): hourly vital signs of inpatient stays -> the deterioration early-warning model
+DETERIORATION_SPEC_ID = "deterioration"
+RAW_VITAL_SIGNS = key(INGEST, "vital_signs")
+DEID_VITAL_SIGNS = key(DEIDENTIFY, "vital_signs")
+DETERIORATION_DATASET = key(CURATE, "deterioration_dataset")
+DETERIORATION_SPLITS = key(CURATE, "deterioration_splits")
+DETERIORATION_MODEL = key(TRAIN, "deterioration_model")
+FORECAST_SPEC_ID = "vitals_forecast"  # row V2: next-hour heart rate from the same stays (regression)
+FORECAST_DATASET = key(CURATE, "vitals_forecast_dataset")
+FORECAST_MODEL = key(TRAIN, "vitals_forecast_model")
 
 # asset checks
 CHECK_GE_SUITE = "great_expectations_suite"

@@ -20,6 +20,7 @@ from dagster import DagsterInstance, build_asset_context, materialize
 
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.ingest import assets as ingest
+from medllm_pipelines.defs.ingest import vitals as ingest_vitals
 from medllm_pipelines.defs.ingest.arrivals import build_daily_arrivals
 from medllm_pipelines.defs.ingest.partitions import deployment_arrivals_start
 from medllm_pipelines.lib.common.warehouse import Warehouse
@@ -36,6 +37,7 @@ from medllm_pipelines.runner import ensure_partitions, partition_range_tags
 HOSPITAL_PATIENTS = 20
 HOSPITAL_SEED = 5
 PARTITIONS = list(load_sources().partitions)  # hzsf, rvic, jhsq, whsy, unrouted
+INGEST_ASSETS = [*ingest.ASSETS, *ingest_vitals.ASSETS]  # the ingest group: main feeds, then bedside vitals
 BAD_FILES = {
     "hzsf/fhir/bundles/zz-malformed.json": b'{"resourceType": "Bundle", "type": "collection", "entry": [',
     "stray-file.json": b'{"resourceType": "Patient"}',
@@ -75,7 +77,7 @@ def deliver(hospital: Path, landing: Path) -> int:
 
 
 def run_ingest(run_resources: dict[str, Any], instance: DagsterInstance, assets: list[Any] | None = None) -> Any:
-    return materialize(assets or ingest.ASSETS, resources=run_resources, instance=instance,
+    return materialize(assets or INGEST_ASSETS, resources=run_resources, instance=instance,
                        tags=partition_range_tags(instance, PARTITIONS))
 
 
@@ -103,7 +105,7 @@ def ingest_run(tmp_path_factory: pytest.TempPathFactory, openbao_server) -> Iter
 
 def test_one_run_materialises_every_partition_of_every_ingest_asset(ingest_run) -> None:
     assert ingest_run.result.success
-    for asset_def in ingest.ASSETS:
+    for asset_def in INGEST_ASSETS:
         for asset_key in asset_def.keys:
             assert set(ingest_run.by_partition(asset_key)) == set(PARTITIONS), asset_key.to_user_string()
 

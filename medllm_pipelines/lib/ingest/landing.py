@@ -13,6 +13,7 @@ from pathlib import Path
 
 FHIR_BUNDLE = "fhir_bundle"
 FHIR_NDJSON = "fhir_ndjson"
+FHIR_VITALS = "fhir_vitals"  # bedside-monitor vital signs (FHIR Bulk NDJSON under <institution>/vitals/)
 HL7V2 = "hl7v2"
 DICOM = "dicom"
 DIALOGUES = "dialogues"
@@ -27,6 +28,7 @@ UNSUPPORTED = "unsupported"
 FILE_KINDS = (
     FHIR_BUNDLE,
     FHIR_NDJSON,
+    FHIR_VITALS,
     HL7V2,
     DICOM,
     DIALOGUES,
@@ -72,6 +74,8 @@ def classify(relpath: str) -> str:
         if name.endswith(".dcm"):
             return DICOM_SEG
         return UNSUPPORTED
+    if feed == "vitals" and name.endswith(".ndjson"):
+        return FHIR_VITALS
     if feed == "hl7" or name.endswith(".hl7"):
         return HL7V2
     if name.endswith(".ndjson"):

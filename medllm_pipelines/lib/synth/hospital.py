@@ -1,7 +1,8 @@
 """``generate_hospital``: a deterministic synthetic multi-institution hospital.
 
 It writes, under ``out_dir``, what three institutions would send (FHIR R4
-Bundles or Bulk NDJSON, DICOM studies, triage dialogues and their labels) plus
+Bundles or Bulk NDJSON, DICOM studies, triage dialogues and their labels, bedside
+vital signs of a share of inpatient stays: ``lib/synth/vitals.py``) plus
 the ground truth under ``_truth/`` (ignored by ingestion). Same arguments give
 byte-identical files: every draw comes from a seed-derived stream, dates are
 relative to the fixed reference date 2026-01-01, and DICOM UIDs are name-based.
@@ -77,6 +78,7 @@ from medllm_pipelines.lib.synth.plans import (
     PatientPlan,
     plan_patients,
 )
+from medllm_pipelines.lib.synth.vitals import VITALS_TRUTH_PATH, VitalsOutput, write_vitals, write_vitals_truth
 
 GENERATOR = "medllm-synth"
 GENERATOR_VERSION = "1.0.0"
@@ -134,6 +136,7 @@ def generate_hospital(
     consent_counts: dict[str, dict[str, int]] = {}
     all_annotations: list[dict[str, Any]] = []
     all_gold: dict[str, str] = {}
+    vitals: list[VitalsOutput] = []
 
     for institution in INSTITUTIONS:
         code = institution.code
@@ -145,6 +148,7 @@ def generate_hospital(
             done += 1
             if progress is not None:
                 progress(done, total)
+        vitals.append(write_vitals(tree, institution, plans, records, seed))  # own files and streams
         feed = write_fhir_feed(tree, institution, records, rates, stream(seed, "defects", code),
                                stream(seed, "bundle-ids", code))
         imaging = write_imaging(tree, institution, plans, seed, stream(seed, "dicom", code),
@@ -173,6 +177,7 @@ def generate_hospital(
     write_hl7_feed(tree, persons, profile_of, seed, rates, counts=counts, defects=all_defects)  # whsy: HL7 v2
     tree.write(PATIENT_TRUTH_PATH, jsonl_bytes(patient_rows))
     tree.write(IMAGE_TRUTH_PATH, jsonl_bytes(image_rows))
+    write_vitals_truth(tree, vitals)
     if write_identities:
         tree.write(IDENTITIES_PATH, jsonl_bytes(identity_rows))
     tree.remove_stale(earlier)
@@ -202,6 +207,7 @@ def generate_hospital(
             "images": IMAGE_TRUTH_PATH,
             "masks": "_truth/masks/<institution>/<study>/<image>.npy",
             "identities": IDENTITIES_PATH if write_identities else None,
+            "vitals": VITALS_TRUTH_PATH,
         },
         files=dict(sorted(tree.written.items())),
     )
