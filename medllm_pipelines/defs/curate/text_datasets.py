@@ -1,8 +1,6 @@
 """Curate stage, text: the triage spec's dataset (accepted department labels + de-identified dialogue text)
 and its leak-proof splits (clauses 5.2.1.1-2, rows M1-M2).
 
-NOT YET WIRED: definitions.py does not load these assets until they have tests (issue 11, next part).
-
 The splits asset checks its own leakage (a blocking check declared on it):
 no patient, dialogue or near-duplicate text is in two splits.
 """

@@ -1,7 +1,5 @@
 """Train stage, text: the tokenizer trained on the de-identified notes and dialogues, and the triage encoder.
 
-NOT YET WIRED: definitions.py does not load these assets until they have tests (issue 11, next part).
-
 Both read de-identified tables only (deidentify/notes, deidentify/dialogues,
 curate/triage_*). The triage model is one MLflow run per materialisation,
 registered as ``triage`` with alias ``challenger``; below the spec's min_rows
@@ -43,22 +41,23 @@ def _trained_check(needs) -> AssetCheckResult:
 
 @asset(
     key=keys.TEXT_TOKENIZER,
-    deps=[keys.DEID_NOTES, keys.DEID_DIALOGUES],
+    deps=[keys.DEID_NOTES, keys.DEID_DIALOGUES, keys.TRIAGE_SPLITS],
     group_name=keys.TRAIN,
     kinds={"python"},
     description="Sub-word tokenizer (Unigram, NFKC, one token per CJK character) trained locally on the de-identified "
-    "notes and dialogues, Chinese and English; tokenizer.json with vocabulary size, corpus size and the unknown-token "
-    "rate on held-out persons' texts.",
+    "notes and dialogues, Chinese and English, without the texts of the triage validation and test persons; "
+    "tokenizer.json with vocabulary size, corpus size and the unknown-token rate on held-out persons' texts.",
 )
 def text_tokenizer(context: AssetExecutionContext, warehouse: WarehouseResource,
                    artifacts: ArtifactStoreResource) -> MaterializeResult:
     from medllm_pipelines.lib.common.records import frame_content_hash
-    from medllm_pipelines.lib.train.text.tokenizer import tokenizer_corpus, train_tokenizer
+    from medllm_pipelines.lib.train.text.tokenizer import held_out_persons, tokenizer_corpus, train_tokenizer
 
     wh = warehouse.get()
     corpus = tokenizer_corpus(wh.read_table(*warehouse_location(keys.DEID_NOTES)),
                               wh.read_table(*warehouse_location(keys.DEID_DIALOGUES)))
-    trained = train_tokenizer(corpus)
+    trained = train_tokenizer(corpus, excluded_persons=held_out_persons(
+        wh.read_table(*warehouse_location(keys.TRIAGE_SPLITS))))
     path = trained.save(artifacts.folder("models", *TOKENIZER_FOLDER))
     return MaterializeResult(metadata={
         **trained.report.as_metadata(),

@@ -1,6 +1,6 @@
 """Entity annotations of triage dialogues, as brat standoff: the gold spans and each annotator's errors.
 
-The gold standard is the dialogue templates' lexicon (``lib/synth/dialogues.py``)
+The gold standard is the dialogue generator's lexicon (``lib/synth/dialogues.py``)
 found in the patient's turns, plus the patient's name and phone number anywhere.
 Each of the three annotators misses, shrinks or retypes spans at its own rates
 (:data:`ENTITY_ERRORS`), so that agreement varies in a controlled way that the
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from medllm_pipelines.lib.synth.dialogues import vocabulary_lexicon
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ ENTITY_ERRORS = {
 TYPE_SWAP = {"SYMPTOM": "DISEASE", "DISEASE": "SYMPTOM", "DRUG": "DISEASE"}
 IDENTIFIER_TYPES = ("PERSON", "PHONE")
 
-# Lexicon of the dialogue templates (lib/synth/dialogues.py): term -> entity type.
+# Lexicon of the first dialogue templates, kept; the compositional generator's vocabulary is added below.
 LEXICON: dict[str, dict[str, str]] = {
     "zh": {
         **{t: "SYMPTOM" for t in (
@@ -65,6 +67,8 @@ LEXICON: dict[str, dict[str, str]] = {
         **{t: "DRUG" for t in ("pills", "Creams")},
     },
 }
+for _language, _terms in LEXICON.items():  # what lib/synth/dialogues.py can say (dialogue_vocabulary.yaml)
+    _terms.update({t: kind for t, kind in vocabulary_lexicon(_language).items() if t not in _terms})
 SPEAKER = {"zh": {"patient": "患者：", "assistant": "助手："}, "en": {"patient": "Patient: ", "assistant": "Assistant: "}}
 
 

@@ -5,6 +5,17 @@ label is the department the symptoms belong to. The assistant never names the
 department, so the label has to be inferred. Some patient turns give the
 patient's name or phone number, as they do in real intake chats.
 
+Generator 2 is compositional (docs/models_text.md): each dialogue is put
+together from ``dialogue_vocabulary.yaml`` (symptom concepts in several
+clinical, colloquial and code-switched forms per language, conditions,
+medicines, tests, negated symptoms of other departments, comorbidities,
+durations, modifiers) with the assistant's questions in a random subset and
+order, so that a model has to learn symptoms rather than sentences. Patients
+come back (repeat visits). The first dialogue of each patient draws its
+department, identifiers and annotator labels from the institution's stream
+exactly as generator 1 did; wording and repeat visits come from spawned
+streams.
+
 Annotators err independently with fixed probabilities (ann-03 is the noisy
 one) and, when wrong, pick uniformly among the other departments, so the
 intended agreement has a closed form that the manifest records.
@@ -12,13 +23,18 @@ intended agreement has a closed form that the manifest records.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from medllm_pipelines.lib.synth import catalog
+from medllm_pipelines.lib.synth.determinism import child_seed, stream
 from medllm_pipelines.lib.synth.plans import PatientPlan
 
 ENDOCRINOLOGY = "Endocrinology"
@@ -41,76 +57,64 @@ DEPARTMENTS: dict[str, str] = {  # label -> Chinese department name
 LABELS = tuple(DEPARTMENTS)
 
 ANNOTATOR_ERROR_RATES: dict[str, float] = {"ann-01": 0.05, "ann-02": 0.10, "ann-03": 0.25}
+# Repeat pre-consultations of a patient who has one: Binomial(n, p) more, each with its own complaint.
+REPEAT_VISITS = (3, 0.5)
 ANNOTATION_TOOL = "label-studio 1.13"
 GUIDELINE_VERSION = "triage-guideline-v1.2"
 
-# (symptom description, follow-up detail) per department and language.
-_SYMPTOMS: dict[str, dict[str, list[tuple[str, str]]]] = {
-    ENDOCRINOLOGY: {
-        "zh": [("最近总是口渴，喝水特别多，晚上要起来好几次上厕所。", "体重好像也掉了几斤，人没什么力气。"),
-               ("这几个月尿多、口干，吃得也比以前多。", "单位体检说我血糖有点高。"),
-               ("老是觉得口干舌燥，小便次数明显增多。", "视力最近也有点模糊。")],
-        "en": [("I'm thirsty all the time and I have to pee constantly, even at night.",
-                "I've also lost a few pounds without trying and I feel tired."),
-               ("For a few months I've been drinking a lot of water and urinating a lot.",
-                "A work check-up said my blood sugar was high."),
-               ("My mouth is always dry and I'm running to the bathroom all day.",
-                "My vision has been a bit blurry lately.")],
-    },
-    CARDIOLOGY: {
-        "zh": [("走快了或者爬楼梯的时候胸口闷痛，休息一会儿能缓解。", "疼的时候会往左肩膀那边放射。"),
-               ("最近经常心慌，感觉心跳很快很乱。", "有时候还会胸闷气短。"),
-               ("胸口像压了块石头一样，活动后更明显。", "以前查过血压偏高。")],
-        "en": [("I get a squeezing pain in my chest when I walk fast or climb stairs; it eases with rest.",
-                "Sometimes it spreads to my left shoulder."),
-               ("My heart keeps racing and feels irregular.", "Now and then I also feel short of breath."),
-               ("There's a heavy pressure on my chest when I exert myself.",
-                "I was told before that my blood pressure is high.")],
-    },
-    RESPIRATORY: {
-        "zh": [("咳嗽好几天了，有黄痰，还发烧到38度多。", "喉咙也痛，浑身酸。"),
-               ("一直咳个不停，晚上咳得更厉害。", "有点喘，痰比较多。"),
-               ("发热、咳嗽，感觉呼吸有点费力。", "家里人最近也感冒了。")],
-        "en": [("I've had a cough with yellow phlegm for several days and a fever over 38.",
-                "My throat hurts and I ache all over."),
-               ("I can't stop coughing, especially at night.", "I'm a bit wheezy and bringing up a lot of phlegm."),
-               ("Fever and cough, and breathing feels like hard work.", "My family has had colds too.")],
-    },
-    GASTROENTEROLOGY: {
-        "zh": [("胃这里隐隐作痛，吃完饭更明显。", "经常反酸、烧心。"),
-               ("这几天拉肚子，一天好几次。", "肚子胀，吃不下东西。"),
-               ("上腹部不舒服，老是打嗝。", "有时候半夜被胃痛醒。")],
-        "en": [("I have a dull ache in my upper stomach that gets worse after meals.",
-                "I get heartburn and acid coming up."),
-               ("I've had diarrhoea several times a day for a few days.", "My belly is bloated and I can't eat."),
-               ("My upper abdomen feels uncomfortable and I keep burping.",
-                "Sometimes stomach pain wakes me at night.")],
-    },
-    NEUROLOGY: {
-        "zh": [("最近头痛得厉害，一侧太阳穴跳着痛。", "看东西的时候眼前有闪光。"),
-               ("经常头晕，感觉天旋地转。", "左手有时候发麻。"),
-               ("晚上睡不着，白天头昏脑胀。", "记性也变差了。")],
-        "en": [("I've had bad throbbing headaches on one side of my head.", "I see flashing lights before they start."),
-               ("I keep getting dizzy, like the room is spinning.", "My left hand goes numb sometimes."),
-               ("I can't sleep at night and my head feels foggy all day.", "My memory has got worse too.")],
-    },
-    ORTHOPEDICS: {
-        "zh": [("膝盖疼，上下楼梯的时候特别明显。", "早上起来关节有点僵。"),
-               ("腰疼了好几周，弯腰都困难。", "坐久了疼得更厉害。"),
-               ("前几天扭了脚踝，现在还肿着。", "走路的时候很痛。")],
-        "en": [("My knee hurts, especially going up and down stairs.", "It's stiff in the mornings."),
-               ("My lower back has hurt for weeks and bending is hard.", "Sitting for long makes it worse."),
-               ("I twisted my ankle a few days ago and it's still swollen.", "It hurts to walk.")],
-    },
-    DERMATOLOGY: {
-        "zh": [("身上起了一片片的红疹子，很痒。", "抓了以后更红了。"),
-               ("脸上长了很多痘，反反复复。", "用了药膏也没什么用。"),
-               ("手上的皮肤脱皮、裂口子。", "碰水就痛。")],
-        "en": [("I've got itchy red patches on my body.", "Scratching makes them redder."),
-               ("I keep breaking out in acne on my face.", "Creams haven't helped."),
-               ("The skin on my hands is peeling and cracking.", "It stings when it gets wet.")],
-    },
-}
+VOCABULARY_FILE = Path(__file__).with_name("dialogue_vocabulary.yaml")
+_SPAN = re.compile(r"<([^<>]+)>")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The generator's phrase lists (dialogue_vocabulary.yaml), forms with their entity spans marked by < >."""
+
+    version: str
+    departments: dict[str, dict[str, Any]]
+    negatable: dict[str, dict[str, list[str]]]
+    negation: dict[str, list[str]]
+    comorbidity: dict[str, dict[str, Any]]
+    durations: dict[str, list[str]]
+    modifiers: dict[str, list[str]]
+
+
+@cache
+def load_vocabulary(path: Path = VOCABULARY_FILE) -> Vocabulary:
+    raw = yaml.safe_load(Path(path).read_text("utf-8"))
+    missing = sorted(set(LABELS) - set(raw["departments"]))
+    if missing:
+        raise ValueError(f"{path}: no vocabulary for departments {missing}")
+    return Vocabulary(str(raw["version"]), raw["departments"], raw["negatable"], raw["negation"], raw["comorbidity"],
+                      raw["durations"], raw["modifiers"])
+
+
+def surface(form: str) -> str:
+    """A vocabulary form as spoken: the span marks removed."""
+    return _SPAN.sub(r"\1", form)
+
+
+def spans(form: str) -> list[str]:
+    """The entity terms of a form: its marked parts, or the whole form when none is marked."""
+    return _SPAN.findall(form) or [form]
+
+
+def vocabulary_lexicon(language: str, vocabulary: Vocabulary | None = None) -> dict[str, str]:
+    """Entity term -> type (SYMPTOM, DISEASE, DRUG) of everything the generator can say in ``language``."""
+    vocabulary = vocabulary or load_vocabulary()
+    lexicon: dict[str, str] = {}
+    for department in vocabulary.departments.values():
+        for concept in department["symptoms"]:
+            for form in concept[language]:
+                lexicon.update({term: "SYMPTOM" for term in spans(form)})
+        lexicon.update({term: "DISEASE" for term in department["conditions"][language]})
+        lexicon.update({term: "DRUG" for term in department["drugs"][language]})
+    lexicon.update({term: "SYMPTOM" for terms in vocabulary.negatable.values() for term in terms[language]})
+    for key, value in vocabulary.comorbidity[language].items():
+        for disease, drug in ([value] if key != "other" else value):
+            lexicon.setdefault(disease, "DISEASE")
+            lexicon.setdefault(drug, "DRUG")
+    return lexicon
 
 
 @dataclass
@@ -140,47 +144,168 @@ def choose_department(plan: PatientPlan, rng: np.random.Generator) -> str:
     return LABELS[int(rng.choice(len(LABELS), p=p / p.sum()))]
 
 
-def _turns(plan: PatientPlan, department: str, language: str, rng: np.random.Generator) -> list[dict[str, str]]:
+_PHRASES: dict[str, dict[str, list[str]]] = {
+    "zh": {
+        "open": ["您好，我是预问诊助手。请问您哪里不舒服？", "您好，请简单说说今天因为什么来看病？",
+                 "你好，这里是线上预问诊，请描述一下您的情况。"],
+        "lead": ["", "", "医生，", "是这样的，", "这段时间", "嗯，", "我想咨询一下，", "最近"],
+        "ask_duration": ["这种情况持续多久了？", "多长时间了？", "什么时候开始的？"],
+        "duration": ["大概{d}了。", "差不多有{d}了。", "{d}了吧。", "有{d}了。"],
+        "ask_more": ["还有别的不舒服吗？", "还有其他症状吗？", "除了这个还有什么？"],
+        "ask_feel": ["严重吗？", "具体是什么感觉？", "什么时候更明显？"],
+        "ask_history": ["以前有什么慢性病吗？目前在吃什么药？", "有没有什么基础病？平时吃药吗？"],
+        "ask_drug": ["自己用过什么药吗？", "吃过什么药没有？"],
+        "drug": ["吃了点{m}，不太管用。", "用过{m}，好一点点。", "自己买了{m}，没什么效果。"],
+        "no_drug": ["还没用过药。", "没有，想先问问。"],
+        "condition": ["我怀疑是{c}。", "以前得过{c}。", "会不会是{c}？"],
+        "test": ["之前{t}，", "上个月{t}，"],
+        "comorbid": ["有{d}，一直在吃{m}。", "{d}好几年了，在吃{m}。"],
+        "healthy": ["没什么大病，也没在吃药。", "身体一直挺好的。", "没有，平时不吃药。"],
+        "close": ["好的，信息已记录，医生会根据情况为您安排就诊。", "明白了，已经帮您记下，请稍等。", "好的，谢谢您，马上为您安排。"],
+        "and": "，", "stop": "。",
+    },
+    "en": {
+        "open": ["Hello, I'm the intake assistant. What brings you in today?", "Hi there, how can we help you today?",
+                 "Welcome to online pre-consultation. Please tell me what's wrong."],
+        "lead": ["", "", "Well, ", "So ", "Basically ", "Lately ", "Um, "],
+        "ask_duration": ["How long has this been going on?", "When did it start?", "How long have you had this?"],
+        "duration": ["About {d}.", "It's been {d}.", "Going on {d} now.", "Roughly {d}, I think."],
+        "ask_more": ["Anything else bothering you?", "Any other symptoms?", "Is there anything else?"],
+        "ask_feel": ["How bad is it?", "Can you describe it a bit more?", "When is it worst?"],
+        "ask_history": ["Do you have any long-term conditions or take any regular medicines?",
+                        "Any medical history I should know about?"],
+        "ask_drug": ["Have you taken anything for it?", "Tried any medicine yet?"],
+        "drug": ["I took some {m} but it didn't help.", "I've tried {m}, it helps a little.", "Only {m}, with no luck."],
+        "no_drug": ["Nothing yet.", "No, I wanted to ask first."],
+        "condition": ["I'm worried it's {c}.", "I had {c} before.", "Could it be {c}?"],
+        "test": ["I {t} a while ago. ", "Last month I {t}. "],
+        "comorbid": ["I have {d} and take {m} for it.", "I've had {d} for years; I'm on {m}."],
+        "healthy": ["Nothing major, no regular medicines.", "No, I'm generally healthy.",
+                    "None, and I don't take anything regularly."],
+        "close": ["Thank you, I've noted everything; the doctor will see you shortly.",
+                  "Thanks, that's all recorded. Please wait to be called.", "Got it, thank you. We'll arrange your visit."],
+        "and": ", and ", "stop": ".",
+    },
+}
+_CLAUSE_STARTS = ("I ", "I'm", "I've", "my ", "it ", "there's", "the ")
+_NOUN_FRAMES = ["I have {x}", "I've got {x}", "I've been having {x}"]
+
+
+class _Composer:
+    """Draws the phrases of one dialogue from its own stream (symptoms, order of questions, wording)."""
+
+    def __init__(self, department: str, language: str, rng: np.random.Generator) -> None:
+        self.vocabulary = load_vocabulary()
+        self.entry = self.vocabulary.departments[department]
+        self.department, self.language, self.rng = department, language, rng
+        self.phrases = _PHRASES[language]
+
+    def pick(self, options: list[Any]) -> Any:
+        return options[int(self.rng.integers(len(options)))]
+
+    def say(self, key: str, **values: str) -> str:
+        return self.pick(self.phrases[key]).format(**values)
+
+    def symptom(self, concept: dict[str, list[str]]) -> str:
+        text = surface(self.pick(concept[self.language]))
+        if self.language == "en" and not text.startswith(_CLAUSE_STARTS):
+            text = self.pick(_NOUN_FRAMES).format(x=text)
+        return text
+
+    def sentence(self, clauses: list[str], lead: str = "") -> str:
+        text = lead + self.phrases["and"].join(clauses)
+        if self.language == "en":
+            text = text[:1].upper() + text[1:] if not lead else text
+        return text + self.phrases["stop"]
+
+    def duration(self) -> str:
+        n = str(int(self.rng.integers(2, 30)))
+        return self.pick(self.vocabulary.durations[self.language]).replace("{n}", n)
+
+    def negation(self) -> str:
+        others = [d for d in self.vocabulary.negatable if d != self.department]
+        term = self.pick(self.vocabulary.negatable[self.pick(others)][self.language])
+        return self.pick(self.vocabulary.negation[self.language]).format(x=term)
+
+    def history(self, conditions: set[str]) -> str:
+        table = self.vocabulary.comorbidity[self.language]
+        if catalog.HYPERTENSION in conditions:
+            disease, drug = table["hypertension"]
+        elif catalog.T2D in conditions:
+            disease, drug = table["diabetes"]
+        elif self.rng.random() < 0.25:
+            disease, drug = self.pick(table["other"])
+        else:
+            return self.say("healthy")
+        return self.say("comorbid", d=disease, m=drug)
+
+
+def _turns(plan: PatientPlan, department: str, language: str, rng: np.random.Generator,
+           text_rng: np.random.Generator) -> list[dict[str, str]]:
+    """One dialogue: identifiers placed from ``rng`` (as before), everything else composed from ``text_rng``.
+
+    The patient's complaint is 1-3 symptom concepts of the department, each in
+    one of its surface forms; the assistant asks a random subset of follow-up
+    questions in a random order (duration, other symptoms, character, history,
+    medicines), and the answers add durations, modifiers, a negated symptom of
+    another department, a comorbidity, a medicine or test, or a condition the
+    patient suspects.
+    """
     person = plan.registration.person
     name = person.display_name if language == "zh" else person.name_en
-    symptom, detail = _SYMPTOMS[department][language][int(rng.integers(3))]
-    days = int(rng.integers(2, 30))
+    rng.integers(3), rng.integers(2, 30)  # the first generator's template and duration draws, kept so that the
+    # department, identifier and annotator draws of ``rng`` (and so the labels) are those of generator 1
     gives_identity = rng.random() < 0.4
-    hypertensive = any(d.condition == catalog.HYPERTENSION for d in plan.diagnoses)
     gives_phone = gives_identity and rng.random() < 0.6
+    ends_with_identity = not gives_identity and rng.random() < 0.3
+    conditions = {d.condition for d in plan.diagnoses}
+
+    c = _Composer(department, language, text_rng)
+    concepts = c.entry["symptoms"]
+    order = text_rng.permutation(len(concepts))
+    count = 1 + int(text_rng.random() < 0.75) + int(text_rng.random() < 0.35)
+    chosen = [concepts[int(i)] for i in order[:count]]
+    first = 1 + int(len(chosen) > 1 and text_rng.random() < 0.4)
+    complaint = c.sentence([c.symptom(x) for x in chosen[:first]], c.pick(c.phrases["lead"]))
+    merged_duration = text_rng.random() < 0.25
+    if merged_duration:
+        complaint += " " + c.say("duration", d=c.duration()) if language == "en" else c.say("duration", d=c.duration())
+    if text_rng.random() < 0.2:
+        complaint += (" " if language == "en" else "") + c.say("condition", c=c.pick(c.entry["conditions"][language]))
+
+    follow: list[tuple[str, str]] = []
+    if not merged_duration:
+        answer = c.say("duration", d=c.duration())
+        if text_rng.random() < 0.4:
+            answer += (" " if language == "en" else "") + c.sentence([c.pick(c.vocabulary.modifiers[language])])
+        follow.append((c.say("ask_duration"), answer))
+    rest = [c.symptom(x) for x in chosen[first:]]
+    if rest or text_rng.random() < 0.5:
+        clauses = rest + ([c.negation()] if text_rng.random() < 0.45 or not rest else [])
+        follow.append((c.say("ask_more"), c.sentence(clauses)))
+    if text_rng.random() < 0.4:
+        follow.append((c.say("ask_feel"), c.sentence([c.pick(c.vocabulary.modifiers[language])])))
+    if text_rng.random() < 0.5:
+        answer = c.say("drug", m=c.pick(c.entry["drugs"][language])) if text_rng.random() < 0.7 else c.say("no_drug")
+        if text_rng.random() < 0.3:
+            answer = c.say("test", t=c.pick(c.entry["tests"][language])) + answer
+        follow.append((c.say("ask_drug"), answer))
+    follow = [follow[int(i)] for i in text_rng.permutation(len(follow))]
+    follow.append((c.say("ask_history"), c.history(conditions)))
+
     if language == "zh":
-        turns = [("assistant", "您好，我是预问诊助手。请问您哪里不舒服？")]
-        if gives_identity:
-            intro = f"你好，我叫{name}"
-            intro += f"，手机号{person.phone}。" if gives_phone else "。"
-            turns += [("patient", intro + symptom), ("assistant", "好的，这种情况持续多久了？")]
-        else:
-            turns += [("patient", symptom), ("assistant", "明白了，这种情况持续多久了？")]
-        turns += [
-            ("patient", f"大概{days}天了。{detail}"),
-            ("assistant", "以前有什么慢性病吗？目前在吃什么药？"),
-            ("patient", "有高血压，一直在吃降压药。" if hypertensive else "没什么大病，也没在吃药。"),
-            ("assistant", "好的，信息已记录，医生会根据情况为您安排就诊。"),
-        ]
-        if not gives_identity and rng.random() < 0.3:
-            turns.append(("patient", f"好的，有事可以打我电话{person.phone}，我叫{name}。"))
+        intro = f"你好，我叫{name}" + (f"，手机号{person.phone}。" if gives_phone else "。") if gives_identity else ""
+        ending = f"好的，有事可以打我电话{person.phone}，我叫{name}。"
     else:
-        turns = [("assistant", "Hello, I'm the intake assistant. What brings you in today?")]
-        if gives_identity:
-            intro = f"Hi, this is {name}"
-            intro += f", my number is {person.phone}. " if gives_phone else ". "
-            turns += [("patient", intro + symptom), ("assistant", "Thanks. How long has this been going on?")]
-        else:
-            turns += [("patient", symptom), ("assistant", "I see. How long has this been going on?")]
-        turns += [
-            ("patient", f"About {days} days. {detail}"),
-            ("assistant", "Do you have any long-term conditions or take any regular medicines?"),
-            ("patient", "I have high blood pressure and take pills for it." if hypertensive
-             else "Nothing major, no regular medicines."),
-            ("assistant", "Thank you, I've noted everything; the doctor will see you shortly."),
-        ]
-        if not gives_identity and rng.random() < 0.3:
-            turns.append(("patient", f"OK. It's {name}, by the way, you can call me on {person.phone}."))
+        intro = f"Hi, this is {name}" + (f", my number is {person.phone}. " if gives_phone else ". ") \
+            if gives_identity else ""
+        ending = f"OK. It's {name}, by the way, you can call me on {person.phone}."
+    turns = [("assistant", c.say("open")), ("patient", intro + complaint)]
+    for question, answer in follow:
+        turns += [("assistant", question), ("patient", answer)]
+    turns.append(("assistant", c.say("close")))
+    if ends_with_identity:
+        turns.append(("patient", ending))
     return [{"speaker": speaker, "text": text} for speaker, text in turns]
 
 
@@ -206,23 +331,37 @@ def _annotate(dialogue_id: str, gold: str, number: int, rng: np.random.Generator
 
 def build_dialogues(institution_code: str, language: str, plans: list[PatientPlan],
                     rng: np.random.Generator) -> DialogueOutput:
-    """Dialogues for the plans that have one, and three annotations of each."""
+    """Dialogues for the plans that have one (a first one, then repeat visits), and three annotations of each.
+
+    The first dialogue of a patient draws its department, identifiers and
+    annotations from ``rng`` exactly as generator 1 did; repeat visits
+    (:data:`REPEAT_VISITS`) and the wording of every dialogue come from
+    streams spawned from ``rng``, which draw nothing from it.
+    """
     output = DialogueOutput()
-    for plan in plans:
-        if not plan.has_dialogue:
-            continue
+    text_seed = child_seed(rng.spawn(1)[0])  # the wording of each dialogue comes from its own stream
+    repeat_rng = rng.spawn(1)[0]
+
+    def add(plan: PatientPlan, draw: np.random.Generator) -> None:
         number = len(output.dialogues) + 1
         dialogue_id = f"dlg-{institution_code}-{number:05d}"
-        department = choose_department(plan, rng)
+        department = choose_department(plan, draw)
         output.dialogues.append({
             "dialogue_id": dialogue_id,
             "patient_mrn": plan.registration.mrn,
             "language": language,
-            "turns": _turns(plan, department, language, rng),
+            "turns": _turns(plan, department, language, draw, stream(text_seed, "dialogue-phrasing", number)),
             "department": department,
         })
         output.gold[dialogue_id] = department
-        output.annotations.extend(_annotate(dialogue_id, department, number, rng))
+        output.annotations.extend(_annotate(dialogue_id, department, number, draw))
+
+    for plan in plans:
+        if not plan.has_dialogue:
+            continue
+        add(plan, rng)
+        for _ in range(int(repeat_rng.binomial(*REPEAT_VISITS))):
+            add(plan, repeat_rng)
     # Exports come per annotator, as labelling tools write them.
     order = {annotator: rank for rank, annotator in enumerate(ANNOTATOR_ERROR_RATES)}
     output.annotations.sort(key=lambda row: (order[row["annotator_id"]], row["item_id"]))

@@ -55,7 +55,7 @@ def load_written_dialogues(path: Path = HELDOUT_FILE) -> pd.DataFrame:
 
 
 def written_dialogue_metrics(predictor: Any, written: pd.DataFrame) -> dict[str, float]:
-    """Accuracy and top-3 accuracy on the hand-written messages, overall and per language."""
+    """Accuracy and top-3 accuracy on the hand-written messages, overall, per language and per set."""
     if written.empty:
         return {}
     top = predictor.top_k(written["text"].tolist(), k=3)
@@ -65,6 +65,9 @@ def written_dialogue_metrics(predictor: Any, written: pd.DataFrame) -> dict[str,
     metrics = {"heldout_written_accuracy": float(first.mean()), "heldout_written_top3_accuracy": float(top3.mean())}
     for language, correct in first.groupby(written["language"]):
         metrics[f"heldout_written_accuracy_{language}"] = float(correct.mean())
+    sets = written["set"].fillna("v1") if "set" in written.columns else pd.Series("v1", index=written.index)
+    for name, correct in first.groupby(sets):  # v1: the first session's; v2: written before generator 2
+        metrics[f"heldout_written_accuracy_{name}"] = float(correct.mean())
     return metrics
 
 

@@ -1,25 +1,36 @@
-"""A sub-word tokenizer trained locally on the de-identified notes and dialogues (Chinese and English).
+"""The text models' tokenizer, built locally from the de-identified notes and dialogues (Chinese and English).
 
-Nothing is downloaded: the vocabulary is learnt from the pipeline's own
+Nothing is downloaded: the vocabulary comes from the pipeline's own
 de-identified texts (``tokenizers``), with NFKC normalisation and BERT's
-handling of CJK characters (one token per character, Latin script split into
-sub-words). The sub-word model is a Unigram LM: of the trainers of
-``tokenizers`` 0.23 it is the one whose vocabulary does not change from run to
-run (WordPiece and BPE break ties between equally frequent pairs in hash
-order: two trainings on the same texts differed in 48 and 4 of 4,000 tokens);
-its pieces are then put in a canonical order (score, then text) with scores
-rounded, so that the ids are the same too. A share of persons is held out of the training to measure the
-unknown-token rate on text the tokenizer never saw. The result is one
-``tokenizer.json``; a model records its digest and its vocabulary size, and a
-tokenizer that does not match a model's embedding is refused
-(``check_tokenizer_matches``).
+handling of CJK characters: one token per Chinese character, Latin script
+split into lower-case words and punctuation. The default model is WordLevel:
+every word or character used by at least ``min_persons`` persons, ranked by
+how many persons used it, then by text, so that the ids are the same for the
+same texts in any order and no word only one person wrote gets a token.
+
+Why not sub-words: of the trainers of ``tokenizers`` 0.23.3, WordPiece and BPE
+break ties between equally frequent pairs in hash order (two trainings on the
+same texts differed in 48 and 4 of 4,000 tokens), and the Unigram trainer,
+deterministic once its pieces are put in a canonical order, never keeps a
+whole word as a piece (a word is a suffix of itself, and the trainer's seed
+ignores word-final suffixes: huggingface/tokenizers#1027): "my" became "m" +
+"y" and an English patient text 92 tokens long, truncated at the encoder's
+96. ``model: unigram`` in tokenizer.yaml still selects it.
+
+The persons of the text models' held-out splits (the triage validation and
+test splits) are left out of the vocabulary, so that no word only a test
+patient used gets a token of its own; they, and a keyed-hash share of other
+persons, measure the unknown-token rate on text the tokenizer never saw. The
+result is one ``tokenizer.json``; a model records its digest and its
+vocabulary size, and a tokenizer that does not match a model's embedding is
+refused (``check_tokenizer_matches``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -32,6 +43,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_REPORT_FILE = "tokenizer_report.json"
 CONFIG_FILE = Path(__file__).with_name("tokenizer.yaml")
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+TOKENIZER_MODELS = ("wordlevel", "unigram")
 
 
 class TokenizerMismatchError(ValueError):
@@ -43,8 +55,9 @@ class TokenizerConfig:
     """How the tokenizer is trained (lib/train/text/tokenizer.yaml); the version goes into metadata."""
 
     version: str = "1.0.0"
-    model: str = "unigram"
+    model: str = "wordlevel"
     vocab_size: int = 4000
+    min_persons: int = 2
     max_piece_length: int = 16
     lowercase: bool = True
     special_tokens: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
@@ -53,8 +66,10 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
-        if self.model != "unigram":
-            raise ValueError(f"tokenizer model must be 'unigram', got {self.model!r}")
+        if self.model not in TOKENIZER_MODELS:
+            raise ValueError(f"tokenizer model must be one of {TOKENIZER_MODELS}, got {self.model!r}")
+        if self.min_persons < 1:
+            raise ValueError("tokenizer min_persons must be >= 1")
         if self.vocab_size < len(self.special_tokens) + 1 or self.max_piece_length < 1:
             raise ValueError("tokenizer vocab_size must exceed the special tokens and max_piece_length be >= 1")
         if not 0.0 <= self.validation_share < 1.0:
@@ -85,6 +100,7 @@ class TokenizerReport:
     texts_by_source: dict[str, int]
     validation_texts: int
     validation_tokens: int
+    excluded_persons: int
     unknown_token_rate: float
     unknown_token_rate_by_language: dict[str, float]
     mean_tokens_per_text: float
@@ -101,6 +117,7 @@ class TokenizerReport:
             "texts_by_source": self.texts_by_source,
             "validation_texts": self.validation_texts,
             "validation_tokens": self.validation_tokens,
+            "excluded_persons": self.excluded_persons,
             "unknown_token_rate_validation": round(self.unknown_token_rate, 5),
             "unknown_token_rate_by_language": {k: round(v, 5) for k, v in self.unknown_token_rate_by_language.items()},
             "mean_tokens_per_text": round(self.mean_tokens_per_text, 1),
@@ -128,11 +145,15 @@ class TrainedTokenizer:
         return path
 
 
-def build_empty_tokenizer(config: TokenizerConfig) -> Any:
-    """An untrained tokenizer with the normaliser, pre-tokenizer, post-processor and decoder of ``config``."""
+def build_empty_tokenizer(config: TokenizerConfig, vocabulary: dict[str, int] | None = None) -> Any:
+    """A tokenizer with the normaliser and pre-tokenizer of ``config``: untrained Unigram, or WordLevel on ``vocabulary``."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    tokenizer = Tokenizer(models.Unigram())
+    if config.model == "wordlevel":
+        tokenizer = Tokenizer(models.WordLevel(vocabulary or {t: i for i, t in enumerate(config.special_tokens)},
+                                               unk_token=UNK))
+    else:
+        tokenizer = Tokenizer(models.Unigram())
     tokenizer.normalizer = normalizers.Sequence([
         normalizers.NFKC(),
         normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
@@ -140,6 +161,23 @@ def build_empty_tokenizer(config: TokenizerConfig) -> Any:
     ])
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return tokenizer
+
+
+def word_vocabulary(texts: Sequence[str], persons: Sequence[str], config: TokenizerConfig) -> dict[str, int]:
+    """Words (and CJK characters) used by at least ``min_persons`` persons, most persons first, then text.
+
+    Built by counting, not by a trainer: the same texts give the same ids in
+    any order, and a word only one person ever wrote gets no token of its own.
+    """
+    probe = build_empty_tokenizer(config)
+    users: dict[str, set[str]] = {}
+    for text, person in zip(texts, persons, strict=True):
+        for word, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(text)):
+            users.setdefault(word, set()).add(person)
+    specials = set(config.special_tokens)
+    ranked = sorted(((-len(p), w) for w, p in users.items() if len(p) >= config.min_persons and w not in specials))
+    words = [w for _, w in ranked[: config.vocab_size - len(config.special_tokens)]]
+    return {token: i for i, token in enumerate([*config.special_tokens, *words])}
 
 
 SCORE_DECIMALS = 3  # the trainer's scores of the rarest pieces vary by ~1e-4 between runs
@@ -187,8 +225,13 @@ def unknown_rate(tokenizer: Any, texts: Sequence[str]) -> tuple[float, int]:
     return (unknown / total if total else 0.0), total
 
 
-def train_tokenizer(corpus: pd.DataFrame, config: TokenizerConfig | None = None) -> TrainedTokenizer:
+def train_tokenizer(corpus: pd.DataFrame, config: TokenizerConfig | None = None,
+                    excluded_persons: Collection[str] = ()) -> TrainedTokenizer:
     """Train on ``corpus`` (columns text, patient_pseudonym, language, source) except held-out persons' texts.
+
+    ``excluded_persons`` (pseudonyms: the models' validation and test persons)
+    never reach the training; their texts are part of the held-out set that
+    the unknown-token rate is measured on.
 
     The texts are sorted before training, so that the vocabulary does not
     depend on the order the warehouse returns rows in.
@@ -199,15 +242,23 @@ def train_tokenizer(corpus: pd.DataFrame, config: TokenizerConfig | None = None)
     corpus = corpus[corpus["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))]
     if corpus.empty:
         raise ValueError("no de-identified text to train the tokenizer on (deidentify/notes and dialogues are empty)")
-    validation = held_out(corpus["patient_pseudonym"], config.validation_share, config.validation_salt)
-    if validation.all():  # a handful of persons, all hashed into validation: train on them anyway
+    excluded = corpus["patient_pseudonym"].astype(str).isin({str(p) for p in excluded_persons})
+    validation = held_out(corpus["patient_pseudonym"], config.validation_share, config.validation_salt) | excluded
+    if validation.all() and not excluded.any():  # a handful of persons, all hashed into validation: train on them anyway
         validation = pd.Series(False, index=corpus.index)
     fit_texts = sorted(corpus.loc[~validation, "text"].tolist())
-    tokenizer = build_empty_tokenizer(config)
-    trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=list(config.special_tokens),
-                                      unk_token=UNK, max_piece_length=config.max_piece_length, show_progress=False)
-    tokenizer.train_from_iterator(fit_texts, trainer=trainer, length=len(fit_texts))
-    tokenizer = canonical_pieces(tokenizer, config)
+    if not fit_texts:
+        raise ValueError("no text left to train the tokenizer on once the held-out persons are excluded")
+    if config.model == "wordlevel":
+        fit = corpus.loc[~validation].sort_values(["text", "patient_pseudonym"])
+        tokenizer = build_empty_tokenizer(config, word_vocabulary(fit["text"].tolist(),
+                                                                  fit["patient_pseudonym"].astype(str).tolist(), config))
+    else:
+        tokenizer = build_empty_tokenizer(config)
+        trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=list(config.special_tokens),
+                                          unk_token=UNK, max_piece_length=config.max_piece_length, show_progress=False)
+        tokenizer.train_from_iterator(fit_texts, trainer=trainer, length=len(fit_texts))
+        tokenizer = canonical_pieces(tokenizer, config)
     held = corpus[validation]
     rate, tokens = unknown_rate(tokenizer, held["text"].tolist())
     by_language = {language: unknown_rate(tokenizer, group["text"].tolist())[0]
@@ -223,6 +274,7 @@ def train_tokenizer(corpus: pd.DataFrame, config: TokenizerConfig | None = None)
         texts_by_source={str(k): int(v) for k, v in corpus.loc[~validation, "source"].value_counts().sort_index().items()},
         validation_texts=len(held),
         validation_tokens=tokens,
+        excluded_persons=int(corpus.loc[excluded, "patient_pseudonym"].nunique()),
         unknown_token_rate=rate,
         unknown_token_rate_by_language=by_language,
         mean_tokens_per_text=sum(len(e.ids) for e in all_encodings) / len(all_encodings),
@@ -240,6 +292,13 @@ def tokenizer_corpus(notes: pd.DataFrame, dialogues: pd.DataFrame) -> pd.DataFra
     if not parts:
         return pd.DataFrame(columns=[*columns, "source"])
     return pd.concat(parts, ignore_index=True)
+
+
+def held_out_persons(splits: pd.DataFrame, held_out_splits: Sequence[str] = ("validation", "test")) -> set[str]:
+    """Pseudonyms of the persons in a splits table's held-out splits: kept out of the tokenizer's training."""
+    if splits.empty or "split" not in splits.columns:
+        return set()
+    return set(splits.loc[splits["split"].isin(list(held_out_splits)), "patient_pseudonym"].astype(str))
 
 
 def load_tokenizer(path: str | Path) -> Any:
