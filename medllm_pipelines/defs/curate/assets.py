@@ -249,7 +249,7 @@ def lesion_segmentation_dataset(
                                    wh.read_table(*warehouse_location(keys.DEID_IMAGES)),
                                    spec.dataset.get("modalities"), lambda name: np.load(folder / name))
     wh.write_table(*warehouse_location(keys.LESION_DATASET), dataset.frame)
-    if len(dataset.frame) < spec.min_rows:  # no model trains on this spec yet: say so, do not fail the lifecycle
+    if len(dataset.frame) < spec.min_rows:  # the lesion models then warn (trained=false): say so, do not fail
         context.log.warning(f"spec {spec.id} needs at least {spec.min_rows} images, got {len(dataset.frame)}")
     return MaterializeResult(
         metadata={

@@ -1,4 +1,4 @@
-"""Train stage: the trained t2d_risk MLP compressed (pruned, int8, ONNX) and distilled, each one MLflow run (rows M7-M8).
+"""Train stage: the trained t2d_risk MLP and lesion classifier CNN compressed (pruned, int8, ONNX) and distilled, each one MLflow run (rows M7-M8).
 
 What is built and the tolerance a variant must meet are declared in lib/train/configs/compression.yaml;
 a variant is registered (``t2d_risk-<variant>``, alias challenger) only when within it.
@@ -117,4 +117,98 @@ def diabetes_model_distilled(context: AssetExecutionContext, warehouse: Warehous
     })
 
 
-ASSETS = [diabetes_model_compressed, diabetes_model_distilled]
+LESION_CLASSIFIER_SPEC_ID = "lesion_classifier"  # lib/curate/specs/lesion_classifier.yaml, train/lesion_classifier_model
+LESION_READS = [keys.LESION_CLASSIFIER_MODEL, keys.LESION_DATASET, keys.LESION_SPLITS, keys.DEID_PATIENTS]
+
+
+def _lesion_teacher(warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
+    """The classifier spec, the lesion dataset, the trained classifier's record (None when not trained), patients."""
+    from medllm_pipelines.lib.curate.dataset import join_features_with_splits
+
+    spec, wh = load_spec(LESION_CLASSIFIER_SPEC_ID), warehouse.get()
+    dataset = join_features_with_splits(wh.read_table(*warehouse_location(keys.LESION_DATASET)),
+                                        wh.read_table(*warehouse_location(keys.LESION_SPLITS)), id_column="image_id")
+    record = artifacts.model_store().training_record(spec.id, dataset.version)
+    patients = wh.read_table(*warehouse_location(keys.DEID_PATIENTS)) if record else None
+    return spec, dataset, record, patients
+
+
+@asset(
+    key=keys.LESION_CLASSIFIER_COMPRESSED,
+    deps=LESION_READS,
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "onnx", "mlflow"},
+    description="The trained lesion classifier CNN structurally pruned, static int8-quantised (FX graph mode, "
+    "calibrated on training slices) and exported to ONNX (onnxruntime): size, single-thread CPU latency p50/p95 and "
+    "test metrics overall and per sex, age band and institution against fp32. Variants within the tolerance of "
+    "lib/train/configs/compression.yaml are registered as lesion_classifier-<variant>; one MLflow run.",
+)
+def lesion_classifier_compressed(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
+                                 artifacts: ArtifactStoreResource) -> MaterializeResult:
+    from medllm_pipelines.lib.train.compression import (
+        compress_imaging_model, failure_recorded, load_compression_config, log_compression,
+    )
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+
+    spec, dataset, record, patients = _lesion_teacher(warehouse, artifacts)
+    if record is None:
+        return _not_trained(context, spec, dataset, keys.LESION_CLASSIFIER_COMPRESSED)
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.LESION_CLASSIFIER_COMPRESSED), stage="compression")
+    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "compression"):
+            suite = compress_imaging_model(record["model_dir"], dataset.frame, artifacts.folder("deidentified", "images"),
+                                           config, out_dir, patients=patients)
+            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
+    context.log.info(suite.summary())
+    return MaterializeResult(metadata={
+        **suite.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(suite.table())),
+        "variants_dir": MetadataValue.path(str(out_dir)),
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    })
+
+
+@asset(
+    key=keys.LESION_CLASSIFIER_DISTILLED,
+    deps=LESION_READS,
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "mlflow"},
+    description="A smaller MONAI DenseNet distilled from the trained lesion classifier (soft labels at the temperature "
+    "and alpha of lib/train/configs/compression.yaml): student vs teacher test metrics, parameters, size and latency. "
+    "Registered as lesion_classifier-distilled when within the declared tolerance; one MLflow run with curves.",
+)
+def lesion_classifier_distilled(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
+                                artifacts: ArtifactStoreResource) -> MaterializeResult:
+    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.distillation import distil_imaging, log_distillation, log_imaging_student
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+    from medllm_pipelines.lib.train.tracking import make_mlflow_epoch_logger
+
+    spec, dataset, record, patients = _lesion_teacher(warehouse, artifacts)
+    if record is None:
+        return _not_trained(context, spec, dataset, keys.LESION_CLASSIFIER_DISTILLED)
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "distilled"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.LESION_CLASSIFIER_DISTILLED), stage="distillation")
+    with mlflow.start_run(spec.id, run_name=f"distil-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "distillation"):
+            report = distil_imaging(record["model_dir"], dataset.frame, artifacts.folder("deidentified", "images"),
+                                    config, out_dir, patients=patients,
+                                    on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id))
+            registered = log_distillation(report, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri,
+                                          log_student=log_imaging_student)
+    context.log.info(report.summary())
+    return MaterializeResult(metadata={
+        **report.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(report.table())),
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    })
+
+
+ASSETS = [diabetes_model_compressed, diabetes_model_distilled, lesion_classifier_compressed, lesion_classifier_distilled]

@@ -520,6 +520,70 @@ def compress_tabular_model(model_dir: str | Path, frame: pd.DataFrame, config: C
     return compress_model(predictor.network, data, config, out_dir)
 
 
+# ----------------------------------------------------------------------------------- the imaging CNN
+def _age_midpoint(band: object) -> float:
+    """``"55-59"`` -> 57.0, ``"90+"`` -> 90.0 (deidentify/patients keeps ages as bands); NaN when unreadable."""
+    text = str(band or "").strip()
+    try:
+        if text.endswith("+"):
+            return float(text[:-1])
+        low, high = text.split("-")
+        return (float(low) + float(high)) / 2.0
+    except ValueError:
+        return float("nan")
+
+
+def _persons(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFrame:
+    """``rows`` with the person's sex and age (band midpoint) from the de-identified patients table, same index."""
+    if patients is None or "patient_pseudonym" not in rows.columns:
+        return rows
+    person = patients.sort_values(["patient_pseudonym", "institution"]).drop_duplicates("patient_pseudonym")
+    person = person.set_index("patient_pseudonym")
+    extra = pd.DataFrame(index=rows.index)
+    if "sex" in person.columns:
+        extra["sex"] = rows["patient_pseudonym"].map(person["sex"])
+    if "age_band" in person.columns:
+        extra["age_years"] = rows["patient_pseudonym"].map(person["age_band"]).map(_age_midpoint)
+    return rows.join(extra[[c for c in extra.columns if c not in rows.columns]])
+
+
+def imaging_evaluation_data(predictor: Any, frame: pd.DataFrame, images_folder: str | Path, config: CompressionConfig,
+                            patients: pd.DataFrame | None = None) -> EvaluationData:
+    """The lesion classifier's evaluation split as normalised slices (n, 1, H, W), presence labels and subgroups;
+    the training split's slices calibrate static int8. Slices must share one shape (they are stacked)."""
+    from medllm_pipelines.lib.train.imaging.training import split_images
+
+    images = split_images(frame, Path(images_folder))
+    evaluation, train = images.get(config.evaluation_split), images["train"]
+    if evaluation is None or len(evaluation) == 0:
+        raise ValueError(f"spec {config.spec_id}: no images in the {config.evaluation_split!r} split to compare variants on")
+    shapes = {image.shape for image in (*evaluation.images, *train.images)}
+    if len(shapes) > 1:
+        raise ValueError(f"spec {config.spec_id}: compression compares variants on slices of one shape, got {sorted(shapes)}")
+    rows = frame[frame["split"] == config.evaluation_split].sort_values("image_id")  # split_images' order
+    return EvaluationData(
+        inputs=np.stack(evaluation.images).astype(np.float32),
+        labels=evaluation.presence.astype(np.int64),
+        groups=subgroup_frame(_persons(rows, patients), config.subgroup_columns, config.age_band_edges),
+        threshold=predictor.threshold,
+        calibration=np.stack(train.images).astype(np.float32) if len(train) else None,
+    )
+
+
+def compress_imaging_model(model_dir: str | Path, frame: pd.DataFrame, images_folder: str | Path,
+                           config: CompressionConfig, out_dir: str | Path,
+                           patients: pd.DataFrame | None = None) -> CompressionSuite:
+    """Compress the trained lesion classifier in ``model_dir`` (imaging predictor layout) and judge it on the
+    evaluation split of ``frame`` (curate lesion rows with ``split``), overall and per sex, age band, institution."""
+    from medllm_pipelines.lib.train.imaging.predictor import ImagingPredictor
+
+    predictor = ImagingPredictor.load(model_dir)
+    if predictor.task != "classification":
+        raise ValueError(f"spec {config.spec_id}: only the lesion classifier is compressed, not a {predictor.task} model")
+    data = imaging_evaluation_data(predictor, frame, images_folder, config, patients)
+    return compress_model(predictor.network, data, config, out_dir)
+
+
 # ------------------------------------------------------------------------------------------------ MLflow
 def log_variant_model(variant: CompressedVariant, example_input: np.ndarray) -> str:
     """Log a variant into the active MLflow run (torch: pickled module; ONNX: the ONNX file); returns its model URI.
@@ -543,8 +607,14 @@ def log_variant_model(variant: CompressedVariant, example_input: np.ndarray) -> 
         return info.model_uri
     import mlflow.pytorch
 
+    module = variant.module
     with quiet_quantisation():
-        info = mlflow.pytorch.log_model(variant.module, name=f"{variant.name}", serialization_format="pickle",
+        if isinstance(module, torch.fx.GraphModule):
+            # An FX-converted CNN (static int8) does not pickle: its generated code's globals hold MONAI objects
+            # torch.package cannot name. Traced to TorchScript it saves and loads without pickled code.
+            with torch.no_grad():
+                module = torch.jit.trace(module, torch.from_numpy(example))
+        info = mlflow.pytorch.log_model(module, name=f"{variant.name}", serialization_format="pickle",
                                         signature=signature, pip_requirements=pinned_pip_requirements())
     return info.model_uri
 

@@ -371,15 +371,31 @@ REPORT_ARTIFACT = "distillation_report.json"
 TABLE_ARTIFACT = "distillation_table.json"
 
 
-def log_distillation(report: DistillationReport, *, dataset_version: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Params, summary, metrics, report and table into the active run; the student logged (pt2, zeros as input
-    example) and registered as ``<spec>-distilled`` (family distilled) only when within tolerance."""
+def _log_tabular_student(report: DistillationReport) -> str:
+    """The MLP student as a pt2 torch model (zeros as input example) and its model folder; its model URI."""
     import mlflow
     import mlflow.pytorch
 
     from medllm_pipelines.lib.train.predictor import TabularPredictor
+    from medllm_pipelines.lib.train.tracking import pinned_pip_requirements
+
+    student = TabularPredictor.load(report.student_dir)
+    example = np.zeros((2, student.network.n_inputs), dtype=np.float32)  # zeros, never real rows
+    info = mlflow.pytorch.log_model(student.network, name="student", pip_requirements=pinned_pip_requirements(),
+                                    serialization_format="pt2", input_example=example)
+    mlflow.log_artifacts(str(report.student_dir), artifact_path="student_dir")
+    return info.model_uri
+
+
+def log_distillation(report: DistillationReport, *, dataset_version: str, tracking_uri: str | None = None,
+                     log_student: Callable[[DistillationReport], str] | None = None) -> dict[str, Any]:
+    """Params, summary, metrics, report and table into the active run; the student logged (``log_student``,
+    default the MLP's: pt2, zeros as input example) and registered as ``<spec>-distilled`` (family distilled)
+    only when within tolerance."""
+    import mlflow
+
     from medllm_pipelines.lib.train.registry import register_model
-    from medllm_pipelines.lib.train.tracking import log_training_summary, pinned_pip_requirements
+    from medllm_pipelines.lib.train.tracking import log_training_summary
 
     mlflow.log_params({**report.config.params(), "dataset_version": dataset_version})
     log_training_summary(best_epoch=report.best_epoch, epochs_run=report.epochs_run,
@@ -388,14 +404,116 @@ def log_distillation(report: DistillationReport, *, dataset_version: str, tracki
     mlflow.log_metrics(report.mlflow_metrics())
     mlflow.log_dict(report.as_dict(), REPORT_ARTIFACT)
     mlflow.log_table(pd.DataFrame(report.table()), TABLE_ARTIFACT)
-    student = TabularPredictor.load(report.student_dir)
-    example = np.zeros((2, student.network.n_inputs), dtype=np.float32)  # zeros, never real rows
-    info = mlflow.pytorch.log_model(student.network, name="student", pip_requirements=pinned_pip_requirements(),
-                                    serialization_format="pt2", input_example=example)
-    mlflow.log_artifacts(str(report.student_dir), artifact_path="student_dir")
+    model_uri = (log_student or _log_tabular_student)(report)
     if not report.within_tolerance:
-        return {"student_model_uri": info.model_uri, "registered": False}
-    registered = register_model(info.model_uri, report.spec_id, family="distilled", dataset_version=dataset_version,
+        return {"student_model_uri": model_uri, "registered": False}
+    registered = register_model(model_uri, report.spec_id, family="distilled", dataset_version=dataset_version,
                                 metrics={f"test_{k}": v for k, v in report.student_metrics.overall.items() if v is not None},
                                 tracking_uri=tracking_uri, name=f"{report.spec_id}-distilled")
-    return {"student_model_uri": info.model_uri, "registered": True, **registered.as_metadata()}
+    return {"student_model_uri": model_uri, "registered": True, **registered.as_metadata()}
+
+
+# ------------------------------------------------------------------------------------ the imaging CNN
+class _OneLogit(nn.Module):
+    """A MONAI classifier's (N, 1) output as (N,): the binary form distillation_loss reads as [0, z]."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.network(inputs).reshape(-1)
+
+
+class _SliceDataModule(L.LightningDataModule):
+    """Normalised slices (n, 1, H, W) and presence labels of the train and validation splits, as (inputs, labels)."""
+
+    def __init__(self, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray], *,
+                 batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.train_arrays, self.validation_arrays = train, validation
+        self.batch_size, self.seed = int(batch_size), int(seed)
+
+    @staticmethod
+    def _dataset(arrays: tuple[np.ndarray, np.ndarray]) -> torch.utils.data.TensorDataset:
+        return torch.utils.data.TensorDataset(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1].astype(np.float32)))
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self._dataset(self.train_arrays), batch_size=self.batch_size, shuffle=True,
+                                           generator=torch.Generator().manual_seed(self.seed))
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self._dataset(self.validation_arrays), batch_size=self.batch_size)
+
+
+def _write_imaging_student_dir(teacher_dir: Path, student_dir: Path, student: nn.Module, network: dict[str, Any],
+                               distilled: DistilledStudent, config: DistillationConfig) -> None:
+    """The student in the imaging model-folder layout (same normalisation), so ImagingPredictor.load reads it."""
+    from medllm_pipelines.lib.train.imaging.predictor import MODEL_SPEC_FILENAME, sha256_file
+
+    if student_dir.exists():
+        shutil.rmtree(student_dir)
+    student_dir.mkdir(parents=True)
+    spec = json.loads((teacher_dir / MODEL_SPEC_FILENAME).read_text())
+    weights = student_dir / spec["files"]["network_weights"]
+    torch.save(student.state_dict(), weights)
+    spec.update(network=network, best_epoch=distilled.best_epoch, epochs_run=distilled.epochs_run,
+                distillation={**asdict(config), "teacher_model_dir": str(teacher_dir)})
+    spec["sha256"]["network_weights"] = sha256_file(weights)
+    for stale in ("val_metrics", "test_metrics", "train_config"):  # the teacher's, not the student's
+        spec.pop(stale, None)
+    (student_dir / MODEL_SPEC_FILENAME).write_text(json.dumps(spec, indent=2, sort_keys=True, default=list) + "\n")
+
+
+def distil_imaging(teacher_dir: str | Path, frame: pd.DataFrame, images_folder: str | Path,
+                   compression: CompressionConfig, output_dir: str | Path, *, patients: pd.DataFrame | None = None,
+                   on_epoch_metrics: EpochHook | None = None) -> DistillationReport:
+    """Distil the trained lesion classifier in ``teacher_dir`` into the configured smaller MONAI CNN (the
+    ``student`` block: a network description as the spec writes one); both judged on the evaluation split."""
+    from medllm_pipelines.lib.train.compression import imaging_evaluation_data
+    from medllm_pipelines.lib.train.imaging.networks import (
+        CLASSIFICATION_FAMILIES, build_classification_network, network_description,
+    )
+    from medllm_pipelines.lib.train.imaging.predictor import ImagingPredictor
+    from medllm_pipelines.lib.train.imaging.training import split_images
+
+    config = DistillationConfig.from_compression(compression)
+    teacher_dir, output_dir = Path(teacher_dir), Path(output_dir)
+    predictor = ImagingPredictor.load(teacher_dir)
+    if predictor.task != "classification":
+        raise ValueError(f"spec {compression.spec_id}: only the lesion classifier is distilled, not a {predictor.task} model")
+    images = split_images(frame, Path(images_folder))
+    arrays = {split: (np.stack(images[split].images).astype(np.float32), images[split].presence)
+              for split in ("train", "validation") if len(images[split])}
+    if len(arrays) < 2:
+        raise ValueError(f"spec {compression.spec_id}: distillation needs training and validation images")
+    network = network_description(config.student or {"family": "densenet"}, CLASSIFICATION_FAMILIES, compression.spec_id)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    student = build_classification_network(network)
+    data = _SliceDataModule(arrays["train"], arrays["validation"], batch_size=config.batch_size, seed=config.seed)
+    distilled = distil(_OneLogit(student), _OneLogit(predictor.network), data, config, output_dir,
+                       on_epoch_metrics=on_epoch_metrics, spec_id=compression.spec_id)
+    distilled.student = distilled.student.network
+    student_dir = output_dir / STUDENT_DIRNAME
+    _write_imaging_student_dir(teacher_dir, student_dir, distilled.student, network, distilled, config)
+
+    evaluation = imaging_evaluation_data(predictor, frame, images_folder, compression, patients)
+    timing = {"calls": compression.latency_calls, "batch_size": compression.latency_batch_size}
+    reports = {}
+    for role, module in (("teacher", predictor.network), ("student", distilled.student)):
+        run = torch_runner(module)
+        scores = 1.0 / (1.0 + np.exp(-run(evaluation.inputs).astype(np.float64).reshape(-1)))
+        reports[role] = (grouped_metrics(evaluation.labels, scores, evaluation.groups, threshold=evaluation.threshold,
+                                         min_rows=compression.subgroup_min_rows),
+                         parameter_count(module), state_dict_bytes(module), measure_latency(run, evaluation.inputs, **timing))
+    teacher, student_part = reports["teacher"], reports["student"]
+    return DistillationReport(compression.spec_id, teacher[0], student_part[0], teacher[1], student_part[1], teacher[2],
+                              student_part[2], teacher[3], student_part[3], config.tolerance_points, config.gate_metrics,
+                              distilled.best_epoch, distilled.epochs_run, distilled.train_seconds, student_dir, config)
+
+
+def log_imaging_student(report: DistillationReport) -> str:
+    """The CNN student as the imaging pyfunc (slices in, lesion probabilities out); for ``log_distillation``."""
+    from medllm_pipelines.lib.train.imaging.runs import log_imaging_pyfunc
+
+    return log_imaging_pyfunc(report.student_dir, "classification", name="student")
