@@ -14,12 +14,16 @@ from dagster import Definitions, in_process_executor
 from medllm_pipelines.defs import keys
 from medllm_pipelines.defs.curate import assets as curate
 from medllm_pipelines.defs.curate import dbt as curate_dbt
+from medllm_pipelines.defs.curate import sequences as curate_sequences
+from medllm_pipelines.defs.curate import text_datasets
 from medllm_pipelines.defs.deidentify import assets as deidentify
 from medllm_pipelines.defs.deidentify import disclosure, text
+from medllm_pipelines.defs.deidentify import vitals as deidentify_vitals
 from medllm_pipelines.defs.evaluate import assets as evaluate
 from medllm_pipelines.defs.evaluate import leak_scan
 from medllm_pipelines.defs.ingest import arrivals
 from medllm_pipelines.defs.ingest import assets as ingest
+from medllm_pipelines.defs.ingest import vitals as ingest_vitals
 from medllm_pipelines.defs.ingest.partitions import deployment_arrivals_start
 from medllm_pipelines.defs.ingest.sensors import landing_sensors, refresh_after_ingest
 from medllm_pipelines.lib.ingest.sources import load_sources
@@ -29,21 +33,31 @@ from medllm_pipelines.defs.quality import assets as quality
 from medllm_pipelines.defs.resources import build_dbt_resources, build_resources
 from medllm_pipelines.defs.train import assets as train
 from medllm_pipelines.defs.train import compression, tabular_zoo
+from medllm_pipelines.defs.train import imaging as train_imaging
+from medllm_pipelines.defs.train import sequence as train_sequence
+from medllm_pipelines.defs.train import text as train_text
 from medllm_pipelines.settings import Settings, load_settings
 
 ALL_ASSETS = [
     *ingest.ASSETS,
+    *ingest_vitals.ASSETS,
     arrivals.daily_arrivals,
     *quality.ASSETS,
     *deidentify.ASSETS,
+    *deidentify_vitals.ASSETS,
     *text.ASSETS,
     *disclosure.ASSETS,
     *label.ASSETS,
     *curate.ASSETS,
     *curate_dbt.ASSETS,
+    *text_datasets.ASSETS,
+    *curate_sequences.ASSETS,
     *train.ASSETS,
     *tabular_zoo.ASSETS,
+    *train_imaging.ASSETS,
+    *train_text.ASSETS,
     *compression.ASSETS,
+    *train_sequence.ASSETS,
     *evaluate.ASSETS,
     *leak_scan.ASSETS,
 ]
@@ -65,6 +79,7 @@ ALL_CHECKS = [
     *label.CHECKS,
     *curate.CHECKS,
     *leak_scan.CHECKS,
+    *deidentify_vitals.CHECKS,
 ]
 
 
