@@ -37,17 +37,26 @@ class EpochHistory(Callback):
             self.on_epoch_metrics({k: v for k, v in metrics.items() if k != "epoch"}, trainer.current_epoch)
 
 
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero")
+
+
 @contextmanager
 def quiet_lightning(*ignored_messages: str) -> Iterator[None]:
     """Silence Lightning's banners (accelerator info, a product tip with a URL), one upstream deprecation and
-    ``ignored_messages`` (regular expressions); real warnings from Lightning still come through."""
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    previous_level = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)
+    ``ignored_messages`` (regular expressions); real warnings from Lightning still come through.
+
+    Both namespaces: ``pytorch_lightning`` is installed beside ``lightning`` (opacus imports it) and logs the
+    same banners under its own name.
+    """
+    loggers = [logging.getLogger(name) for name in RANK_ZERO_LOGGERS]
+    previous_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             for message in (LEAFSPEC_DEPRECATION, *ignored_messages):
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:
-        rank_zero.setLevel(previous_level)
+        for logger, level in zip(loggers, previous_levels, strict=True):
+            logger.setLevel(level)

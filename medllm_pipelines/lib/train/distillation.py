@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medllm_pipelines.lib.evaluate.metrics import roc_auc_or_none
+from medllm_pipelines.lib.train.callbacks import quiet_lightning
 from medllm_pipelines.lib.train.compression import CompressionConfig, tabular_evaluation_data, torch_runner
 from medllm_pipelines.lib.train.compression_metrics import (
     SCORE_METRICS,
@@ -218,16 +217,8 @@ def distil(student: nn.Module, teacher: nn.Module, data: L.LightningDataModule, 
                         callbacks=[history, checkpoint, EarlyStopping("val_loss", patience=config.early_stopping_patience)],
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                         num_sanity_val_steps=0, default_root_dir=output_dir)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # accelerator banners and a product tip
-    previous_level = rank_zero.level
-    rank_zero.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen teacher, on purpose
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        try:
-            trainer.fit(system, datamodule=data)
-        finally:
-            rank_zero.setLevel(previous_level)
+    with quiet_lightning(r".*module\(s\) in eval mode.*"):  # the frozen teacher is in eval mode on purpose
+        trainer.fit(system, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError(f"spec {spec_id or '?'}: no student checkpoint was saved: the validation loss was never finite")
     state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
