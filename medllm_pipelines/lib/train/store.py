@@ -56,6 +56,10 @@ class ModelStore:
         path = Path(self.root, spec_id, dataset_version[:16], TRAINING_RECORD)
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def all_training_records(self) -> list[dict[str, Any]]:
+        """Every model version of every spec and variant: what a consent withdrawal is checked against."""
+        return [json.loads(p.read_text()) for p in sorted(Path(self.root).glob(f"*/*/{TRAINING_RECORD}"))]
+
     def training_records(self, spec_id: str) -> list[dict[str, Any]]:
         """Every model version trained for ``spec_id`` (one record per dataset version)."""
         folder = Path(self.root, spec_id)
