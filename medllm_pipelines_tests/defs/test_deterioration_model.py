@@ -21,7 +21,8 @@ def sequence_run(tmp_path_factory, small_hospital):
     home = tmp_path_factory.mktemp("sequence_home")
     try:
         yield run_lifecycle_in(home, small_hospital, bad_input=False,
-                               selection=through(keys.DETERIORATION_MODEL, keys.FORECAST_MODEL), log_level="WARNING")
+                               selection=through(keys.DETERIORATION_MODEL, keys.FORECAST_MODEL,
+                                                 keys.DETERIORATION_COMPRESSED), log_level="WARNING")
     finally:
         stop_services(home)
 
@@ -80,3 +81,17 @@ def test_the_forecast_is_registered_with_its_regression_metrics_and_baselines(se
     # on 160 stays); a forecast on the wrong scale (not de-standardised: RMSE ~80 /min) fails here
     assert 0 < test["test_rmse"] < 1.5 * baseline["baseline_mean_test_rmse"]
     assert {"baseline_mean_test_rmse", "baseline_last_value_test_rmse"} <= set(baseline)
+
+
+def test_the_lstm_is_compressed_and_registered_only_within_tolerance(sequence_run) -> None:
+    from mlflow.tracking import MlflowClient
+
+    meta = sequence_run.materialization(keys.DETERIORATION_COMPRESSED)
+    assert meta["trained"] is True and set(meta["variants"]) == {"int8_dynamic", "onnx"}
+    assert meta["n_evaluated"] > 0 and meta["fp32_p50_ms"] > 0
+    accepted, refused = set(meta["variants_within_tolerance"]), set(meta["variants_refused"])
+    assert accepted | refused == {"int8_dynamic", "onnx"}
+    assert {f"deterioration-{v}" for v in accepted} == {m["registered_model"] for m in meta["registered"].values()}
+    uri = sequence_run.settings.mlflow_tracking_uri
+    run = MlflowClient(tracking_uri=uri, registry_uri=uri).get_run(meta["mlflow_run_id"])
+    assert {"int8_dynamic_p50_ms", "onnx_p50_ms", "fp32_p50_ms"} <= set(run.data.metrics)

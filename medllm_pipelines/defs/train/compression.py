@@ -1,4 +1,4 @@
-"""Train stage: the trained t2d_risk MLP and lesion classifier CNN compressed (pruned, int8, ONNX) and distilled, each one MLflow run (rows M7-M8).
+"""Train stage: the trained t2d_risk MLP, lesion classifier CNN and deterioration LSTM compressed (pruned, int8, ONNX) and distilled, each one MLflow run (rows M7-M8).
 
 What is built and the tolerance a variant must meet are declared in lib/train/configs/compression.yaml;
 a variant is registered (``t2d_risk-<variant>``, alias challenger) only when within it.
@@ -179,13 +179,15 @@ def lesion_classifier_compressed(context: AssetExecutionContext, warehouse: Ware
     kinds={"pytorch", "mlflow"},
     description="A smaller MONAI DenseNet distilled from the trained lesion classifier (soft labels at the temperature "
     "and alpha of lib/train/configs/compression.yaml): student vs teacher test metrics, parameters, size and latency. "
-    "Registered as lesion_classifier-distilled when within the declared tolerance; one MLflow run with curves.",
+    "Registered as lesion_classifier-distilled when within the declared tolerance; one MLflow run with curves. "
+    "Also the averaging ensemble of teacher and student (mean probability) against each member on the test split.",
 )
 def lesion_classifier_distilled(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
                                 artifacts: ArtifactStoreResource) -> MaterializeResult:
     from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config
     from medllm_pipelines.lib.train.compression_metrics import markdown_table
     from medllm_pipelines.lib.train.distillation import distil_imaging, log_distillation, log_imaging_student
+    from medllm_pipelines.lib.train.imaging.ensemble import average_imaging_models, log_averaging
     from medllm_pipelines.lib.train.runs import spec_run_tags
     from medllm_pipelines.lib.train.tracking import make_mlflow_epoch_logger
 
@@ -195,20 +197,85 @@ def lesion_classifier_distilled(context: AssetExecutionContext, warehouse: Wareh
     config = load_compression_config(spec.id)
     out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "distilled"
     tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.LESION_CLASSIFIER_DISTILLED), stage="distillation")
+    images = artifacts.folder("deidentified", "images")
     with mlflow.start_run(spec.id, run_name=f"distil-{run_id_of(context)[:8]}", tags=tags) as run:
         with failure_recorded(spec.id, "distillation"):
-            report = distil_imaging(record["model_dir"], dataset.frame, artifacts.folder("deidentified", "images"),
-                                    config, out_dir, patients=patients,
+            report = distil_imaging(record["model_dir"], dataset.frame, images, config, out_dir, patients=patients,
                                     on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id))
             registered = log_distillation(report, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri,
                                           log_student=log_imaging_student)
+            averaging = average_imaging_models({"teacher": record["model_dir"], "student": report.student_dir},
+                                               dataset.frame, images, config, patients=patients)  # row M9
+            log_averaging(averaging)
     context.log.info(report.summary())
     return MaterializeResult(metadata={
         **report.as_metadata(),
         "registered": MetadataValue.json(registered),
         "comparison": MetadataValue.md(markdown_table(report.table())),
+        "averaging_ensemble": MetadataValue.json(averaging.as_metadata()),
+        "averaging_comparison": MetadataValue.md(markdown_table(averaging.table())),
         **_run_metadata(mlflow, run, spec, dataset, record),
     })
 
 
-ASSETS = [diabetes_model_compressed, diabetes_model_distilled, lesion_classifier_compressed, lesion_classifier_distilled]
+DETERIORATION_READS = [keys.DETERIORATION_MODEL, keys.DETERIORATION_DATASET, keys.DETERIORATION_SPLITS,
+                       keys.DEID_VITAL_SIGNS, keys.DEID_PATIENTS]
+
+
+def _deterioration_teacher(warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
+    """The deterioration spec, its windows with splits (versioned as train/deterioration_model versions them), the
+    trained network's record (None when not trained), the de-identified vitals and patients."""
+    from medllm_pipelines.lib.common.records import frame_content_hash
+    from medllm_pipelines.lib.curate.dataset import SplitDataset
+    from medllm_pipelines.lib.curate.sequences import windows_with_splits
+
+    spec, wh = load_spec(keys.DETERIORATION_SPEC_ID), warehouse.get()
+    frame = windows_with_splits(wh.read_table(*warehouse_location(keys.DETERIORATION_DATASET)),
+                                wh.read_table(*warehouse_location(keys.DETERIORATION_SPLITS)))
+    dataset = SplitDataset(frame, frame_content_hash(frame))
+    record = artifacts.model_store().training_record(spec.id, dataset.version)
+    vitals = wh.read_table(*warehouse_location(keys.DEID_VITAL_SIGNS)) if record else None
+    patients = wh.read_table(*warehouse_location(keys.DEID_PATIENTS)) if record else None
+    return spec, dataset, record, vitals, patients
+
+
+@asset(
+    key=keys.DETERIORATION_COMPRESSED,
+    deps=DETERIORATION_READS,
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "onnx", "mlflow"},
+    description="The trained deterioration LSTM int8-quantised (dynamic: nn.LSTM/nn.GRU and nn.Linear) and exported "
+    "to ONNX (onnxruntime): size, single-thread CPU latency p50/p95 and test ROC-AUC overall and per sex, age band "
+    "and institution against fp32. Variants within the tolerance of lib/train/configs/compression.yaml are "
+    "registered as deterioration-<variant>; one MLflow run.",
+)
+def deterioration_model_compressed(context: AssetExecutionContext, warehouse: WarehouseResource,
+                                   mlflow: MLflowResource, artifacts: ArtifactStoreResource) -> MaterializeResult:
+    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config, log_compression
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+    from medllm_pipelines.lib.train.sequence.compression import compress_sequence_model
+
+    spec, dataset, record, vitals, patients = _deterioration_teacher(warehouse, artifacts)
+    if record is None:
+        return _not_trained(context, spec, dataset, keys.DETERIORATION_COMPRESSED)
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DETERIORATION_COMPRESSED), stage="compression")
+    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "compression"):
+            suite = compress_sequence_model(record["model_dir"], vitals, dataset.frame, config, out_dir,
+                                            patients=patients)
+            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
+    context.log.info(suite.summary())
+    return MaterializeResult(metadata={
+        **suite.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(suite.table())),
+        "variants_dir": MetadataValue.path(str(out_dir)),
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    })
+
+
+ASSETS = [diabetes_model_compressed, diabetes_model_distilled, lesion_classifier_compressed, lesion_classifier_distilled,
+          deterioration_model_compressed]

@@ -372,7 +372,9 @@ def build_variant(name: str, model: nn.Module, data: EvaluationData, config: Com
     example = torch.from_numpy(np.ascontiguousarray(data.inputs[:1], dtype=np.float32))
     details: dict[str, Any] = {"input_shape": list(data.inputs.shape[1:])}
     if name == "onnx":
-        path = export_onnx(model, example, out_dir / "model.onnx")
+        # two rows: with a batch of one torch.export specialises the batch dimension of an LSTM/GRU to 1
+        pair = torch.from_numpy(np.ascontiguousarray(data.inputs[:2], dtype=np.float32))
+        path = export_onnx(model, pair, out_dir / "model.onnx")
         return CompressedVariant(name, config.base_family, onnx_runner(path), path, None,
                                  {**details, "exporter": "torch.onnx (dynamo)", "runtime": "onnxruntime CPUExecutionProvider"})
     if name == "pruned_l1":
@@ -533,7 +535,7 @@ def _age_midpoint(band: object) -> float:
         return float("nan")
 
 
-def _persons(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFrame:
+def with_person_attributes(rows: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFrame:
     """``rows`` with the person's sex and age (band midpoint) from the de-identified patients table, same index."""
     if patients is None or "patient_pseudonym" not in rows.columns:
         return rows
@@ -564,7 +566,7 @@ def imaging_evaluation_data(predictor: Any, frame: pd.DataFrame, images_folder: 
     return EvaluationData(
         inputs=np.stack(evaluation.images).astype(np.float32),
         labels=evaluation.presence.astype(np.int64),
-        groups=subgroup_frame(_persons(rows, patients), config.subgroup_columns, config.age_band_edges),
+        groups=subgroup_frame(with_person_attributes(rows, patients), config.subgroup_columns, config.age_band_edges),
         threshold=predictor.threshold,
         calibration=np.stack(train.images).astype(np.float32) if len(train) else None,
     )

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 FAMILIES = (
-    "mlp", "gbm", "random_forest", "unet", "cnn", "lstm", "transformer_encoder", "causal_lm",
+    "mlp", "gbm", "random_forest", "unet", "cnn", "lstm", "gru", "transformer_encoder", "causal_lm",
     "ensemble", "distilled", "quantised", "pruned",
 )
 # Version tags; `medllm models` reads them back.

@@ -118,6 +118,15 @@ def test_a_bad_imaging_spec_is_refused_naming_the_spec_and_the_cause(block, chan
         imaging_training_config(bad, "demo")
 
 
+def test_the_imaging_spec_carries_its_hardware_and_an_unknown_strategy_is_refused_naming_the_spec() -> None:
+    spec = load_spec("lesion_classifier")
+    with_hardware = dataclasses.replace(spec, training={**spec.training, "hardware": {"precision": "32-true"}})
+    assert imaging_training_config(with_hardware, "demo").hardware == {"precision": "32-true"}
+    bad = dataclasses.replace(spec, training={**spec.training, "hardware": {"strategy": "mpi"}})
+    with pytest.raises(UnknownComponentError, match="spec lesion_classifier.*strategy 'mpi'"):
+        imaging_training_config(bad, "demo")
+
+
 def test_a_spec_whose_task_is_not_imaging_is_refused() -> None:
     with pytest.raises(ValueError, match="spec t2d_risk: task 'regression' is not an imaging task"):
         imaging_training_config(dataclasses.replace(load_spec("t2d_risk"), task="regression"))

@@ -80,6 +80,18 @@ def test_an_unknown_family_is_refused(tracking_uri: str, logged_model) -> None:
     assert not [e for e in list_registered() if e.name == "spec_c"]
 
 
+def test_each_recurrent_cell_registers_under_its_own_family(tracking_uri: str, logged_model) -> None:
+    from medllm_pipelines.lib.train.registry import FAMILIES
+    from medllm_pipelines.lib.train.sequence.networks import RECURRENT_CELLS
+    from medllm_pipelines.lib.train.sequence.runs import REGISTRY_FAMILY
+
+    assert {cell: REGISTRY_FAMILY[cell] for cell in RECURRENT_CELLS} == {"gru": "gru", "lstm": "lstm"}
+    assert set(REGISTRY_FAMILY.values()) <= set(FAMILIES)
+    registered = register_model(logged_model[0], "spec_gru", family="gru", dataset_version="ds1")
+    assert registered.family == "gru"
+    assert [e.family for e in list_registered() if e.name == "spec_gru"] == ["gru"]
+
+
 @dataclass(frozen=True)
 class Gate:
     passed: bool

@@ -100,3 +100,10 @@ def test_unknown_keys_and_an_impossible_architecture_are_refused_naming_the_spec
         TextTrainConfig.from_spec("triage", {"family": "transformer_encoder", "n_experts": 8}, {})
     with pytest.raises(ValueError, match="spec triage: .*multiple of n_heads"):
         TextTrainConfig.from_spec("triage", {"family": "transformer_encoder", "d_model": 30, "n_heads": 4}, {})
+
+
+def test_the_hardware_mapping_is_carried_and_an_unknown_strategy_is_refused_naming_the_spec() -> None:
+    network = {"family": "transformer_encoder"}
+    assert TextTrainConfig.from_spec("triage", network, {"hardware": {"compile": False}}).hardware == {"compile": False}
+    with pytest.raises(UnknownComponentError, match="spec triage.*strategy 'mpi'"):
+        TextTrainConfig.from_spec("triage", network, {"hardware": {"strategy": "mpi"}})

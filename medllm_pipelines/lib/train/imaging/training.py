@@ -52,6 +52,7 @@ from medllm_pipelines.lib.train.imaging.predictor import (
 )
 from medllm_pipelines.lib.train.imaging.systems import LesionClassificationSystem, LesionSegmentationSystem
 from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
+from medllm_pipelines.lib.train.hardware import HardwareSettings, maybe_compile
 from medllm_pipelines.lib.train.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_component
 
 SEGMENTATION = "segmentation"
@@ -92,8 +93,11 @@ class ImagingConfig:
     sw_batch_size: int = 8
     threshold: float = 0.5
     augmentation: dict[str, float] = field(default_factory=dict)
+    # placement and scale (lib/train/hardware.py): accelerator, devices, num_nodes, strategy, precision, compile
+    hardware: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        HardwareSettings.from_mapping(self.hardware)
         if self.task not in TASKS:
             raise ValueError(f"imaging task must be one of {sorted(TASKS)}, got {self.task!r}")
         object.__setattr__(self, "augmentation", augmentation_settings(self.augmentation))
@@ -122,6 +126,7 @@ class ImagingConfig:
         training = dict(training or {})
         check_component("optimizer", training.get("optimizer", cls.optimizer), OPTIMIZER_NAMES, spec_id)
         check_component("scheduler", training.get("scheduler", cls.scheduler), SCHEDULER_NAMES, spec_id)
+        HardwareSettings.from_mapping(training.get("hardware"), spec_id=spec_id)
         known = {f.name for f in fields(cls)} - {"task", "network"}
         unknown = sorted(set(training) - known)
         if unknown:
@@ -143,7 +148,8 @@ class ImagingConfig:
         """Flat MLflow params: network.<key>, augmentation.<key>, and the training keys."""
         params = {f"network.{k}": str(v) for k, v in self.network.items()}
         params.update({f"augmentation.{k}": str(v) for k, v in self.augmentation.items()})
-        params.update({k: str(v) for k, v in self.to_dict().items() if k not in ("network", "augmentation")})
+        params.update({k: str(v) for k, v in self.to_dict().items() if k not in ("network", "augmentation", "hardware")})
+        params.update({k: str(v) for k, v in HardwareSettings.from_mapping(self.hardware).as_params().items()})
         return params
 
 
@@ -242,23 +248,24 @@ def train_imaging_model(
     L.seed_everything(config.seed, workers=True, verbose=False)
     images = split_images(frame, images_folder)
     network, system, data = _system_and_data(config, images, spec_id)
+    hardware = HardwareSettings.from_mapping(config.hardware, spec_id=spec_id)
+    system.network = maybe_compile(network, hardware)
     history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename=BEST_CHECKPOINT_NAME, monitor=MONITOR, mode="min",
                                  save_top_k=1, enable_version_counter=False)
     stopping = EarlyStopping(monitor=MONITOR, mode="min", patience=config.early_stopping_patience)
     with _quiet():
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=config.max_epochs,
+        trainer = L.Trainer(**hardware.trainer_kwargs(), max_epochs=config.max_epochs,
                             callbacks=[history, checkpoint, stopping], logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, deterministic=True, num_sanity_val_steps=0,
-                            default_root_dir=output_dir)
+                            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=output_dir)
         trainer.fit(system, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError(f"spec {spec_id or '?'}: no checkpoint was saved: the validation loss was never finite")
     checkpoint_path = Path(checkpoint.best_model_path)
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    network.load_state_dict({k.removeprefix("network."): v for k, v in state["state_dict"].items()
-                             if k.startswith("network.")})
-    network.eval()
+    network.load_state_dict({k.removeprefix("network.").removeprefix("_orig_mod."): v  # compiled: "_orig_mod."
+                             for k, v in state["state_dict"].items() if k.startswith("network.")})
+    network.cpu().eval()
     model_dir.mkdir(parents=True)
     weights_path = model_dir / NETWORK_WEIGHTS_FILENAME
     torch.save(network.state_dict(), weights_path)

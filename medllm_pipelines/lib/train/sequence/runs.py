@@ -29,7 +29,8 @@ from medllm_pipelines.lib.train.sequence.training import (
     train_forecast_model,
 )
 
-REGISTRY_FAMILY = "lstm"  # registry.FAMILIES' recurrent family; the cell (gru/lstm) is a param and a tag
+# registry.FAMILIES' recurrent families: each cell is registered under its own family (gru or lstm)
+REGISTRY_FAMILY = {"gru": "gru", "lstm": "lstm"}
 DEFAULT_WINDOW_HOURS = 24
 DEFAULT_HORIZON_HOURS = 12
 
@@ -186,9 +187,9 @@ def train_sequence_spec_model(
             log_dataset_input(dataset.split(split)[[HOUR, target]].reset_index(drop=True), name=f"{spec.id}-{split}",
                               dataset_version=dataset.version, context=context, targets=target)
         mlflow.log_params({**{k: str(v) for k, v in config.to_dict().items()}, "training_size": size,
-                           "dataset_version": dataset.version, "network_family": REGISTRY_FAMILY,
+                           "dataset_version": dataset.version, "network_family": REGISTRY_FAMILY[config.cell],
                            **{f"n_{k}": v for k, v in dataset.rows_per_split.items()}}, synchronous=True)
-        mlflow.set_tags({"dataset_version": dataset.version, "model_family": REGISTRY_FAMILY,
+        mlflow.set_tags({"dataset_version": dataset.version, "model_family": REGISTRY_FAMILY[config.cell],
                          "network_cell": config.cell})
         trainer = train_forecast_model if regression else train_deterioration_model
         result = trainer(vitals, dataset.frame, config, output_dir, on_epoch_metrics=make_mlflow_epoch_logger(run_id),
@@ -206,7 +207,8 @@ def train_sequence_spec_model(
         mlflow.log_dict(result.to_dict(), TRAINING_SUMMARY_ARTIFACT)
         registered = None
         if register:
-            registered = register_model(model_uri, spec.id, family=REGISTRY_FAMILY, dataset_version=dataset.version,
+            registered = register_model(model_uri, spec.id, family=REGISTRY_FAMILY[config.cell],
+                                        dataset_version=dataset.version,
                                         metrics={k: v for k, v in {**result.test_metrics, **result.val_metrics}.items()
                                                  if not math.isnan(v)},
                                         tracking_uri=mlflow.get_tracking_uri())

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from medllm_pipelines.lib.curate.sequences import HOUR, STAY_KEYS, VITALS
 from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
+from medllm_pipelines.lib.train.hardware import HardwareSettings, maybe_compile
 from medllm_pipelines.lib.train.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_component
 from medllm_pipelines.lib.train.sequence.data import (
     CHANNELS,
@@ -70,8 +71,11 @@ class SequenceTrainConfig:
     pos_weight: float | str = "balanced"
     cpu_threads: int = 1
     seed: int = 11
+    # placement and scale (lib/train/hardware.py): accelerator, devices, num_nodes, strategy, precision, compile
+    hardware: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        HardwareSettings.from_mapping(self.hardware)
         check_component("optimizer", self.optimizer, OPTIMIZER_NAMES)
         check_component("scheduler", self.scheduler, SCHEDULER_NAMES)
         if self.window_hours < 1 or self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
@@ -94,6 +98,7 @@ class SequenceTrainConfig:
         cell = check_component("network", network.pop("family", None), RECURRENT_CELLS, spec_id)
         check_component("optimizer", training.get("optimizer", cls.optimizer), OPTIMIZER_NAMES, spec_id)
         check_component("scheduler", training.get("scheduler", cls.scheduler), SCHEDULER_NAMES, spec_id)
+        HardwareSettings.from_mapping(training.get("hardware"), spec_id=spec_id)
         known = {f.name for f in fields(cls)} - {"cell", "window_hours", "horizon_hours"}
         unknown = sorted(set(network) - set(NETWORK_KEYS)) + sorted(set(training) - (known - set(NETWORK_KEYS)))
         if unknown:
@@ -151,20 +156,22 @@ def _fit(system: Any, data: DeteriorationDataModule, config: SequenceTrainConfig
     """Lightning fit with early stopping on the validation loss; the kept checkpoint's path and state."""
     from medllm_pipelines.lib.train.text.training import cpu_threads
 
+    hardware = HardwareSettings.from_mapping(config.hardware, spec_id=spec_id)
+    system.network = maybe_compile(system.network, hardware)
     history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best", monitor="val_loss", mode="min",
                                  save_top_k=1, enable_version_counter=False)
     stopping = EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping_patience,
                              min_delta=config.early_stopping_min_delta)
     with quiet_lightning(r".*does not have many workers.*"), cpu_threads(config.cpu_threads):
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=config.max_epochs,
+        trainer = L.Trainer(**hardware.trainer_kwargs(), max_epochs=config.max_epochs,
                             callbacks=[history, checkpoint, stopping], logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, deterministic=True, num_sanity_val_steps=0,
-                            default_root_dir=output_dir)
+                            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=output_dir)
         trainer.fit(system, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError(f"spec {spec_id}: no checkpoint was saved: the validation loss was never finite")
     checkpoint_path = Path(checkpoint.best_model_path)
+    system.cpu()  # evaluation and the saved model run on the CPU whatever the training ran on
     return checkpoint_path, torch.load(checkpoint_path, map_location="cpu", weights_only=True), history
 
 
@@ -197,8 +204,8 @@ def train_deterioration_model(vitals: pd.DataFrame, windows: pd.DataFrame, confi
                                  weight_decay=config.weight_decay, momentum=config.momentum, pos_weight=pos_weight,
                                  spec_id=spec_id)
     checkpoint_path, state, history = _fit(system, data, config, output_dir, on_epoch_metrics, spec_id)
-    network.load_state_dict({k.removeprefix("network."): v for k, v in state["state_dict"].items()
-                             if k.startswith("network.")})
+    network.load_state_dict({k.removeprefix("network.").removeprefix("_orig_mod."): v  # compiled: "_orig_mod."
+                             for k, v in state["state_dict"].items() if k.startswith("network.")})
     network.eval()
     val_windows, val_labels = data.val_dataset.tensors
     val_scores = _probabilities(network, val_windows)

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
+from medllm_pipelines.lib.train.hardware import HardwareSettings, maybe_compile
 from medllm_pipelines.lib.train.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_component
 from medllm_pipelines.lib.train.text.data import (
     TEST_SPLIT,
@@ -83,8 +84,11 @@ class TextTrainConfig:
     # intra-op CPU threads while training (0: torch's default). A demo-size encoder multiplies matrices too small
     # to share: on 2 busy cores, torch's default threads made one training 5x slower (139 s against 28 s).
     cpu_threads: int = 1
+    # placement and scale (lib/train/hardware.py): accelerator, devices, num_nodes, strategy, precision, compile
+    hardware: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        HardwareSettings.from_mapping(self.hardware)
         check_component("optimizer", self.optimizer, OPTIMIZER_NAMES)
         check_component("scheduler", self.scheduler, SCHEDULER_NAMES)
         problems = []
@@ -118,6 +122,7 @@ class TextTrainConfig:
         check_component("network", network.pop("family", None), TEXT_NETWORK_FAMILIES, spec_id)
         check_component("optimizer", training.get("optimizer", cls.optimizer), OPTIMIZER_NAMES, spec_id)
         check_component("scheduler", training.get("scheduler", cls.scheduler), SCHEDULER_NAMES, spec_id)
+        HardwareSettings.from_mapping(training.get("hardware"), spec_id=spec_id)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(network) - set(NETWORK_KEYS)) + sorted(set(training) - (known - set(NETWORK_KEYS)))
         if unknown:
@@ -223,24 +228,25 @@ def train_text_classifier(
                                       weight_decay=config.weight_decay, momentum=config.momentum,
                                       label_smoothing=config.label_smoothing, token_dropout=config.token_dropout,
                                       spec_id=spec_id)
+    hardware = HardwareSettings.from_mapping(config.hardware, spec_id=spec_id)
+    system.network = maybe_compile(network, hardware)
     history = EpochHistory(on_epoch_metrics)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
     stopping = EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping_patience,
                              min_delta=config.early_stopping_min_delta)
     with quiet_lightning(), cpu_threads(config.cpu_threads):
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=config.max_epochs,
+        trainer = L.Trainer(**hardware.trainer_kwargs(), max_epochs=config.max_epochs,
                             callbacks=[history, checkpoint, stopping], logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, deterministic=True, num_sanity_val_steps=0,
-                            default_root_dir=output_dir)
+                            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=output_dir)
         trainer.fit(system, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError(f"spec {spec_id}: no checkpoint was saved: the validation loss was never finite")
     checkpoint_path = Path(checkpoint.best_model_path)
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    network.load_state_dict({k.removeprefix("network."): v for k, v in state["state_dict"].items()
-                             if k.startswith("network.")})
-    network.eval()
+    network.load_state_dict({k.removeprefix("network.").removeprefix("_orig_mod."): v  # compiled: "_orig_mod."
+                             for k, v in state["state_dict"].items() if k.startswith("network.")})
+    network.cpu().eval()
 
     val_ids, val_labels = data.val_dataset.tensors
     val_logits = _logits(network, val_ids)

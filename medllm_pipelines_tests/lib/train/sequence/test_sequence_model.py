@@ -42,6 +42,15 @@ def test_an_unknown_training_key_is_refused_naming_the_spec() -> None:
                                       horizon_hours=12)
 
 
+def test_the_hardware_mapping_is_carried_and_an_unknown_strategy_is_refused_naming_the_spec() -> None:
+    config = SequenceTrainConfig.from_spec("deterioration", {"family": "lstm"}, {"hardware": {"devices": 1}},
+                                           window_hours=24, horizon_hours=12)
+    assert config.hardware == {"devices": 1}
+    with pytest.raises(UnknownComponentError, match="spec deterioration.*strategy 'mpi'"):
+        SequenceTrainConfig.from_spec("deterioration", {"family": "lstm"}, {"hardware": {"strategy": "mpi"}},
+                                      window_hours=24, horizon_hours=12)
+
+
 def test_a_seeded_training_beats_news2_near_the_optimum(tmp_path) -> None:
     rng = np.random.default_rng(5)
     vitals = stays_as_table([simulate_stay(rng) for _ in range(240)])
