@@ -36,6 +36,8 @@ from medllm_pipelines.defs.train import compression, tabular_zoo
 from medllm_pipelines.defs.train import imaging as train_imaging
 from medllm_pipelines.defs.train import sequence as train_sequence
 from medllm_pipelines.defs.train import text as train_text
+from medllm_pipelines.defs.curate import entity_datasets
+from medllm_pipelines.defs.train import entities as train_entities
 from medllm_pipelines.settings import Settings, load_settings
 
 ALL_ASSETS = [
@@ -56,6 +58,8 @@ ALL_ASSETS = [
     *tabular_zoo.ASSETS,
     *train_imaging.ASSETS,
     *train_text.ASSETS,
+    *entity_datasets.ASSETS,
+    *train_entities.ASSETS,
     *compression.ASSETS,
     *train_sequence.ASSETS,
     *evaluate.ASSETS,

@@ -45,3 +45,11 @@ def identifier_leak_gate(asset_key: AssetKey):
         )
 
     return _leak_gate
+
+
+def model_trained_result(needs) -> AssetCheckResult:
+    """The ``model_trained`` check of a train asset: passes when the spec's data needs were met; otherwise a WARN
+    with the reason (the data stages succeeded; nothing downstream is blocked)."""
+    return AssetCheckResult(check_name=keys.CHECK_MODEL_TRAINED, passed=needs.met, severity=AssetCheckSeverity.WARN,
+                            description="trained" if needs.met else f"not trained: {needs.reason}",
+                            metadata=needs.as_metadata())

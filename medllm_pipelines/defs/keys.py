@@ -124,6 +124,7 @@ DETERIORATION_MODEL = key(TRAIN, "deterioration_model")
 FORECAST_SPEC_ID = "vitals_forecast"  # row V2: next-hour heart rate from the same stays (regression)
 FORECAST_DATASET = key(CURATE, "vitals_forecast_dataset")
 FORECAST_MODEL = key(TRAIN, "vitals_forecast_model")
+DETERIORATION_COMPRESSED = key(TRAIN, "deterioration_model_compressed")  # int8 dynamic + ONNX (row M7)
 
 # asset checks
 CHECK_GE_SUITE = "great_expectations_suite"
@@ -149,3 +150,7 @@ AUDIT_SCHEMA = LEDGER_SCHEMA  # "audit"
 FILE_LEDGER_TABLE = LEDGER_TABLE  # "file_ledger"
 QUARANTINE_TABLE = "quarantine"
 FILE_OUTCOMES_TABLE = "file_outcomes"  # per landed file and ingest asset: in / out / quarantined / removed
+# clinical_entities spec (symptom/disease/drug recognition): realigned dataset, splits, tagger
+ENTITY_DATASET = key(CURATE, "entity_dataset")
+ENTITY_SPLITS = key(CURATE, "entity_splits")
+ENTITY_MODEL = key(TRAIN, "entity_model")

@@ -5,8 +5,6 @@ import datetime as dt
 from pathlib import Path
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
@@ -15,6 +13,7 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.checks import model_trained_result
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.lib.curate.dataset import SplitDataset, read_split_dataset
@@ -38,14 +37,6 @@ def _curated_preprocessing(store, spec_id: str, dataset_version: str):
         raise RuntimeError(f"{missing}: materialise {keys.asset_name(keys.DIABETES_PREPROCESSING)} first") from None
 
 
-def _trained_check(needs) -> AssetCheckResult:
-    return AssetCheckResult(
-        check_name=keys.CHECK_MODEL_TRAINED,
-        passed=needs.met,
-        severity=AssetCheckSeverity.WARN,
-        description="trained" if needs.met else f"not trained: {needs.reason}",
-        metadata=needs.as_metadata(),
-    )
 
 
 def _dataset_card(artifacts: ArtifactStoreResource, dataset: SplitDataset):
@@ -112,7 +103,7 @@ def diabetes_model(
         return MaterializeResult(
             metadata={"trained": False, "dataset_version": dataset.version, **needs.as_metadata(),
                       **spec.as_metadata(), **versions_metadata()},
-            check_results=[_trained_check(needs)],
+            check_results=[model_trained_result(needs)],
         )
     store = artifacts.model_store()
     preprocessing = _curated_preprocessing(store, spec.id, dataset.version)  # missing: fails here, in either process
@@ -127,7 +118,7 @@ def diabetes_model(
             trained = _train_in_process(context, run, spec, dataset, store, preprocessing, tags, attachments, config,
                                         run_settings.training_size)
     return MaterializeResult(
-        check_results=[_trained_check(needs)],
+        check_results=[model_trained_result(needs)],
         metadata={
             **trained,
             **needs.as_metadata(),

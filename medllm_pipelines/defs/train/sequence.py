@@ -6,8 +6,6 @@ materialisation each, registered under the spec id @challenger."""
 import datetime as dt
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
@@ -16,6 +14,7 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.checks import model_trained_result
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.lib.curate.spec import load_spec
@@ -25,10 +24,6 @@ from medllm_pipelines.resources.run_settings import RunSettingsResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
 
 
-def _trained_check(needs) -> AssetCheckResult:
-    return AssetCheckResult(check_name=keys.CHECK_MODEL_TRAINED, passed=needs.met, severity=AssetCheckSeverity.WARN,
-                            description="trained" if needs.met else f"not trained: {needs.reason}",
-                            metadata=needs.as_metadata())
 
 
 def _train(context: AssetExecutionContext, spec_id: str, asset_key, dataset_key, warehouse: WarehouseResource,
@@ -56,7 +51,7 @@ def _train(context: AssetExecutionContext, spec_id: str, asset_key, dataset_key,
         context.log.warning(f"{keys.asset_name(asset_key)} not trained: {needs.reason}")
         return MaterializeResult(metadata={"trained": False, "dataset_version": dataset.version, **needs.as_metadata(),
                                            **spec.as_metadata(), **versions_metadata()},
-                                 check_results=[_trained_check(needs)])
+                                 check_results=[model_trained_result(needs)])
     store = artifacts.model_store()
     save_membership(store.membership_folder(), dataset.version, frame["patient_pseudonym"])  # row S5
     tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(asset_key), ethics_approval=approval.id)
@@ -67,7 +62,7 @@ def _train(context: AssetExecutionContext, spec_id: str, asset_key, dataset_key,
     store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
     context.log.info(trained.summary())
     return MaterializeResult(
-        check_results=[_trained_check(needs)],
+        check_results=[model_trained_result(needs)],
         metadata={
             **trained.as_metadata(), **needs.as_metadata(),
             "model_dir": MetadataValue.path(str(trained.result.model_dir)),

@@ -11,8 +11,6 @@ check warns).
 import datetime as dt
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
@@ -21,6 +19,7 @@ from dagster import (
 )
 
 from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.checks import model_trained_result
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
 from medllm_pipelines.lib.curate.datasets_text import TRIAGE_SPEC_ID
@@ -33,10 +32,6 @@ from medllm_pipelines.resources.warehouse import WarehouseResource
 TOKENIZER_FOLDER = ("text_tokenizer",)  # under the artifact store's models folder
 
 
-def _trained_check(needs) -> AssetCheckResult:
-    return AssetCheckResult(check_name=keys.CHECK_MODEL_TRAINED, passed=needs.met, severity=AssetCheckSeverity.WARN,
-                            description="trained" if needs.met else f"not trained: {needs.reason}",
-                            metadata=needs.as_metadata())
 
 
 @asset(
@@ -100,7 +95,7 @@ def triage_model(context: AssetExecutionContext, warehouse: WarehouseResource, m
         context.log.warning(f"{keys.asset_name(keys.TRIAGE_MODEL)} not trained: {needs.reason}")
         return MaterializeResult(metadata={"trained": False, "dataset_version": dataset.version, **needs.as_metadata(),
                                            **spec.as_metadata(), **versions_metadata()},
-                                 check_results=[_trained_check(needs)])
+                                 check_results=[model_trained_result(needs)])
     tokenizer = load_tokenizer(artifacts.folder("models", *TOKENIZER_FOLDER))
     store = artifacts.model_store()
     save_membership(store.membership_folder(), dataset.version, dataset.frame["patient_pseudonym"])  # row S5
@@ -111,7 +106,7 @@ def triage_model(context: AssetExecutionContext, warehouse: WarehouseResource, m
     store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
     context.log.info(trained.summary())
     return MaterializeResult(
-        check_results=[_trained_check(needs)],
+        check_results=[model_trained_result(needs)],
         metadata={
             **trained.as_metadata(), **needs.as_metadata(),
             "model_dir": MetadataValue.path(str(trained.result.model_dir)),
