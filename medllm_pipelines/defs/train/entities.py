@@ -6,20 +6,14 @@ with the reason, the model_trained check warns).
 """
 # No `from __future__ import annotations` here: Dagster reads the asset functions' annotations.
 
-import datetime as dt
-
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 
 from medllm_pipelines.defs import keys
-from medllm_pipelines.defs.checks import model_trained_result
-from medllm_pipelines.defs.keys import warehouse_location
-from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
+from medllm_pipelines.defs.train.spec_assets import model_trained_check_spec, train_text_spec_asset
 from medllm_pipelines.defs.train.text import TOKENIZER_FOLDER
 from medllm_pipelines.lib.curate.datasets_entities import ENTITY_SPEC_ID
 from medllm_pipelines.lib.curate.spec import load_spec
@@ -39,48 +33,23 @@ from medllm_pipelines.resources.warehouse import WarehouseResource
     description="Transformer encoder with a per-token head (BIO over SYMPTOM/DISEASE/DRUG) trained from scratch on the "
     "entity splits with train/text_tokenizer; exact-span P/R/F1 per type and micro against a dictionary of the "
     "training spans; one MLflow run, registered as clinical_entities with alias challenger.",
-    check_specs=[AssetCheckSpec(keys.CHECK_MODEL_TRAINED, asset=keys.ENTITY_MODEL, blocking=True,
-                                description="A model was trained: the dataset holds the spec's min_rows (warns only).")],
+    check_specs=[model_trained_check_spec(keys.ENTITY_MODEL)],
 )
 def entity_model(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
                  artifacts: ArtifactStoreResource, run_settings: RunSettingsResource) -> MaterializeResult:
-    from medllm_pipelines.lib.curate.dataset import join_features_with_splits
-    from medllm_pipelines.lib.deidentify.withdrawal import save_membership
-    from medllm_pipelines.lib.security.governance import GovernanceStore
-    from medllm_pipelines.lib.train.runs import spec_run_tags
     from medllm_pipelines.lib.train.text.entity_runs import entity_training_config, train_entity_spec_model
     from medllm_pipelines.lib.train.text.tokenizer import load_tokenizer
 
     spec = load_spec(ENTITY_SPEC_ID)
     config = entity_training_config(spec, run_settings.training_size)  # a bad spec is refused before any run
-    approval = GovernanceStore(artifacts.folder("governance")).require_valid_approval(
-        spec.project, spec.id, dt.date.today(), spec_version=spec.version)
-    wh = warehouse.get()
-    dataset = join_features_with_splits(wh.read_table(*warehouse_location(keys.ENTITY_DATASET)),
-                                        wh.read_table(*warehouse_location(keys.ENTITY_SPLITS)), id_column="text_id")
-    needs = spec.needs_met_by(len(dataset.frame))
-    if not needs.met:
-        context.log.warning(f"{keys.asset_name(keys.ENTITY_MODEL)} not trained: {needs.reason}")
-        return MaterializeResult(metadata={"trained": False, "dataset_version": dataset.version, **needs.as_metadata(),
-                                           **spec.as_metadata(), **versions_metadata()},
-                                 check_results=[model_trained_result(needs)])
-    tokenizer = load_tokenizer(artifacts.folder("models", *TOKENIZER_FOLDER))
-    store = artifacts.model_store()
-    save_membership(store.membership_folder(), dataset.version, dataset.frame["patient_pseudonym"])  # row S5
-    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.ENTITY_MODEL), ethics_approval=approval.id)
-    with mlflow.start_run(spec.id, run_name=f"train-{run_id_of(context)[:8]}", tags=tags) as run:
-        trained = train_entity_spec_model(dataset, tokenizer, spec, store.model_folder(spec.id, dataset.version),
-                                          run.info.run_id, config=config, size=run_settings.training_size)
-    store.write_training_record(spec.id, dataset.version, trained.record(run.info.experiment_id, run_id_of(context)))
-    context.log.info(trained.summary())
-    return MaterializeResult(
-        check_results=[model_trained_result(needs)],
-        metadata={**trained.as_metadata(), **needs.as_metadata(),
-                  "model_dir": MetadataValue.path(str(trained.result.model_dir)),
-                  "mlflow_experiment_id": run.info.experiment_id,
-                  "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.experiment_id, run.info.run_id)),
-                  "ethics_approval": approval.id, **spec.as_metadata(), **versions_metadata()},
-    )
+
+    def train(dataset, model_dir, mlflow_run_id):
+        tokenizer = load_tokenizer(artifacts.folder("models", *TOKENIZER_FOLDER))
+        return train_entity_spec_model(dataset, tokenizer, spec, model_dir, mlflow_run_id, config=config,
+                                       size=run_settings.training_size)
+
+    return train_text_spec_asset(context, spec, keys.ENTITY_MODEL, keys.ENTITY_DATASET, keys.ENTITY_SPLITS,
+                                 warehouse, mlflow, artifacts, train)
 
 
 ASSETS = [entity_model]
