@@ -43,6 +43,31 @@ def _run_metadata(mlflow: MLflowResource, run, spec, dataset, record) -> dict:
             **spec.as_metadata(), **versions_metadata()}
 
 
+def _compressed(context: AssetExecutionContext, mlflow: MLflowResource, artifacts: ArtifactStoreResource, asset_key,
+                spec, dataset, record, compress) -> MaterializeResult:
+    """One compression run of a trained model: ``compress(config, out_dir)`` builds the suite of variants; those
+    within the spec's tolerance are registered. The same for the MLP, the CNN and the LSTM."""
+    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config, log_compression
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(asset_key), stage="compression")
+    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "compression"):
+            suite = compress(config, out_dir)
+            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
+    context.log.info(suite.summary())
+    return MaterializeResult(metadata={
+        **suite.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(suite.table())),
+        "variants_dir": MetadataValue.path(str(out_dir)),
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    })
+
+
 @asset(
     key=keys.DIABETES_COMPRESSED,
     deps=READS,
@@ -54,30 +79,14 @@ def _run_metadata(mlflow: MLflowResource, run, spec, dataset, record) -> dict:
 )
 def diabetes_model_compressed(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
                               artifacts: ArtifactStoreResource) -> MaterializeResult:
-    from medllm_pipelines.lib.train.compression import (
-        compress_tabular_model, failure_recorded, load_compression_config, log_compression,
-    )
-    from medllm_pipelines.lib.train.compression_metrics import markdown_table
-    from medllm_pipelines.lib.train.runs import spec_run_tags
+    from medllm_pipelines.lib.train.compression import compress_tabular_model
 
     spec, dataset, record, patients = _teacher(warehouse, artifacts)
     if record is None:
         return _not_trained(context, spec, dataset, keys.DIABETES_COMPRESSED)
-    config = load_compression_config(spec.id)
-    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
-    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_COMPRESSED), stage="compression")
-    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
-        with failure_recorded(spec.id, "compression"):
-            suite = compress_tabular_model(record["model_dir"], dataset.frame, config, out_dir, patients=patients)
-            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
-    context.log.info(suite.summary())
-    return MaterializeResult(metadata={
-        **suite.as_metadata(),
-        "registered": MetadataValue.json(registered),
-        "comparison": MetadataValue.md(markdown_table(suite.table())),
-        "variants_dir": MetadataValue.path(str(out_dir)),
-        **_run_metadata(mlflow, run, spec, dataset, record),
-    })
+    return _compressed(context, mlflow, artifacts, keys.DIABETES_COMPRESSED, spec, dataset, record,
+                       lambda config, out_dir: compress_tabular_model(record["model_dir"], dataset.frame, config,
+                                                                      out_dir, patients=patients))
 
 
 @asset(
@@ -145,31 +154,15 @@ def _lesion_teacher(warehouse: WarehouseResource, artifacts: ArtifactStoreResour
 )
 def lesion_classifier_compressed(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
                                  artifacts: ArtifactStoreResource) -> MaterializeResult:
-    from medllm_pipelines.lib.train.compression import (
-        compress_imaging_model, failure_recorded, load_compression_config, log_compression,
-    )
-    from medllm_pipelines.lib.train.compression_metrics import markdown_table
-    from medllm_pipelines.lib.train.runs import spec_run_tags
+    from medllm_pipelines.lib.train.compression import compress_imaging_model
 
     spec, dataset, record, patients = _lesion_teacher(warehouse, artifacts)
     if record is None:
         return _not_trained(context, spec, dataset, keys.LESION_CLASSIFIER_COMPRESSED)
-    config = load_compression_config(spec.id)
-    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
-    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.LESION_CLASSIFIER_COMPRESSED), stage="compression")
-    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
-        with failure_recorded(spec.id, "compression"):
-            suite = compress_imaging_model(record["model_dir"], dataset.frame, artifacts.folder("deidentified", "images"),
-                                           config, out_dir, patients=patients)
-            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
-    context.log.info(suite.summary())
-    return MaterializeResult(metadata={
-        **suite.as_metadata(),
-        "registered": MetadataValue.json(registered),
-        "comparison": MetadataValue.md(markdown_table(suite.table())),
-        "variants_dir": MetadataValue.path(str(out_dir)),
-        **_run_metadata(mlflow, run, spec, dataset, record),
-    })
+    images = artifacts.folder("deidentified", "images")
+    return _compressed(context, mlflow, artifacts, keys.LESION_CLASSIFIER_COMPRESSED, spec, dataset, record,
+                       lambda config, out_dir: compress_imaging_model(record["model_dir"], dataset.frame, images,
+                                                                      config, out_dir, patients=patients))
 
 
 @asset(
@@ -251,30 +244,14 @@ def _deterioration_teacher(warehouse: WarehouseResource, artifacts: ArtifactStor
 )
 def deterioration_model_compressed(context: AssetExecutionContext, warehouse: WarehouseResource,
                                    mlflow: MLflowResource, artifacts: ArtifactStoreResource) -> MaterializeResult:
-    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config, log_compression
-    from medllm_pipelines.lib.train.compression_metrics import markdown_table
-    from medllm_pipelines.lib.train.runs import spec_run_tags
     from medllm_pipelines.lib.train.sequence.compression import compress_sequence_model
 
     spec, dataset, record, vitals, patients = _deterioration_teacher(warehouse, artifacts)
     if record is None:
         return _not_trained(context, spec, dataset, keys.DETERIORATION_COMPRESSED)
-    config = load_compression_config(spec.id)
-    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "compressed"
-    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DETERIORATION_COMPRESSED), stage="compression")
-    with mlflow.start_run(spec.id, run_name=f"compress-{run_id_of(context)[:8]}", tags=tags) as run:
-        with failure_recorded(spec.id, "compression"):
-            suite = compress_sequence_model(record["model_dir"], vitals, dataset.frame, config, out_dir,
-                                            patients=patients)
-            registered = log_compression(suite, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
-    context.log.info(suite.summary())
-    return MaterializeResult(metadata={
-        **suite.as_metadata(),
-        "registered": MetadataValue.json(registered),
-        "comparison": MetadataValue.md(markdown_table(suite.table())),
-        "variants_dir": MetadataValue.path(str(out_dir)),
-        **_run_metadata(mlflow, run, spec, dataset, record),
-    })
+    return _compressed(context, mlflow, artifacts, keys.DETERIORATION_COMPRESSED, spec, dataset, record,
+                       lambda config, out_dir: compress_sequence_model(record["model_dir"], vitals, dataset.frame,
+                                                                       config, out_dir, patients=patients))
 
 
 ASSETS = [diabetes_model_compressed, diabetes_model_distilled, lesion_classifier_compressed, lesion_classifier_distilled,
