@@ -51,6 +51,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""  # Presidio's tldextract would go to the network
 
 import argparse
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -237,7 +238,7 @@ def main() -> int:
         train_tagger,
     )
     from medllm_pipelines.lib.synth import DefectRates, generate_hospital
-    from medllm_pipelines.lib.synth.note_gold import annotated_texts
+    from medllm_pipelines.lib.synth.note_gold import annotated_consultations, annotated_texts
 
     peers = presidio_engines()
     if peers is None:
@@ -249,6 +250,7 @@ def main() -> int:
         generate_hospital(Path(work), patients=args.patients, seed=args.seed, defect_rates=DefectRates.none(),
                           write_identities=True)
         texts = annotated_texts(Path(work))
+        visits = annotated_consultations(Path(work))  # evaluated only: the tagger never trains on them
         generation_s = time.perf_counter() - started
     train, test = split_by_person(texts, lambda t: t.person_index, test_fraction=0.3, seed=args.seed)
     started = time.process_time()
@@ -261,6 +263,7 @@ def main() -> int:
 
     detector = build_detector(tagger=tagger)
     patterns_only = build_detector()
+    without_zh_words = dataclasses.replace(detector, zh_common_words=False, _cache={})  # before the jieba rule
     key = b"benchmark-surrogate-key"
     surrogate = SurrogateFactory(lambda v: hmac.new(key, v.encode(), hashlib.sha256).hexdigest(), scope="bench",
                                  date_shift_days=17)
@@ -299,9 +302,14 @@ def main() -> int:
     test_texts = [t.text for t in test]
     hard_texts, hard_gold = perturbed(test_texts, gold, seed=args.seed)
     accuracy: dict[str, Any] = {}
-    for split, (these, golds) in {"held_out": (test_texts, gold), "held_out_perturbed": (hard_texts, hard_gold)}.items():
+    visit_texts = [t.text for t in visits]
+    visit_gold = [[(s.start, s.end, s.label) for s in t.spans] for t in visits]
+    for split, (these, golds) in {"held_out": (test_texts, gold), "held_out_perturbed": (hard_texts, hard_gold),
+                                  "consultations": (visit_texts, visit_gold)}.items():
         predictions: dict[str, list[list[tuple[int, int, str]]]] = {
             "ours": [[(s.start, s.end, s.label) for s in spans] for spans in detector.detect_many(these)],
+            "ours_without_zh_common_words": [[(s.start, s.end, s.label) for s in spans]
+                                             for spans in without_zh_words.detect_many(these)],
             "ours_patterns_only": [[(s.start, s.end, s.label) for s in spans]
                                    for spans in patterns_only.detect_many(these)],
         }
@@ -316,7 +324,12 @@ def main() -> int:
 
     from medllm_pipelines.lib.deidentify.text.evaluate import over_masking
 
-    over_masked = {"held_out": over_masking(test_texts, detector.detect_many(test_texts), gold)}
+    over_masked = {"held_out": over_masking(test_texts, detector.detect_many(test_texts), gold),
+                   "held_out_without_zh_common_words": over_masking(test_texts, without_zh_words.detect_many(test_texts),
+                                                                     gold),
+                   "consultations": over_masking(visit_texts, detector.detect_many(visit_texts), visit_gold),
+                   "consultations_without_zh_common_words": over_masking(
+                       visit_texts, without_zh_words.detect_many(visit_texts), visit_gold)}
     others = conformance(detector, patterns_only, peers, args.rounds)
     real_sample = i2b2_sample(detector)
 

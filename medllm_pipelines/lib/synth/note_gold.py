@@ -155,3 +155,26 @@ def annotated_texts(hospital_dir: Path, *, include_dialogues: bool = True) -> li
                                            str(row.get("language", "zh")), "dialogue", text,
                                            gold_spans(text, identity, "dialogue")))
     return texts
+
+
+def annotated_consultations(hospital_dir: Path) -> list[AnnotatedText]:
+    """Every recorded visit (``<inst>/consultations/``): the transcript turns and the signed record as one text,
+    with the gold spans of the patient's identifiers said in it (the record itself names nobody: every span the
+    detector finds there is over-masking)."""
+    root = Path(hospital_dir)
+    identities = {(row["institution"], row["mrn"]): row for row in load_identities(root)}
+    texts: list[AnnotatedText] = []
+    for institution_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        path = institution_dir / "consultations" / "consultations.jsonl"
+        if not path.exists():
+            continue
+        for position, line in enumerate(path.read_bytes().splitlines()):
+            row = orjson.loads(line)
+            identity = identities.get((institution_dir.name, row.get("patient_mrn", "")))
+            if identity is None:
+                continue
+            text = "\n".join([*(turn.get("text", "") for turn in row.get("turns") or []), row.get("record_text", "")])
+            texts.append(AnnotatedText(f"{institution_dir.name}/consultation/{position:05d}", institution_dir.name,
+                                       int(identity["person_index"]), str(row.get("language", "zh")), "consultation",
+                                       text, gold_spans(text, identity, "dialogue")))
+    return texts

@@ -39,6 +39,7 @@ from medllm_pipelines.lib.deidentify.text.spans import (
     normalise,
 )
 from medllm_pipelines.lib.deidentify.text.tagger import Tagger
+from medllm_pipelines.lib.deidentify.text.zh_words import is_han, without_common_words
 
 STRONG = 0.95
 _MIN_LENGTH = {"NAME": 2, "ID_NUMBER": 8, "MRN": 5, "PHONE": 7, "EMAIL": 6, "ADDRESS": 4, "DATE": 3,
@@ -135,12 +136,12 @@ def resolve(spans: Iterable[Span], strong: float = STRONG) -> list[Span]:
     return sorted(strong_spans + merge_overlapping(weak))
 
 
-def whitelist_names(text: str, spans: Iterable[Span]) -> list[Span]:
+def whitelist_names(text: str, spans: Iterable[Span], *, zh_common_words: bool = True) -> list[Span]:
     """NAME spans (patterns, tagger) trimmed of clinical/common words at their ends; dropped when nothing is left.
 
     Philter's rule: a word of the clinical whitelist (HEPARIN, CARDIAC, WITH,
-    Lasix, COPD) is never masked as a name, whoever proposed it. Names in Han
-    script are left as they are (the whitelist is English).
+    Lasix, COPD) is never masked as a name, whoever proposed it. In Han script
+    the whitelist is jieba's dictionary (``zh_words``): a common word is cut off or the span dropped.
     """
     from medllm_pipelines.lib.deidentify.text.lexicon import LISTED, NEVER, UNKNOWN, name_lexicon
 
@@ -156,7 +157,15 @@ def whitelist_names(text: str, spans: Iterable[Span]) -> list[Span]:
             # signature initials (JS/mk, XGT:holmes) and dictation codes (FB59): no prose words
             out.append(span)
             continue
-        if not words or any("\u3400" <= ch <= "\u9fff" for ch in value):
+        if any("\u3400" <= ch <= "\u9fff" for ch in value):
+            # Han text: a common word of jieba's dictionary is never a name (谢谢, 常规, 黄痰; 张伟建议 -> 张伟)
+            bounds = (without_common_words(text, span.start, span.end) if zh_common_words and is_han(value)
+                      else (span.start, span.end))
+            if bounds is not None:
+                out.append(span if bounds == (span.start, span.end) else Span(*bounds, span.label, span.score,
+                                                                              span.source))
+            continue
+        if not words:
             out.append(span)
             continue
         if lexicon is None:
@@ -241,14 +250,18 @@ class Detector:
     propagate_names: bool = True
     labels: tuple[str, ...] = ENTITY_TYPES
     name_whitelist: bool = True  # clinical/common words are never names (HEPARIN, CARDIAC, WITH)
+    zh_common_words: bool = True  # ... nor common Chinese words (jieba's dictionary: 谢谢, 常规; ``zh_words``)
     cache_max_chars: int = 256
     cache_size: int = 8192
     _cache: dict[str, tuple[Span, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> dict[str, Any]:
+        from medllm_pipelines.lib.deidentify.text.zh_words import dictionary_version
+
         return {"recognisers": self.patterns.config.version,
-                "tagger": None if self.tagger is None else self.tagger.digest}
+                "tagger": None if self.tagger is None else self.tagger.digest,
+                "zh_name_whitelist": dictionary_version() if self.name_whitelist and self.zh_common_words else None}
 
     def detect(self, text: str, *, known: KnownIdentifiers | None = None) -> list[Span]:
         """Identifier spans of ``text``, offsets in the original text, no overlaps."""
@@ -290,7 +303,7 @@ class Detector:
             if tagged is not None:
                 spans.extend(s for s in tagged[i] if plausible_tagger_span(view.text, s))
             if self.name_whitelist:
-                spans = whitelist_names(view.text, spans)
+                spans = whitelist_names(view.text, spans, zh_common_words=self.zh_common_words)
             resolved = resolve(spans)
             if self.propagate_names:
                 resolved = self._propagate(view.text, resolved)
