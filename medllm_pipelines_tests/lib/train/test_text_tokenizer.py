@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pandas as pd
 import pytest
 
 from medllm_pipelines.lib.train.text.tokenizer import (
     UNK,
+    TokenizerConfig,
     TokenizerMismatchError,
     check_tokenizer_matches,
     held_out_persons,
     load_tokenizer,
+    load_tokenizer_config,
     tokenizer_sha256,
     train_tokenizer,
 )
@@ -79,3 +84,102 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused_naming_the_spec() ->
         check_tokenizer_matches(tokenizer, tokenizer.get_vocab_size(), spec_id="triage", expected_sha256="0" * 64)
     check_tokenizer_matches(tokenizer, tokenizer.get_vocab_size(), spec_id="triage",
                             expected_sha256=tokenizer_sha256(tokenizer))
+
+
+# WordPiece fallback (issue 11): whole words as WordLevel, plus "##" endings for words never seen whole.
+
+STEMS = ["I have a cough and a headache.", "My cough is dry and my knee hurts.", "A headache every morning, then a cough.",
+         "I'm coughing at night and my legs ache.", "Coughing wakes me up, the headaches too.", "My chest feels tight.",
+         "It feels worse when I'm walking and sleeping.", "The sickness and the tiredness are worse."]
+
+
+def _wordpiece(**changes) -> TokenizerConfig:
+    return dataclasses.replace(load_tokenizer_config(), model="wordpiece", **changes)
+
+
+def _pieces_corpus() -> pd.DataFrame:
+    rows = [(text, f"e{i % 10}", "en") for i, text in enumerate(STEMS * 5)]
+    rows += [(text, f"z{i % 10}", "zh") for i, text in enumerate(ZH * 4)]
+    return pd.DataFrame(rows, columns=["text", "patient_pseudonym", "language"]).assign(source="dialogues")
+
+
+@pytest.mark.parametrize("changes", [{}, {"split_inflections": True}, {"character_fallback": True}])
+def test_wordpiece_gives_a_byte_identical_tokenizer_in_any_row_order(changes) -> None:
+    corpus = _pieces_corpus()
+    first = train_tokenizer(corpus, _wordpiece(**changes))
+    for seed in (1, 2):
+        again = train_tokenizer(corpus.sample(frac=1.0, random_state=seed).reset_index(drop=True), _wordpiece(**changes))
+        assert again.tokenizer.to_str(pretty=False) == first.tokenizer.to_str(pretty=False)
+    assert json.loads(first.tokenizer.to_str())["model"]["type"] == "WordPiece"
+
+
+def test_an_unseen_inflected_word_reads_as_its_stem_and_ending_not_unknown() -> None:
+    corpus = _pieces_corpus()
+    wordlevel = train_tokenizer(corpus, dataclasses.replace(_wordpiece(), model="wordlevel")).tokenizer
+    pieces = train_tokenizer(corpus, _wordpiece()).tokenizer
+    for word, expected in (("coughs", ["cough", "##s"]), ("chests", ["chest", "##s"]),
+                           ("tightness", ["tight", "##ness"]), ("Knees", ["knee", "##s"])):
+        assert wordlevel.encode(word, add_special_tokens=False).tokens == [UNK]
+        assert pieces.encode(word, add_special_tokens=False).tokens == expected
+    # a word seen whole stays whole; one that is no known word plus known endings stays one [UNK]
+    assert pieces.encode("coughing glorbfen", add_special_tokens=False).tokens == ["coughing", UNK]
+    assert pieces.decode(pieces.encode("coughs badly", add_special_tokens=False).ids) == "coughs [UNK]"
+
+
+def test_split_inflections_reads_every_form_through_the_stem_and_letters_leave_nothing_unknown() -> None:
+    corpus = _pieces_corpus()
+    split = train_tokenizer(corpus, _wordpiece(split_inflections=True)).tokenizer
+    assert "coughing" not in split.get_vocab() and "cough" in split.get_vocab()
+    assert split.encode("Coughing", add_special_tokens=False).tokens == ["cough", "##ing"]
+    assert split.encode("headaches", add_special_tokens=False).tokens == ["headache", "##s"]
+    letters = train_tokenizer(corpus, _wordpiece(character_fallback=True)).tokenizer
+    tokens = letters.encode("glorfen", add_special_tokens=False).tokens
+    assert UNK not in tokens and "".join(t.removeprefix("##") for t in tokens) == "glorfen"
+
+
+def test_wordpiece_keeps_chinese_one_token_per_character_as_wordlevel() -> None:
+    corpus = _pieces_corpus()
+    wordlevel = train_tokenizer(corpus, dataclasses.replace(_wordpiece(), model="wordlevel")).tokenizer
+    pieces = train_tokenizer(corpus, _wordpiece(split_inflections=True)).tokenizer
+    for text in [*ZH, "胸口闷痛甪", "咳嗽 cough"]:
+        assert pieces.encode(text, add_special_tokens=False).tokens == wordlevel.encode(text, add_special_tokens=False).tokens
+    assert pieces.encode("胸口闷痛甪", add_special_tokens=False).tokens == ["胸", "口", "闷", "痛", UNK]
+
+
+def test_pieces_carry_character_offsets_that_rebuild_entity_spans() -> None:
+    from medllm_pipelines.lib.train.text.spans import char_spans, encode_bio
+
+    tokenizer = train_tokenizer(_pieces_corpus(), _wordpiece()).tokenizer
+    text = "Bad coughs and Knees."
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    assert encoding.tokens == [UNK, "cough", "##s", "and", "knee", "##s", "."]
+    offsets = [tuple(o) for o in encoding.offsets]
+    assert [text[a:b] for a, b in offsets] == ["Bad", "cough", "s", "and", "Knee", "s", "."]
+    spans = [(4, 10, "SYMPTOM"), (15, 20, "SYMPTOM")]
+    tags = encode_bio(offsets, spans)
+    assert tags == ["O", "B-SYMPTOM", "I-SYMPTOM", "O", "B-SYMPTOM", "I-SYMPTOM", "O"]
+    assert char_spans(tags, offsets) == spans
+
+
+def test_a_model_trained_on_wordpiece_loads_with_its_tokenizer(tmp_path) -> None:
+    from medllm_pipelines.lib.train.text.predictor import TextClassifierPredictor
+    from medllm_pipelines.lib.train.text.training import TextTrainConfig, train_text_classifier
+
+    corpus = _pieces_corpus()
+    trained = train_tokenizer(corpus, _wordpiece(split_inflections=True))
+    path = trained.save(tmp_path / "tokenizer")
+    tokenizer = load_tokenizer(path)
+    assert tokenizer_sha256(tokenizer) == trained.report.sha256
+    frame = corpus.assign(label=corpus["language"].map({"en": "Respiratory Medicine", "zh": "Cardiology"}),
+                          split=["train", "train", "validation", "test"] * (len(corpus) // 4))
+    config = TextTrainConfig(d_model=8, n_heads=2, n_layers=1, dim_feedforward=16, max_length=16, max_epochs=1,
+                             batch_size=16, seed=3)
+    result = train_text_classifier(frame, tokenizer, ["Cardiology", "Respiratory Medicine"], config, tmp_path / "model",
+                                   spec_id="triage")
+    predictor = TextClassifierPredictor.load(result.model_dir, tokenizer_path=path)
+    check_tokenizer_matches(predictor.tokenizer, predictor.network.vocab_size, spec_id="triage",
+                            expected_sha256=trained.report.sha256)
+    assert predictor.encode(["coughs"])[0, :2].tolist() == [tokenizer.token_to_id("cough"), tokenizer.token_to_id("##s")]
+    other = train_tokenizer(corpus, _wordpiece())
+    with pytest.raises(TokenizerMismatchError):
+        TextClassifierPredictor.load(result.model_dir, tokenizer_path=other.save(tmp_path / "other"))

@@ -8,7 +8,16 @@ every word or character used by at least ``min_persons`` persons, ranked by
 how many persons used it, then by text, so that the ids are the same for the
 same texts in any order and no word only one person wrote gets a token.
 
-Why not sub-words: of the trainers of ``tokenizers`` 0.23.3, WordPiece and BPE
+``model: wordpiece`` keeps those whole words and adds sub-words without a
+trainer: ``##`` word endings (``##s``, ``##ing``, ``##ness``...: the
+``suffixes`` of tokenizer.yaml that ``min_persons`` persons wrote after a
+stem), counted and ranked the same way, read by the WordPiece *model* of
+``tokenizers`` (longest known prefix first). An English word never seen
+whole but made of a known word and known endings ("coughs", "headaches")
+reads as ``cough ##s`` rather than [UNK]; Chinese is one token per character
+as before, and the character offsets of pieces still locate entity spans.
+
+Why not trained sub-words: of the trainers of ``tokenizers`` 0.23.3, WordPiece and BPE
 break ties between equally frequent pairs in hash order (two trainings on the
 same texts differed in 48 and 4 of 4,000 tokens), and the Unigram trainer,
 deterministic once its pieces are put in a canonical order, never keeps a
@@ -43,7 +52,8 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_REPORT_FILE = "tokenizer_report.json"
 CONFIG_FILE = Path(__file__).with_name("tokenizer.yaml")
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-TOKENIZER_MODELS = ("wordlevel", "unigram")
+TOKENIZER_MODELS = ("wordlevel", "wordpiece", "unigram")
+CONTINUATION = "##"  # WordPiece's prefix of a piece that continues a word
 
 
 class TokenizerMismatchError(ValueError):
@@ -59,6 +69,14 @@ class TokenizerConfig:
     vocab_size: int = 4000
     min_persons: int = 2
     max_piece_length: int = 16
+    # wordpiece: the word endings that become "##" pieces, whole words that are a kept word plus one of them
+    # split into the two (split_inflections), and the shortest stem a split or an ending may follow
+    suffixes: tuple[str, ...] = ("s", "es", "ed", "d", "ing", "er", "ers", "est", "ly", "ness", "ful", "less", "ish")
+    split_inflections: bool = False
+    min_stem_length: int = 3
+    # wordpiece: single letters as pieces too, so that no Latin word is [UNK]; off, a word that is not a known word
+    # plus known endings stays one [UNK] (which token_dropout teaches the encoder to read past)
+    character_fallback: bool = False
     lowercase: bool = True
     special_tokens: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
     validation_share: float = 0.1
@@ -66,6 +84,7 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
+        object.__setattr__(self, "suffixes", tuple(self.suffixes))
         if self.model not in TOKENIZER_MODELS:
             raise ValueError(f"tokenizer model must be one of {TOKENIZER_MODELS}, got {self.model!r}")
         if self.min_persons < 1:
@@ -74,12 +93,15 @@ class TokenizerConfig:
             raise ValueError("tokenizer vocab_size must exceed the special tokens and max_piece_length be >= 1")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError("tokenizer validation_share must be in [0, 1)")
+        if self.min_stem_length < 1 or any(not str(e).isalpha() or str(e) != str(e).lower() for e in self.suffixes):
+            raise ValueError("tokenizer min_stem_length must be >= 1 and suffixes lower-case letters")
         if self.special_tokens[:2] != (PAD, UNK):
             raise ValueError(f"the first special tokens must be {PAD} and {UNK} (ids 0 and 1)")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["special_tokens"] = list(self.special_tokens)
+        data["suffixes"] = list(self.suffixes)
         return data
 
 
@@ -146,12 +168,17 @@ class TrainedTokenizer:
 
 
 def build_empty_tokenizer(config: TokenizerConfig, vocabulary: dict[str, int] | None = None) -> Any:
-    """A tokenizer with the normaliser and pre-tokenizer of ``config``: untrained Unigram, or WordLevel on ``vocabulary``."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    """A tokenizer with the normaliser and pre-tokenizer of ``config``: untrained Unigram, or WordLevel/WordPiece on
+    ``vocabulary``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+    vocabulary = vocabulary or {t: i for i, t in enumerate(config.special_tokens)}
     if config.model == "wordlevel":
-        tokenizer = Tokenizer(models.WordLevel(vocabulary or {t: i for i, t in enumerate(config.special_tokens)},
-                                               unk_token=UNK))
+        tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token=UNK))
+    elif config.model == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(vocabulary, unk_token=UNK, continuing_subword_prefix=CONTINUATION,
+                                               max_input_chars_per_word=100))
+        tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION)
     else:
         tokenizer = Tokenizer(models.Unigram())
     tokenizer.normalizer = normalizers.Sequence([
@@ -163,21 +190,83 @@ def build_empty_tokenizer(config: TokenizerConfig, vocabulary: dict[str, int] | 
     return tokenizer
 
 
+def word_users(texts: Sequence[str], persons: Sequence[str], config: TokenizerConfig) -> dict[str, set[str]]:
+    """Each pre-tokenized word (lower-case Latin word, number, punctuation, CJK character) and who wrote it."""
+    probe = build_empty_tokenizer(config)
+    users: dict[str, set[str]] = {}
+    for text, person in zip(texts, persons, strict=True):
+        for word, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(text)):
+            users.setdefault(word, set()).add(person)
+    return users
+
+
+def _ranked(users: dict[str, set[str]], config: TokenizerConfig, exclude: Collection[str] = ()) -> list[str]:
+    """Tokens used by at least ``min_persons`` persons: most persons first, then text."""
+    skip = set(config.special_tokens) | set(exclude)
+    return [w for _, w in sorted((-len(p), w) for w, p in users.items() if len(p) >= config.min_persons and w not in skip)]
+
+
 def word_vocabulary(texts: Sequence[str], persons: Sequence[str], config: TokenizerConfig) -> dict[str, int]:
     """Words (and CJK characters) used by at least ``min_persons`` persons, most persons first, then text.
 
     Built by counting, not by a trainer: the same texts give the same ids in
     any order, and a word only one person ever wrote gets no token of its own.
     """
-    probe = build_empty_tokenizer(config)
-    users: dict[str, set[str]] = {}
-    for text, person in zip(texts, persons, strict=True):
-        for word, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(text)):
-            users.setdefault(word, set()).add(person)
-    specials = set(config.special_tokens)
-    ranked = sorted(((-len(p), w) for w, p in users.items() if len(p) >= config.min_persons and w not in specials))
-    words = [w for _, w in ranked[: config.vocab_size - len(config.special_tokens)]]
+    words = _ranked(word_users(texts, persons, config), config)[: config.vocab_size - len(config.special_tokens)]
     return {token: i for i, token in enumerate([*config.special_tokens, *words])}
+
+
+def _is_cjk(character: str) -> bool:
+    code = ord(character)
+    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF
+            or 0xF900 <= code <= 0xFAFF or 0x2F800 <= code <= 0x2FA1F)
+
+
+def _splittable(word: str) -> bool:
+    """A word WordPiece may cut: letters or digits, no CJK character (those stay one token each)."""
+    return len(word) > 1 and word.isalnum() and not any(_is_cjk(c) for c in word)
+
+
+def wordpiece_vocabulary(texts: Sequence[str], persons: Sequence[str], config: TokenizerConfig) -> dict[str, int]:
+    """Whole words as ``word_vocabulary``, plus pieces, so that an unseen Latin word is pieces rather than one [UNK].
+
+    Counted, not trained (the WordPiece trainer breaks ties in hash order),
+    every group ranked by persons then text: the special tokens; with
+    ``character_fallback``, the letters ``min_persons`` persons wrote, word-initial and
+    as ``##`` continuations (so that any word of known letters has a
+    segmentation; without it, a word that is not a kept word plus kept
+    endings stays one [UNK]); the word endings of
+    ``suffixes`` that at least ``min_persons`` persons wrote after a stem of
+    ``min_stem_length`` letters or more, as ``##ing``, ``##s``...; then the
+    words. WordPiece takes the longest known prefix first, so ``coughing``
+    reads ``cough ##ing`` once ``cough`` is a word and ``coughing`` is not.
+    With ``split_inflections`` a kept word that is another kept word plus a
+    kept ending is left out, so that it is always read as the two and the
+    stem's embedding is shared by all its forms. CJK characters stay whole
+    tokens; an unknown one is [UNK] as before.
+    """
+    users = word_users(texts, persons, config)
+    words = _ranked(users, config)
+    kept = set(words)
+    letters: dict[str, set[str]] = {}
+    endings: dict[str, set[str]] = {}
+    for word, who in users.items():
+        if not _splittable(word):
+            continue
+        for character in word:
+            letters.setdefault(character, set()).update(who)
+        for ending in config.suffixes:
+            if word.endswith(ending) and len(word) - len(ending) >= config.min_stem_length:
+                endings.setdefault(CONTINUATION + ending, set()).update(who)
+    alphabet = _ranked(letters, config) if config.character_fallback else []
+    pieces = [*alphabet, *(CONTINUATION + c for c in alphabet), *_ranked(endings, config)]
+    if config.split_inflections:
+        kept_endings = {e[len(CONTINUATION):] for e in pieces if e.startswith(CONTINUATION)} & set(config.suffixes)
+        words = [w for w in words if not (_splittable(w) and any(
+            w.endswith(e) and len(w) - len(e) >= config.min_stem_length and w[: -len(e)] in kept
+            for e in kept_endings))]
+    ordered = list(dict.fromkeys([*config.special_tokens, *pieces, *words]))[: config.vocab_size]
+    return {token: i for i, token in enumerate(ordered)}
 
 
 SCORE_DECIMALS = 3  # the trainer's scores of the rarest pieces vary by ~1e-4 between runs
@@ -249,10 +338,11 @@ def train_tokenizer(corpus: pd.DataFrame, config: TokenizerConfig | None = None,
     fit_texts = sorted(corpus.loc[~validation, "text"].tolist())
     if not fit_texts:
         raise ValueError("no text left to train the tokenizer on once the held-out persons are excluded")
-    if config.model == "wordlevel":
+    if config.model in ("wordlevel", "wordpiece"):
         fit = corpus.loc[~validation].sort_values(["text", "patient_pseudonym"])
-        tokenizer = build_empty_tokenizer(config, word_vocabulary(fit["text"].tolist(),
-                                                                  fit["patient_pseudonym"].astype(str).tolist(), config))
+        counted = word_vocabulary if config.model == "wordlevel" else wordpiece_vocabulary
+        tokenizer = build_empty_tokenizer(config, counted(fit["text"].tolist(),
+                                                          fit["patient_pseudonym"].astype(str).tolist(), config))
     else:
         tokenizer = build_empty_tokenizer(config)
         trainer = trainers.UnigramTrainer(vocab_size=config.vocab_size, special_tokens=list(config.special_tokens),
