@@ -174,14 +174,17 @@ class FittedPreprocessing:
         steps = dict(self.pipeline.named_steps)
         columns = steps["columns"]
         numeric = columns.named_transformers_["numeric"]
-        categorical = columns.named_transformers_["categorical"]
+        # a spec without categorical (or numeric) columns: scikit-learn never fits that branch ("drop" when empty)
+        categorical = columns.named_transformers_.get("categorical")
+        onehot = getattr(categorical, "named_steps", {}).get("onehot") if self.spec.categorical_columns else None
         described: dict[str, Any] = {
             "spec": self.spec.as_dict(),
             "fitted_on": {"split": "train", "rows": self.fitted_rows, "ids_sha256": self.fitted_ids_sha256},
             "imputation_values": dict(zip(self.spec.numeric_columns, _floats(numeric.named_steps["impute"].statistics_), strict=True)),
             "categories": {
                 column: [str(c) for c in cats]
-                for column, cats in zip(self.spec.categorical_columns, categorical.named_steps["onehot"].categories_, strict=True)
+                for column, cats in zip(self.spec.categorical_columns, onehot.categories_ if onehot is not None else [],
+                                        strict=True)
             },
             "output_features": self.output_features,
             "missing_values": self.missing_values,

@@ -164,3 +164,11 @@ def test_declaration_is_validated():
     with pytest.raises(ValueError, match="no training rows"):
         fit_preprocessing(pd.DataFrame({"split": ["test"], "label": [0], **{c: [1.0] for c in NUMERIC}, "sex": ["f"],
                                         "patient_pseudonym": ["p"]}), _spec())
+
+
+def test_a_numeric_only_spec_is_fitted_and_described(frame):
+    spec = PreprocessingSpec(numeric_columns=NUMERIC, categorical_columns=(), declared_missing_values=False)
+    fitted = fit_preprocessing(frame, spec)
+    described = fitted.describe()
+    assert described["categories"] == {} and list(described["imputation_values"]) == list(NUMERIC)
+    assert len(fitted.output_features) == len(NUMERIC)  # no one-hot columns
