@@ -20,9 +20,10 @@ pytestmark = pytest.mark.slow
 MODELS = {keys.LESION_SEGMENTATION_MODEL: ("lesion_segmentation", "unet", "dice"),
           keys.LESION_CLASSIFIER_MODEL: ("lesion_classifier", "cnn", "roc_auc")}
 # Floors on the small hospital's test split, 5-8 slices whose draw depends on the installation's pseudonym key:
-# Dice 0.78-0.89 was measured over training seeds, the classifier's ROC-AUC 0.67-1.0 over nine split draws
-# (docs/models_imaging.md). The floors catch a broken model (chance: Dice ~0.03, ROC-AUC 0.5), not the targets.
-FLOORS = {"dice": 0.7, "roc_auc": 0.5}
+# Dice 0.78-0.89 was measured over training seeds and 0.67 on one more key's draw (2026-12-07), the classifier's
+# ROC-AUC 0.67-1.0 over nine split draws (docs/models_imaging.md). The floors catch a broken model (chance: Dice
+# ~0.03, ROC-AUC 0.5), not the targets; the segmentation model must also match its intensity baseline (below).
+FLOORS = {"dice": 0.5, "roc_auc": 0.5}
 
 
 @pytest.fixture(scope="module")
