@@ -42,6 +42,8 @@ def main() -> None:
     from medllm_pipelines.lib.evaluate.note_metrics import score_notes
     from medllm_pipelines.lib.synth.consultations import KINDS, build_consultations
     from medllm_pipelines.lib.synth.determinism import stream
+    from medllm_pipelines.lib.common.structured_note import parse_note
+    from medllm_pipelines.lib.train.generative.note_runs import RetrievalNoteBaseline
     from medllm_pipelines.lib.train.generative.notes import NoteGeneratorConfig, train_note_generator
 
     if args.threads:
@@ -61,6 +63,11 @@ def main() -> None:
     by_language = {lang: score_notes([p for p, (_, l, _) in zip(predicted, test) if l == lang],
                                      [n for _, l, n in test if l == lang]).as_metrics()
                    for lang in ("en", "zh")}
+    retrieval = RetrievalNoteBaseline.fit([t for t, _, _ in train], [render_note(n) for *_, n in train],
+                                          [lang for _, lang, _ in train])
+    retrieved = retrieval.predict([t for t, _, _ in test], [lang for _, lang, _ in test])
+    baseline = score_notes([parse_note(text, language=lang) for text, (_, lang, _) in zip(retrieved, test, strict=True)],
+                           [note for *_, note in test])
     result = {
         "benchmark": "note_generator", "machine": platform.platform(), "threads": torch.get_num_threads(),
         "train_pairs": len(train), "test_pairs": len(test), "kinds": list(KINDS), "config": config.as_params(),
@@ -69,6 +76,7 @@ def main() -> None:
         "final_train_loss": generator.history[-1].get("train_loss") if generator.history else None,
         "final_val_loss": generator.history[-1].get("val_loss") if generator.history else None,
         "scores": scores.as_metrics(), "scores_by_language": by_language, "target_field_f1": 0.85,
+        "retrieval_baseline_scores": baseline.as_metrics(),
         "example": {"gold": render_note(test[0][2]), "generated": generator.generate(test[0][0], test[0][1])},
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))

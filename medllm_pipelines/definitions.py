@@ -38,6 +38,8 @@ from medllm_pipelines.defs.train import sequence as train_sequence
 from medllm_pipelines.defs.train import text as train_text
 from medllm_pipelines.defs.curate import entity_datasets
 from medllm_pipelines.defs.train import entities as train_entities
+from medllm_pipelines.defs.curate import note_datasets
+from medllm_pipelines.defs.train import notes as train_notes
 from medllm_pipelines.settings import Settings, load_settings
 
 ALL_ASSETS = [
@@ -62,6 +64,8 @@ ALL_ASSETS = [
     *train_entities.ASSETS,
     *compression.ASSETS,
     *train_sequence.ASSETS,
+    *note_datasets.ASSETS,
+    *train_notes.ASSETS,
     *evaluate.ASSETS,
     *leak_scan.ASSETS,
 ]

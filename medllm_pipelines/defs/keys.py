@@ -112,6 +112,7 @@ DIABETES_COMPRESSED = key(TRAIN, "diabetes_model_compressed")
 DIABETES_DISTILLED = key(TRAIN, "diabetes_model_distilled")
 LESION_CLASSIFIER_COMPRESSED = key(TRAIN, "lesion_classifier_compressed")
 LESION_CLASSIFIER_DISTILLED = key(TRAIN, "lesion_classifier_distilled")
+TRIAGE_DISTILLED = key(TRAIN, "triage_model_distilled")
 DIABETES_EVALUATION = key(EVALUATE, "diabetes_evaluation_report")
 PRIVACY_LEAK_SCAN = key(EVALUATE, "privacy_leak_scan")
 # sequences (issue 11): hourly vital signs of inpatient stays -> the deterioration early-warning model
@@ -154,3 +155,9 @@ FILE_OUTCOMES_TABLE = "file_outcomes"  # per landed file and ingest asset: in / 
 ENTITY_DATASET = key(CURATE, "entity_dataset")
 ENTITY_SPLITS = key(CURATE, "entity_splits")
 ENTITY_MODEL = key(TRAIN, "entity_model")
+# note_generator spec (generative EHR): recorded consultations -> de-identified -> note pairs, splits, generator
+RAW_CONSULTATIONS = key(INGEST, "consultations")
+DEID_CONSULTATIONS = key(DEIDENTIFY, "consultations")
+NOTE_PAIRS = key(CURATE, "note_pairs")
+NOTE_SPLITS = key(CURATE, "note_splits")
+NOTE_GENERATOR = key(TRAIN, "note_generator")

@@ -2,7 +2,9 @@
 joined to de-identified dialogues, split by patient, the tokenizer built without the held-out persons, the
 Transformer encoder trained, tracked in MLflow and registered as ``triage`` with alias challenger.
 
-One materialisation of everything upstream of train/triage_model, in its own MEDLLM_HOME, read by every test.
+And train/triage_model_distilled (row M8): a smaller encoder distilled from it with the same tokenizer, one MLflow
+run, registered as triage-distilled only within tolerance. One materialisation of everything upstream of both, in its
+own MEDLLM_HOME, read by every test.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.slow
 def triage_run(tmp_path_factory, small_hospital):
     home = tmp_path_factory.mktemp("triage_home")
     try:
-        yield run_lifecycle_in(home, small_hospital, bad_input=False, selection=through(keys.TRIAGE_MODEL),
+        yield run_lifecycle_in(home, small_hospital, bad_input=False, selection=through(keys.TRIAGE_MODEL, keys.TRIAGE_DISTILLED),
                                log_level="WARNING")
     finally:
         stop_services(home)
@@ -107,3 +109,34 @@ def test_the_registered_model_predicts_a_department_from_text(triage_run) -> Non
                "Respiratory Medicine"]
     assert out["department"].isin(classes).all()
     assert out[[f"p[{c}]" for c in classes]].sum(axis=1).round(6).eq(1.0).all()
+
+
+# --- the distilled student (train/triage_model_distilled) ------------------------------------
+def test_a_smaller_encoder_is_distilled_from_the_triage_model(triage_run, client) -> None:
+    assert triage_run.result.success, triage_run.result.failed_checks()
+    meta = triage_run.materialization(keys.TRIAGE_DISTILLED)
+    assert meta["trained"] is True and meta["student_parameters"] < meta["teacher_parameters"]
+    assert set(meta["student_metrics"]) == {"accuracy", "macro_f1", "top3_accuracy"}
+    assert meta["teacher_mlflow_run_id"] == triage_run.materialization(keys.TRIAGE_MODEL)["mlflow_run_id"]
+    checks = {(e.asset_key, e.check_name): e.passed for e in triage_run.check_evaluations()}
+    assert checks[(keys.TRIAGE_DISTILLED, keys.CHECK_MODEL_TRAINED)] is True
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "distillation"
+    assert run.data.tags["dagster_asset"] == keys.asset_name(keys.TRIAGE_DISTILLED)
+    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == meta["epochs_run"]  # curves per epoch
+    assert {"teacher_accuracy", "student_accuracy", "student_p50_ms"} <= set(run.data.metrics)
+    registered = meta["registered"]["registered"]
+    assert registered == meta["within_tolerance"]  # the gate: registered only within the declared tolerance
+    assert ("triage-distilled" in {m.name for m in client.search_registered_models()}) == registered
+
+
+def test_the_student_is_served_as_the_triage_pyfunc(triage_run) -> None:
+    import mlflow.pyfunc
+    import pandas as pd
+
+    meta = triage_run.materialization(keys.TRIAGE_DISTILLED)
+    mlflow.set_tracking_uri(triage_run.settings.mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(meta["registered"]["student_model_uri"])
+    out = model.predict(pd.DataFrame({"text": ["我最近咳嗽，有黄痰，还发烧。", "My knee hurts when I climb stairs."]}))
+    assert len(out) == 2 and out["department"].notna().all()
+    assert out.filter(like="p[").sum(axis=1).round(6).eq(1.0).all()

@@ -2,19 +2,12 @@
 de-identified dialogue text) and its leak-proof, patient-grouped splits (clauses 5.2.1.1-2, rows M1-M2)."""
 # No `from __future__ import annotations` here: Dagster reads the asset functions' annotations.
 
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.curate.spec_datasets import dataset_result, leakage_check_spec, splits_result
 from medllm_pipelines.defs.keys import warehouse_location
-from medllm_pipelines.defs.metadata import counts_by, frame_metadata, versions_metadata
+from medllm_pipelines.defs.metadata import counts_by
 from medllm_pipelines.lib.curate.datasets_entities import ENTITY_SPEC_ID
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.warehouse import WarehouseResource
@@ -37,16 +30,8 @@ def entity_dataset(context: AssetExecutionContext, warehouse: WarehouseResource)
     dataset = build_entity_dataset(wh.read_table(*warehouse_location(keys.CLINICAL_ENTITIES)),
                                    wh.read_table(*warehouse_location(keys.DEID_DIALOGUES)),
                                    spec.target.get("entity_types"))
-    wh.write_table(*warehouse_location(keys.ENTITY_DATASET), dataset.frame)
-    needs = spec.needs_met_by(len(dataset.frame))
-    if not needs.met:
-        context.log.warning(f"{needs.reason}: the dataset is built, no model will be trained")
-    return MaterializeResult(metadata={
-        **frame_metadata(dataset.frame, table=".".join(warehouse_location(keys.ENTITY_DATASET))),
-        **dataset.as_metadata(), **needs.as_metadata(),
-        "rows_by_language": counts_by(dataset.frame, "language"),
-        **spec.as_metadata(), "model_spec_declaration": MetadataValue.json(spec.describe()), **versions_metadata(),
-    })
+    return dataset_result(context, wh, spec, keys.ENTITY_DATASET, dataset.frame, {
+        **dataset.as_metadata(), "rows_by_language": counts_by(dataset.frame, "language")})
 
 
 @asset(
@@ -56,26 +41,16 @@ def entity_dataset(context: AssetExecutionContext, warehouse: WarehouseResource)
     kinds={"python", "duckdb"},
     description="Patient-grouped, language-stratified 70/15/15 split (seeded) of the entity dataset; copies of a "
     "dialogue share a split. Blocking check: no patient, dialogue or near-duplicate text in two splits.",
-    check_specs=[AssetCheckSpec(keys.CHECK_NO_LEAKAGE, asset=keys.ENTITY_SPLITS, blocking=True,
-                                description="No patient, dialogue or near-duplicate text is in more than one split.")],
+    check_specs=[leakage_check_spec(keys.ENTITY_SPLITS,
+                                    "No patient, dialogue or near-duplicate text is in more than one split.")],
 )
 def entity_splits(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     from medllm_pipelines.lib.curate.datasets_entities import ENTITY_LEAKAGE_KEYS, split_entity_dialogues
-    from medllm_pipelines.lib.curate.splits import check_leakage
 
     wh = warehouse.get()
     spec = load_spec(ENTITY_SPEC_ID)
     outcome = split_entity_dialogues(wh.read_table(*warehouse_location(keys.ENTITY_DATASET)), spec.split_config)
-    wh.write_table(*warehouse_location(keys.ENTITY_SPLITS), outcome.splits)
-    report = check_leakage(wh.read_table(*warehouse_location(keys.ENTITY_SPLITS)), ENTITY_LEAKAGE_KEYS,
-                           label="language")
-    return MaterializeResult(
-        metadata={**frame_metadata(outcome.splits, table=".".join(warehouse_location(keys.ENTITY_SPLITS))),
-                  **outcome.as_metadata(), **spec.as_metadata(), **versions_metadata()},
-        check_results=[AssetCheckResult(check_name=keys.CHECK_NO_LEAKAGE, passed=report.passed,
-                                        severity=AssetCheckSeverity.ERROR, description=report.verdict,
-                                        metadata=report.check_metadata())],
-    )
+    return splits_result(wh, spec, keys.ENTITY_SPLITS, outcome, ENTITY_LEAKAGE_KEYS, label="language")
 
 
 ASSETS = [entity_dataset, entity_splits]

@@ -1,4 +1,4 @@
-"""Free-text de-identification: the PHI tagger, de-identified notes and dialogues.
+"""Free-text de-identification: the PHI tagger, de-identified notes, dialogues and recorded consultations.
 
 The tagger is trained on the raw zone's own texts, labelled by projecting
 each patient's known identifiers into them, and evaluated on held-out persons
@@ -36,10 +36,14 @@ PATIENT_COLUMNS = ["institution", "resource_key", "mrn"]
 
 
 def _raw_feed(zone: RawZone, feed: str) -> pd.DataFrame:
-    """A raw text feed (notes, dialogues) or the raw patients, as delivered; an empty frame when none arrived."""
+    """A raw text feed (notes, dialogues, consultations) or the raw patients, as delivered; an empty frame when
+    none arrived."""
     from medllm_pipelines.lib.deidentify.text.corpus import DIALOGUE_COLUMNS, NOTE_COLUMNS
+    from medllm_pipelines.lib.ingest.jsonl import COLUMNS
+    from medllm_pipelines.lib.ingest.landing import CONSULTATIONS
 
     asset_key, columns = {"notes": (keys.RAW_NOTES, NOTE_COLUMNS), "dialogues": (keys.RAW_DIALOGUES, DIALOGUE_COLUMNS),
+                          "consultations": (keys.RAW_CONSULTATIONS, COLUMNS[CONSULTATIONS]),
                           "patients": (keys.RAW_PATIENTS, PATIENT_COLUMNS)}[feed]
     return read_raw_partitions(zone, asset_key, columns)
 
@@ -100,17 +104,24 @@ def _text_metadata(released: "TextRelease", detector: "Detector", vault: VaultRe
 
 def _release_texts(kind: str, raw_zone: RawZoneResource, vault: VaultResource,
                    warehouse: WarehouseResource) -> MaterializeResult:
-    """Detect and replace identifiers in every note or dialogue with the last trained tagger; write; report."""
+    """Detect and replace identifiers in every note, dialogue or consultation with the last trained tagger; write;
+    report."""
     from medllm_pipelines.lib.deidentify.text import build_detector
     from medllm_pipelines.lib.deidentify.text.corpus import identities_by_person
-    from medllm_pipelines.lib.deidentify.text.release import deidentify_dialogues, deidentify_notes
+    from medllm_pipelines.lib.deidentify.text.release import (
+        deidentify_consultations,
+        deidentify_dialogues,
+        deidentify_notes,
+    )
 
     zone = raw_zone.get()
     persons = read_person_index(zone)
     patients = _raw_feed(zone, "patients")
     texts = _raw_feed(zone, kind)
     detector = build_detector(tagger=load_phi_tagger(zone))
-    release, target = (deidentify_notes, keys.DEID_NOTES) if kind == "notes" else (deidentify_dialogues, keys.DEID_DIALOGUES)
+    release, target = {"notes": (deidentify_notes, keys.DEID_NOTES),
+                       "dialogues": (deidentify_dialogues, keys.DEID_DIALOGUES),
+                       "consultations": (deidentify_consultations, keys.DEID_CONSULTATIONS)}[kind]
     released = release(texts, patients, persons, identities_by_person(patients, persons), detector, vault.hmac_many)
     return MaterializeResult(metadata={**write_deidentified(warehouse, target, released.frame),
                                        **_text_metadata(released, detector, vault)})
@@ -144,5 +155,19 @@ def deidentified_dialogues(
     return _release_texts("dialogues", raw_zone, vault, warehouse)
 
 
-ASSETS: list[AssetsDefinition] = [phi_tagger, deidentified_notes, deidentified_dialogues]
-CHECKS = [identifier_leak_gate(k) for k in (keys.DEID_NOTES, keys.DEID_DIALOGUES)]
+@asset(
+    key=keys.DEID_CONSULTATIONS,
+    deps=[keys.PHI_TAGGER, keys.RAW_CONSULTATIONS, keys.RAW_PATIENTS, keys.PSEUDONYM_MAP],
+    group_name=keys.DEIDENTIFY,
+    kinds={"python", "duckdb"},
+    description="Recorded consultations and ward rounds: the transcript turn by turn and the doctor's signed record "
+    "de-identified together (detection over the whole visit, one surrogate per patient), keyed by pseudonym.",
+)
+def deidentified_consultations(
+    context: AssetExecutionContext, raw_zone: RawZoneResource, vault: VaultResource, warehouse: WarehouseResource
+) -> MaterializeResult:
+    return _release_texts("consultations", raw_zone, vault, warehouse)
+
+
+ASSETS: list[AssetsDefinition] = [phi_tagger, deidentified_notes, deidentified_dialogues, deidentified_consultations]
+CHECKS = [identifier_leak_gate(k) for k in (keys.DEID_NOTES, keys.DEID_DIALOGUES, keys.DEID_CONSULTATIONS)]

@@ -43,7 +43,7 @@ from medllm_pipelines.lib.ingest.intake import (
     take_in_partitions,
 )
 from medllm_pipelines.lib.ingest.jsonl import parse_jsonl_partition
-from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES, DICOM
+from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, CONSULTATIONS, DIALOGUES, DICOM
 from medllm_pipelines.lib.ingest.tables import FHIR_TABLES
 from medllm_pipelines.resources.landing import LandingZone
 from medllm_pipelines.resources.raw_zone import RawZoneResource
@@ -235,6 +235,20 @@ def dialogues(context: AssetExecutionContext, raw_zone: RawZoneResource, warehou
 
 
 @asset(
+    key=keys.RAW_CONSULTATIONS,
+    deps=[keys.LANDED_FILES],
+    group_name=keys.INGEST,
+    kinds={"python"},
+    partitions_def=INSTITUTION_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
+    description="Recorded consultations and ward rounds (transcript turns + the doctor's signed record), encrypted "
+    "raw zone.",
+)
+def consultations(context: AssetExecutionContext, raw_zone: RawZoneResource, warehouse: WarehouseResource) -> Iterator[MaterializeResult]:
+    yield from _jsonl_feed(context, raw_zone, warehouse, keys.RAW_CONSULTATIONS, CONSULTATIONS)
+
+
+@asset(
     key=keys.RAW_ANNOTATIONS,
     deps=[keys.LANDED_FILES],
     group_name=keys.INGEST,
@@ -247,4 +261,4 @@ def annotations(context: AssetExecutionContext, raw_zone: RawZoneResource, wareh
     yield from _jsonl_feed(context, raw_zone, warehouse, keys.RAW_ANNOTATIONS, ANNOTATIONS)
 
 
-ASSETS = [landed_files, fhir_resources, dicom_index, dialogues, annotations]
+ASSETS = [landed_files, fhir_resources, dicom_index, dialogues, consultations, annotations]

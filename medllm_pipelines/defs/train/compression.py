@@ -1,15 +1,23 @@
-"""Train stage: the trained t2d_risk MLP, lesion classifier CNN and deterioration LSTM compressed (pruned, int8, ONNX) and distilled, each one MLflow run (rows M7-M8).
+"""Train stage: the trained t2d_risk MLP, lesion classifier CNN and deterioration LSTM compressed (pruned, int8, ONNX),
+the MLP, the CNN and the triage encoder distilled, each one MLflow run (rows M7-M8).
 
 What is built and the tolerance a variant must meet are declared in lib/train/configs/compression.yaml;
 a variant is registered (``t2d_risk-<variant>``, alias challenger) only when within it.
 """
+# No `from __future__ import annotations` here: Dagster reads the asset functions' annotations.
+
+from dataclasses import dataclass
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medllm_pipelines.defs import keys
+from medllm_pipelines.defs.checks import model_trained_result
 from medllm_pipelines.defs.keys import warehouse_location
 from medllm_pipelines.defs.metadata import run_id_of, versions_metadata
+from medllm_pipelines.defs.train.spec_assets import model_trained_check_spec
+from medllm_pipelines.defs.train.text import TOKENIZER_FOLDER
 from medllm_pipelines.lib.curate.dataset import read_split_dataset
+from medllm_pipelines.lib.curate.datasets_text import TRIAGE_SPEC_ID
 from medllm_pipelines.lib.curate.spec import load_spec
 from medllm_pipelines.resources.artifacts import ArtifactStoreResource
 from medllm_pipelines.resources.mlflow import MLflowResource
@@ -28,12 +36,28 @@ def _teacher(warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
     return spec, dataset, record, patients
 
 
-def _not_trained(context: AssetExecutionContext, spec, dataset, asset_key) -> MaterializeResult:
+@dataclass(frozen=True)
+class _TeacherTrained:
+    """Whether a compression or distillation had a trained teacher: what the model_trained check reports."""
+
+    reason: str = ""
+
+    @property
+    def met(self) -> bool:
+        return not self.reason
+
+    def as_metadata(self) -> dict:
+        return {"teacher_trained": self.met, **({"reason": self.reason} if self.reason else {})}
+
+
+def _not_trained(context: AssetExecutionContext, spec, dataset, asset_key, *, checked: bool = False) -> MaterializeResult:
+    """trained=false and why; with ``checked`` (the asset declares model_trained) the check warns with the reason."""
     needs = spec.needs_met_by(len(dataset.frame))
     reason = needs.reason or f"no trained {spec.id} model for dataset version {dataset.version[:16]}"
     context.log.warning(f"{keys.asset_name(asset_key)}: nothing to compress: {reason}")
     return MaterializeResult(metadata={"trained": False, "reason": reason, "dataset_version": dataset.version,
-                                       **spec.as_metadata(), **versions_metadata()})
+                                       **spec.as_metadata(), **versions_metadata()},
+                             check_results=[model_trained_result(_TeacherTrained(reason))] if checked else None)
 
 
 def _run_metadata(mlflow: MLflowResource, run, spec, dataset, record) -> dict:
@@ -68,6 +92,37 @@ def _compressed(context: AssetExecutionContext, mlflow: MLflowResource, artifact
     })
 
 
+def _distilled(context: AssetExecutionContext, mlflow: MLflowResource, artifacts: ArtifactStoreResource, asset_key,
+               spec, dataset, record, distil, *, log_student=None, after=None, checked: bool = False) -> MaterializeResult:
+    """One distillation run of a trained teacher: ``distil(config, out_dir, epoch_hook)`` trains the student and
+    returns its DistillationReport; ``log_student`` logs it (default: the MLP's), registered only within tolerance;
+    ``after(config, report)`` adds work inside the same run and returns extra metadata. The same for the MLP, the
+    CNN and the triage encoder; ``checked``: the asset declares the model_trained check."""
+    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config
+    from medllm_pipelines.lib.train.compression_metrics import markdown_table
+    from medllm_pipelines.lib.train.distillation import log_distillation
+    from medllm_pipelines.lib.train.runs import spec_run_tags
+    from medllm_pipelines.lib.train.tracking import make_mlflow_epoch_logger
+
+    config = load_compression_config(spec.id)
+    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "distilled"
+    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(asset_key), stage="distillation")
+    with mlflow.start_run(spec.id, run_name=f"distil-{run_id_of(context)[:8]}", tags=tags) as run:
+        with failure_recorded(spec.id, "distillation"):
+            report = distil(config, out_dir, make_mlflow_epoch_logger(run.info.run_id))
+            registered = log_distillation(report, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri,
+                                          log_student=log_student)
+            extra = after(config, report) if after is not None else {}
+    context.log.info(report.summary())
+    return MaterializeResult(metadata={
+        **report.as_metadata(),
+        "registered": MetadataValue.json(registered),
+        "comparison": MetadataValue.md(markdown_table(report.table())),
+        **extra,
+        **_run_metadata(mlflow, run, spec, dataset, record),
+    }, check_results=[model_trained_result(_TeacherTrained())] if checked else None)
+
+
 @asset(
     key=keys.DIABETES_COMPRESSED,
     deps=READS,
@@ -100,30 +155,14 @@ def diabetes_model_compressed(context: AssetExecutionContext, warehouse: Warehou
 )
 def diabetes_model_distilled(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
                              artifacts: ArtifactStoreResource) -> MaterializeResult:
-    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config
-    from medllm_pipelines.lib.train.compression_metrics import markdown_table
-    from medllm_pipelines.lib.train.distillation import distil_tabular, log_distillation
-    from medllm_pipelines.lib.train.runs import spec_run_tags
-    from medllm_pipelines.lib.train.tracking import make_mlflow_epoch_logger
+    from medllm_pipelines.lib.train.distillation import distil_tabular
 
     spec, dataset, record, patients = _teacher(warehouse, artifacts)
     if record is None:
         return _not_trained(context, spec, dataset, keys.DIABETES_DISTILLED)
-    config = load_compression_config(spec.id)
-    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "distilled"
-    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.DIABETES_DISTILLED), stage="distillation")
-    with mlflow.start_run(spec.id, run_name=f"distil-{run_id_of(context)[:8]}", tags=tags) as run:
-        with failure_recorded(spec.id, "distillation"):
-            report = distil_tabular(record["model_dir"], dataset.frame, config, out_dir, patients=patients,
-                                    on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id))
-            registered = log_distillation(report, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri)
-    context.log.info(report.summary())
-    return MaterializeResult(metadata={
-        **report.as_metadata(),
-        "registered": MetadataValue.json(registered),
-        "comparison": MetadataValue.md(markdown_table(report.table())),
-        **_run_metadata(mlflow, run, spec, dataset, record),
-    })
+    return _distilled(context, mlflow, artifacts, keys.DIABETES_DISTILLED, spec, dataset, record,
+                      lambda config, out_dir, hook: distil_tabular(record["model_dir"], dataset.frame, config, out_dir,
+                                                                   patients=patients, on_epoch_metrics=hook))
 
 
 LESION_CLASSIFIER_SPEC_ID = "lesion_classifier"  # lib/curate/specs/lesion_classifier.yaml, train/lesion_classifier_model
@@ -177,38 +216,26 @@ def lesion_classifier_compressed(context: AssetExecutionContext, warehouse: Ware
 )
 def lesion_classifier_distilled(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
                                 artifacts: ArtifactStoreResource) -> MaterializeResult:
-    from medllm_pipelines.lib.train.compression import failure_recorded, load_compression_config
     from medllm_pipelines.lib.train.compression_metrics import markdown_table
-    from medllm_pipelines.lib.train.distillation import distil_imaging, log_distillation, log_imaging_student
+    from medllm_pipelines.lib.train.distillation import distil_imaging, log_imaging_student
     from medllm_pipelines.lib.train.imaging.ensemble import average_imaging_models, log_averaging
-    from medllm_pipelines.lib.train.runs import spec_run_tags
-    from medllm_pipelines.lib.train.tracking import make_mlflow_epoch_logger
 
     spec, dataset, record, patients = _lesion_teacher(warehouse, artifacts)
     if record is None:
         return _not_trained(context, spec, dataset, keys.LESION_CLASSIFIER_DISTILLED)
-    config = load_compression_config(spec.id)
-    out_dir = artifacts.model_store().model_folder(spec.id, dataset.version) / "distilled"
-    tags = spec_run_tags(spec, run_id_of(context), keys.asset_name(keys.LESION_CLASSIFIER_DISTILLED), stage="distillation")
     images = artifacts.folder("deidentified", "images")
-    with mlflow.start_run(spec.id, run_name=f"distil-{run_id_of(context)[:8]}", tags=tags) as run:
-        with failure_recorded(spec.id, "distillation"):
-            report = distil_imaging(record["model_dir"], dataset.frame, images, config, out_dir, patients=patients,
-                                    on_epoch_metrics=make_mlflow_epoch_logger(run.info.run_id))
-            registered = log_distillation(report, dataset_version=dataset.version, tracking_uri=mlflow.tracking_uri,
-                                          log_student=log_imaging_student)
-            averaging = average_imaging_models({"teacher": record["model_dir"], "student": report.student_dir},
-                                               dataset.frame, images, config, patients=patients)  # row M9
-            log_averaging(averaging)
-    context.log.info(report.summary())
-    return MaterializeResult(metadata={
-        **report.as_metadata(),
-        "registered": MetadataValue.json(registered),
-        "comparison": MetadataValue.md(markdown_table(report.table())),
-        "averaging_ensemble": MetadataValue.json(averaging.as_metadata()),
-        "averaging_comparison": MetadataValue.md(markdown_table(averaging.table())),
-        **_run_metadata(mlflow, run, spec, dataset, record),
-    })
+
+    def averaged(config, report) -> dict:  # row M9: the averaging ensemble of teacher and student, in the same run
+        averaging = average_imaging_models({"teacher": record["model_dir"], "student": report.student_dir},
+                                           dataset.frame, images, config, patients=patients)
+        log_averaging(averaging)
+        return {"averaging_ensemble": MetadataValue.json(averaging.as_metadata()),
+                "averaging_comparison": MetadataValue.md(markdown_table(averaging.table()))}
+
+    return _distilled(context, mlflow, artifacts, keys.LESION_CLASSIFIER_DISTILLED, spec, dataset, record,
+                      lambda config, out_dir, hook: distil_imaging(record["model_dir"], dataset.frame, images, config,
+                                                                   out_dir, patients=patients, on_epoch_metrics=hook),
+                      log_student=log_imaging_student, after=averaged)
 
 
 DETERIORATION_READS = [keys.DETERIORATION_MODEL, keys.DETERIORATION_DATASET, keys.DETERIORATION_SPLITS,
@@ -254,5 +281,46 @@ def deterioration_model_compressed(context: AssetExecutionContext, warehouse: Wa
                                                                        config, out_dir, patients=patients))
 
 
+TRIAGE_READS = [keys.TRIAGE_MODEL, keys.TRIAGE_DATASET, keys.TRIAGE_SPLITS, keys.TEXT_TOKENIZER]
+
+
+def _triage_teacher(warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
+    """The triage spec, its split dialogues (versioned as train/triage_model versions them) and the trained
+    encoder's record (None when not trained)."""
+    from medllm_pipelines.lib.curate.dataset import join_features_with_splits
+
+    spec, wh = load_spec(TRIAGE_SPEC_ID), warehouse.get()
+    dataset = join_features_with_splits(wh.read_table(*warehouse_location(keys.TRIAGE_DATASET)),
+                                        wh.read_table(*warehouse_location(keys.TRIAGE_SPLITS)), id_column="text_id")
+    return spec, dataset, artifacts.model_store().training_record(spec.id, dataset.version)
+
+
+@asset(
+    key=keys.TRIAGE_DISTILLED,
+    deps=TRIAGE_READS,
+    group_name=keys.TRAIN,
+    kinds={"pytorch", "mlflow"},
+    description="A smaller Transformer encoder (shape in lib/train/configs/compression.yaml) distilled from the "
+    "trained triage encoder with the same tokenizer (Hinton soft labels at the declared temperature and alpha): "
+    "student vs teacher test accuracy, macro-F1 and top-3 accuracy overall and per language, parameters, size and "
+    "CPU latency. Registered as triage-distilled (the triage pyfunc) when within the declared tolerance; one MLflow "
+    "run with per-epoch curves. Not trained (the model_trained check warns) while the teacher is not.",
+    check_specs=[model_trained_check_spec(keys.TRIAGE_DISTILLED)],
+)
+def triage_model_distilled(context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MLflowResource,
+                           artifacts: ArtifactStoreResource) -> MaterializeResult:
+    from medllm_pipelines.lib.train.text.distillation import distil_text, log_text_student
+    from medllm_pipelines.lib.train.text.tokenizer import load_tokenizer
+
+    spec, dataset, record = _triage_teacher(warehouse, artifacts)
+    if record is None:
+        return _not_trained(context, spec, dataset, keys.TRIAGE_DISTILLED, checked=True)
+    tokenizer = load_tokenizer(artifacts.folder("models", *TOKENIZER_FOLDER))  # refused unless it is the teacher's
+    return _distilled(context, mlflow, artifacts, keys.TRIAGE_DISTILLED, spec, dataset, record,
+                      lambda config, out_dir, hook: distil_text(record["model_dir"], dataset.frame, tokenizer, config,
+                                                                out_dir, on_epoch_metrics=hook),
+                      log_student=log_text_student, checked=True)
+
+
 ASSETS = [diabetes_model_compressed, diabetes_model_distilled, lesion_classifier_compressed, lesion_classifier_distilled,
-          deterioration_model_compressed]
+          deterioration_model_compressed, triage_model_distilled]

@@ -1,6 +1,6 @@
 """What every spec-trained text asset does around its training: ethics approval, data needs, membership, one
-MLflow run, the training record, the metadata. The assets (``text.triage_model``, ``entities.entity_model``)
-differ only in their dataset keys and the training function they pass.
+MLflow run, the training record, the metadata. The assets (``text.triage_model``, ``entities.entity_model``,
+``notes.note_generator``) differ only in their dataset keys and the training function they pass.
 """
 # No `from __future__ import annotations` here, as in every defs module.
 

@@ -48,6 +48,21 @@ class StructuredNote:
         return tuple(self.fields.get(name, ()))
 
 
+SPEAKER_LABELS = {"en": {"doctor": "Doctor", "patient": "Patient"}, "zh": {"doctor": "医生", "patient": "患者"}}
+
+
+def transcript(turns: Sequence[Mapping[str, str]], language: str) -> str:
+    """A conversation as the note generator reads it: one ``Speaker: text`` line per turn (an unknown speaker is
+    written as given; a turn without one as its text)."""
+    labels = SPEAKER_LABELS.get(language, SPEAKER_LABELS["en"])
+    colon = "：" if language == "zh" else ": "
+    lines = []
+    for turn in turns:
+        speaker, text = str(turn.get("speaker") or ""), str(turn.get("text") or "")
+        lines.append(f"{labels.get(speaker, speaker)}{colon}{text}" if speaker else text)
+    return "\n".join(lines)
+
+
 def render_note(note: StructuredNote) -> str:
     """The note as text: one ``Header: items`` line per field, in FIELDS order, empty fields left out."""
     headers, separator = HEADERS[note.language], SEPARATOR[note.language]

@@ -73,6 +73,8 @@ class ModelSpec:
     network: dict[str, Any] = field(default_factory=dict)
     # Overrides of ``training`` (and of ``network`` under its ``network`` key) for the full size.
     full: dict[str, Any] = field(default_factory=dict)
+    # Adapter settings when a pretrained base is fine-tuned (LoRA, with its own ``full`` overrides).
+    lora: dict[str, Any] = field(default_factory=dict)
 
     @property
     def network_family(self) -> str | None:
@@ -169,7 +171,7 @@ def load_spec(spec_id: str) -> ModelSpec:
     inputs = raw.get("inputs") or {}
     target = dict(raw.get("target") or {})
     data_needs = dict(raw.get("data_needs") or {})
-    for block in ("network", "training", "full"):
+    for block in ("network", "training", "full", "lora"):
         if raw.get(block) is not None and not isinstance(raw[block], dict):
             raise ValueError(f"spec {spec_id}: {block} must be a mapping, got {type(raw[block]).__name__}")
     if (raw.get("full") or {}).get("network") is not None and not isinstance(raw["full"]["network"], dict):
@@ -198,6 +200,7 @@ def load_spec(spec_id: str) -> ModelSpec:
         project=str(raw.get("project", "")),
         network=dict(raw.get("network") or {}),
         full=dict(raw.get("full") or {}),
+        lora=dict(raw.get("lora") or {}),
     )
     _ = (spec.split_config, spec.preprocessing)  # both validate their declaration
     return spec

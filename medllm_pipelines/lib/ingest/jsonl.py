@@ -1,4 +1,4 @@
-"""JSON Lines feeds (pre-consultation dialogues, annotations) -> rows."""
+"""JSON Lines feeds (pre-consultation dialogues, recorded consultations, annotations) -> rows."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import orjson
 import pandas as pd
 
 from medllm_pipelines.lib.common.records import FileOutcomes, QuarantineRecord, Reconciliation, count_reasons
-from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, DIALOGUES
+from medllm_pipelines.lib.ingest.landing import ANNOTATIONS, CONSULTATIONS, DIALOGUES
 from medllm_pipelines.lib.security.raw_zone import RawZone
 
 STAGE = "ingest"
 
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     DIALOGUES: ("dialogue_id", "language", "turns", "department"),
+    CONSULTATIONS: ("visit_id", "language", "turns", "record_text"),
     ANNOTATIONS: ("item_id", "annotator_id", "label", "annotated_at", "guideline_version"),
 }
 
@@ -23,6 +24,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 COLUMNS: dict[str, list[str]] = {
     DIALOGUES: ["dialogue_id", "patient_mrn", "language", "department", "turn_count", "turns_json", "institution",
                 "source_object", "source_position"],
+    CONSULTATIONS: ["visit_id", "patient_mrn", "visit_kind", "language", "department", "turn_count", "turns_json",
+                    "record_text", "institution", "source_object", "source_position"],
     ANNOTATIONS: ["item_id", "annotator_id", "label", "annotated_at", "tool", "guideline_version", "institution",
                   "source_object", "source_position"],
 }
@@ -47,6 +50,20 @@ def _dialogue_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _consultation_row(record: dict[str, Any]) -> dict[str, Any]:
+    turns = record["turns"]
+    return {
+        "visit_id": str(record["visit_id"]),
+        "patient_mrn": record.get("patient_mrn"),
+        "visit_kind": str(record.get("kind") or "unspecified"),
+        "language": record["language"],
+        "department": record.get("department"),
+        "turn_count": len(turns),
+        "turns_json": orjson.dumps(turns).decode(),
+        "record_text": record["record_text"],
+    }
+
+
 def _annotation_row(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "item_id": str(record["item_id"]),
@@ -58,13 +75,15 @@ def _annotation_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_ROW_BUILDERS = {DIALOGUES: _dialogue_row, ANNOTATIONS: _annotation_row}
+_ROW_BUILDERS = {DIALOGUES: _dialogue_row, CONSULTATIONS: _consultation_row, ANNOTATIONS: _annotation_row}
 
 # Fields whose JSON type is fixed; any other present field is stringified as it comes.
 _SCALAR = (str, int)
 FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     DIALOGUES: {"dialogue_id": _SCALAR, "language": (str,), "department": (str,), "turns": (list,),
                 "patient_mrn": (str, int, type(None))},
+    CONSULTATIONS: {"visit_id": _SCALAR, "language": (str,), "turns": (list,), "record_text": (str,),
+                    "kind": (str, type(None)), "department": (str, type(None)), "patient_mrn": (str, int, type(None))},
     ANNOTATIONS: {"item_id": _SCALAR, "annotator_id": _SCALAR, "annotated_at": (str,), "guideline_version": _SCALAR,
                   "label": (str, int, float, bool)},
 }

@@ -17,6 +17,7 @@ FHIR_VITALS = "fhir_vitals"  # bedside-monitor vital signs (FHIR Bulk NDJSON und
 HL7V2 = "hl7v2"
 DICOM = "dicom"
 DIALOGUES = "dialogues"
+CONSULTATIONS = "consultations"  # recorded visits: transcript + the doctor's signed record (JSONL under consultations/)
 ANNOTATIONS = "annotations"  # label JSONL: one annotator's label for one item per line
 BRAT_ANN = "brat_ann"  # BRAT standoff annotations (.ann), paired with BRAT_TEXT by file stem
 BRAT_TEXT = "brat_text"  # the text a .ann file annotates (.txt)
@@ -32,6 +33,7 @@ FILE_KINDS = (
     HL7V2,
     DICOM,
     DIALOGUES,
+    CONSULTATIONS,
     ANNOTATIONS,
     BRAT_ANN,
     BRAT_TEXT,
@@ -84,6 +86,8 @@ def classify(relpath: str) -> str:
         return DICOM
     if name.endswith(".jsonl") and feed == "dialogues":
         return DIALOGUES
+    if name.endswith(".jsonl") and feed == "consultations":
+        return CONSULTATIONS
     if name.endswith(".json"):
         return FHIR_BUNDLE
     return UNSUPPORTED

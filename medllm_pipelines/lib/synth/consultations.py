@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medllm_pipelines.lib.common.structured_note import StructuredNote
+from medllm_pipelines.lib.common.structured_note import StructuredNote, transcript
 
 VOCABULARY_FILE = Path(__file__).with_name("consultation_vocabulary.yaml")
 OUTPATIENT_CONSULTATION = "outpatient_consultation"
@@ -101,9 +101,7 @@ class ConsultationPair:
     kind: str = OUTPATIENT_CONSULTATION
 
     def dialogue_text(self) -> str:
-        speakers = {"en": {"doctor": "Doctor", "patient": "Patient"}, "zh": {"doctor": "医生", "patient": "患者"}}
-        colon = "：" if self.language == "zh" else ": "
-        return "\n".join(f"{speakers[self.language][t['speaker']]}{colon}{t['text']}" for t in self.turns)
+        return transcript(self.turns, self.language)
 
     def as_record(self) -> dict[str, Any]:
         return {"pair_id": self.pair_id, "kind": self.kind, "language": self.language, "condition": self.condition,
@@ -273,3 +271,50 @@ def build_consultations(count: int, rng: np.random.Generator, *, languages: tupl
     return [builders[kinds[(n // len(languages)) % len(kinds)]](
         f"{prefix}-{n + 1:05d}", languages[n % len(languages)], rng, condition=conditions[int(order[n])])
         for n in range(count)]
+
+
+# --- the consultations feed of the synthetic hospital ------------------------
+CONSULTATION_RATE = 0.4  # share of an institution's patients with one recorded visit (transcript + signed note)
+WARD_ROUND_SHARE = 0.25  # of those, the share recorded on a ward round rather than in clinic
+CONSULTATIONS_TRUTH_PATH = "_truth/consultations.jsonl"
+SAYS_NAME_RATE = 0.3  # outpatients who give their name at the start (an identifier the release must remove)
+
+
+@dataclass
+class VisitRecords:
+    """One institution's recorded visits as its EMR exports them, and the gold notes (``_truth/``)."""
+
+    visits: list[dict[str, Any]] = field(default_factory=list)
+    truth: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_visit_records(institution_code: str, language: str, plans: list[Any],
+                        rng: np.random.Generator) -> VisitRecords:
+    """For a share of ``plans``: the visit's transcript and the doctor's signed record (``render_note`` of the gold).
+
+    A record is what an EMR exports with an ambient-scribe transcript: ``visit_id``, ``patient_mrn``, ``kind``
+    (outpatient consultation or ward round), ``language``, ``department``, ``turns`` (speaker doctor/patient) and
+    ``record_text``. Every draw comes from ``rng`` (its own stream): other feeds are unchanged by this one.
+    """
+    from medllm_pipelines.lib.common.structured_note import render_note
+
+    output = VisitRecords()
+    for plan in plans:
+        if rng.random() >= CONSULTATION_RATE:
+            continue
+        number = len(output.visits) + 1
+        visit_id = f"vis-{institution_code}-{number:05d}"
+        name = None
+        if rng.random() < WARD_ROUND_SHARE:
+            pair = build_ward_round(visit_id, language, rng)
+        else:
+            person = plan.registration.person
+            name = (person.display_name if language == "zh" else person.name_en) if rng.random() < SAYS_NAME_RATE else None
+            pair = build_consultation(visit_id, language, rng, patient_name=name)
+        output.visits.append({"visit_id": visit_id, "patient_mrn": plan.registration.mrn, "kind": pair.kind,
+                              "language": language, "department": pair.department, "turns": list(pair.turns),
+                              "record_text": render_note(pair.note)})
+        record = pair.as_record()
+        output.truth.append({"visit_id": visit_id, "institution": institution_code, "said_name": name is not None,
+                             **{k: record[k] for k in ("kind", "condition", "note_fields", "icd10_codes")}})
+    return output

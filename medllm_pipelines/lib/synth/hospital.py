@@ -1,8 +1,9 @@
 """``generate_hospital``: a deterministic synthetic multi-institution hospital.
 
 It writes, under ``out_dir``, what three institutions would send (FHIR R4
-Bundles or Bulk NDJSON, DICOM studies, triage dialogues and their labels, bedside
-vital signs of a share of inpatient stays: ``lib/synth/vitals.py``) plus
+Bundles or Bulk NDJSON, DICOM studies, triage dialogues and their labels, recorded
+consultations and ward rounds with the doctor's signed note (``lib/synth/consultations.py``),
+bedside vital signs of a share of inpatient stays: ``lib/synth/vitals.py``) plus
 the ground truth under ``_truth/`` (ignored by ingestion). Same arguments give
 byte-identical files: every draw comes from a seed-derived stream, dates are
 relative to the fixed reference date 2026-01-01, and DICOM UIDs are name-based.
@@ -31,6 +32,7 @@ import numpy as np
 from medllm_pipelines.lib.common import codes
 from medllm_pipelines.lib.synth import dialogues as dialogue_module
 from medllm_pipelines.lib.synth.annotation_files import write_annotation_files
+from medllm_pipelines.lib.synth.consultations import CONSULTATIONS_TRUTH_PATH, build_visit_records
 from medllm_pipelines.lib.synth.defects import DefectRates
 from medllm_pipelines.lib.synth.determinism import stream
 from medllm_pipelines.lib.synth.dicom import (
@@ -137,6 +139,7 @@ def generate_hospital(
     all_annotations: list[dict[str, Any]] = []
     all_gold: dict[str, str] = {}
     vitals: list[VitalsOutput] = []
+    consultation_truth: list[dict[str, Any]] = []
 
     for institution in INSTITUTIONS:
         code = institution.code
@@ -158,9 +161,12 @@ def generate_hospital(
         tree.write(f"{code}/dialogues/dialogues.jsonl", jsonl_bytes(talk.dialogues))
         tree.write(f"{code}/annotations/annotations.jsonl", jsonl_bytes(talk.annotations))
         write_annotation_files(tree, institution, plans, talk, imaging, seed, rates)  # brat, masks, SEG, COCO
+        visits = build_visit_records(code, institution.language, plans, stream(seed, "consultations", code))
+        tree.write(f"{code}/consultations/consultations.jsonl", jsonl_bytes(visits.visits))
+        consultation_truth.extend(visits.truth)
 
         all_defects.extend(feed.defects + imaging.defects)
-        counts[code] = _institution_counts(plans, feed, imaging, talk)
+        counts[code] = {**_institution_counts(plans, feed, imaging, talk), "consultations": len(visits.visits)}
         consent_counts[code] = _consent_counts(plans)
         imaging_summary[code] = _imaging_counts(imaging)
         dialogue_summary[code] = {"dialogues": len(talk.dialogues), "annotations": len(talk.annotations)}
@@ -178,6 +184,7 @@ def generate_hospital(
     tree.write(PATIENT_TRUTH_PATH, jsonl_bytes(patient_rows))
     tree.write(IMAGE_TRUTH_PATH, jsonl_bytes(image_rows))
     write_vitals_truth(tree, vitals)
+    tree.write(CONSULTATIONS_TRUTH_PATH, jsonl_bytes(consultation_truth))
     if write_identities:
         tree.write(IDENTITIES_PATH, jsonl_bytes(identity_rows))
     tree.remove_stale(earlier)
@@ -208,6 +215,7 @@ def generate_hospital(
             "masks": "_truth/masks/<institution>/<study>/<image>.npy",
             "identities": IDENTITIES_PATH if write_identities else None,
             "vitals": VITALS_TRUTH_PATH,
+            "consultations": CONSULTATIONS_TRUTH_PATH,
         },
         files=dict(sorted(tree.written.items())),
     )
@@ -222,6 +230,7 @@ def _describe(institution: Institution) -> dict[str, Any]:
         "fhir": institution.fhir_format,
         "dicom": "DICOM Part-10, explicit VR little endian, ISO_IR 192",
         "dialogues": "jsonl",
+        "consultations": "jsonl (transcript + signed record)",
         "annotations": "jsonl",
     }
     description["units"] = {spec.concept: spec.unit for spec in institution.observations}

@@ -6,7 +6,8 @@ the hard term's as T grows. A binary network returning one logit z per row is tr
 two-class logits [0, z] (softmax of those is sigmoid(z)), so one loss serves the tabular MLP and
 a multi-class CNN. The training system (`DistillationSystem`) sits beside the networks and takes
 any student, any teacher (`AveragedTeacher` averages several) and any data module yielding
-(inputs, labels); `distil_tabular` applies it to a trained TabularPredictor.
+(inputs, labels); `distil_tabular` applies it to a trained TabularPredictor, `distil_imaging` to the
+lesion CNN and `lib/train/text/distillation.distil_text` to the triage Transformer encoder.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from medllm_pipelines.lib.train.compression_metrics import (
 from medllm_pipelines.lib.train.optim import lightning_optimizers
 
 EpochHook = Callable[[dict[str, float], int], None]
+# (validation logits, labels) -> metrics logged as val_<name> each epoch; None: the binary ROC-AUC
+ValidationMetrics = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 STUDENT_DIRNAME = "student"
 CHECKPOINT_DIRNAME = "checkpoints"
 
@@ -90,14 +93,16 @@ class DistillationSystem(L.LightningModule):
     """Trains ``student`` on the distillation loss against a frozen ``teacher`` (kept in eval mode)."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.7,
-                 optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, spec_id: str = "") -> None:
+                 optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, spec_id: str = "",
+                 validation_metrics: ValidationMetrics | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher"])
+        self.save_hyperparameters(ignore=["student", "teacher", "validation_metrics"])
         self.student = student
         self.teacher = teacher.eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
-        self._val_scores: list[torch.Tensor] = []
+        self.validation_metrics = validation_metrics
+        self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
     def train(self, mode: bool = True) -> DistillationSystem:
@@ -131,16 +136,20 @@ class DistillationSystem(L.LightningModule):
         total, _, hard, logits, labels = self._losses(batch)
         self.log("val_loss", hard, on_step=False, on_epoch=True, batch_size=len(labels))  # the label loss selects
         self.log("val_distillation_loss", total, on_step=False, on_epoch=True, batch_size=len(labels))
-        scores = torch.sigmoid(logits) if logits.ndim == 1 else torch.softmax(logits, dim=-1)[:, -1]
-        self._val_scores.append(scores.detach().cpu())
+        self._val_logits.append(logits.detach().cpu())
         self._val_labels.append(labels.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_scores:
-            labels = (torch.cat(self._val_labels).numpy() > 0).astype(np.int64)
-            auc = roc_auc_or_none(labels, torch.cat(self._val_scores).numpy())
-            self.log("val_roc_auc", float("nan") if auc is None else auc)
-        self._val_scores.clear()
+        if self._val_logits:
+            logits, labels = torch.cat(self._val_logits), torch.cat(self._val_labels)
+            if self.validation_metrics is not None:  # e.g. accuracy and macro-F1 of a multi-class student
+                for name, value in self.validation_metrics(logits.float().numpy(), labels.numpy()).items():
+                    self.log(f"val_{name}", value)
+            else:
+                scores = torch.sigmoid(logits) if logits.ndim == 1 else torch.softmax(logits, dim=-1)[:, -1]
+                auc = roc_auc_or_none((labels.numpy() > 0).astype(np.int64), scores.numpy())
+                self.log("val_roc_auc", float("nan") if auc is None else auc)
+        self._val_logits.clear()
         self._val_labels.clear()
 
     def configure_optimizers(self) -> Any:
@@ -164,6 +173,7 @@ class DistillationConfig:
     tolerance_points: float = 2.0
     gate_metrics: tuple[str, ...] = ("roc_auc",)
     student: dict[str, Any] = field(default_factory=dict)
+    cpu_threads: int = 0  # intra-op threads while training (0: torch's default); tiny encoders train fastest on 1
 
     @classmethod
     def from_compression(cls, config: CompressionConfig) -> DistillationConfig:
@@ -201,15 +211,19 @@ class DistilledStudent:
 
 
 def distil(student: nn.Module, teacher: nn.Module, data: L.LightningDataModule, config: DistillationConfig,
-           output_dir: str | Path, *, on_epoch_metrics: EpochHook | None = None, spec_id: str = "") -> DistilledStudent:
+           output_dir: str | Path, *, on_epoch_metrics: EpochHook | None = None, spec_id: str = "",
+           validation_metrics: ValidationMetrics | None = None) -> DistilledStudent:
     """Train ``student`` against ``teacher`` on ``data``'s train split, keep the best validation-loss checkpoint."""
+    from medllm_pipelines.lib.train.text.training import cpu_threads
+
     started = time.perf_counter()
     checkpoint_dir = Path(output_dir) / CHECKPOINT_DIRNAME
     if checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
     L.seed_everything(config.seed, workers=True, verbose=False)
     system = DistillationSystem(student, copy.deepcopy(teacher), temperature=config.temperature, alpha=config.alpha,
-                                optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, spec_id=spec_id)
+                                optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, spec_id=spec_id,
+                                validation_metrics=validation_metrics)
     history = _EpochForwarder(on_epoch_metrics)
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
@@ -217,7 +231,8 @@ def distil(student: nn.Module, teacher: nn.Module, data: L.LightningDataModule, 
                         callbacks=[history, checkpoint, EarlyStopping("val_loss", patience=config.early_stopping_patience)],
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                         num_sanity_val_steps=0, default_root_dir=output_dir)
-    with quiet_lightning(r".*module\(s\) in eval mode.*"):  # the frozen teacher is in eval mode on purpose
+    # the frozen teacher is in eval mode on purpose
+    with quiet_lightning(r".*module\(s\) in eval mode.*"), cpu_threads(config.cpu_threads):
         trainer.fit(system, datamodule=data)
     if not checkpoint.best_model_path:
         raise RuntimeError(f"spec {spec_id or '?'}: no student checkpoint was saved: the validation loss was never finite")
@@ -247,10 +262,13 @@ class DistillationReport:
     train_seconds: float
     student_dir: Path
     config: DistillationConfig
+    # the metrics compared in points (a multi-class student: accuracy, macro_f1, top3_accuracy) and shown in the table
+    score_metrics: tuple[str, ...] = SCORE_METRICS
+    table_metrics: tuple[str, ...] = ("roc_auc", "accuracy", "f1")
 
     @property
     def drop_points(self) -> dict[str, float | None]:
-        return points_lost(self.teacher_metrics.overall, self.student_metrics.overall, SCORE_METRICS)
+        return points_lost(self.teacher_metrics.overall, self.student_metrics.overall, self.score_metrics)
 
     @property
     def within_tolerance(self) -> bool:
@@ -269,7 +287,7 @@ class DistillationReport:
             ("student", self.student_metrics, self.student_parameters, self.student_bytes, self.student_latency),
         ):
             rows.append({"model": role, "parameters": params, "file_bytes": size, "p50_ms": latency.p50_ms,
-                         "p95_ms": latency.p95_ms, **{k: metrics.overall.get(k) for k in ("roc_auc", "accuracy", "f1")}})
+                         "p95_ms": latency.p95_ms, **{k: metrics.overall.get(k) for k in self.table_metrics}})
         return rows
 
     def mlflow_metrics(self) -> dict[str, float]:
@@ -288,9 +306,11 @@ class DistillationReport:
                 "config": asdict(self.config)}
 
     def summary(self) -> str:
+        headline = self.gate_metrics[0] if self.gate_metrics else "roc_auc"
+        label = "ROC-AUC" if headline == "roc_auc" else headline
         return (f"distilled {self.spec_id}: student {self.student_parameters} vs teacher {self.teacher_parameters} "
-                f"parameters, ROC-AUC {self.student_metrics.overall.get('roc_auc')} vs "
-                f"{self.teacher_metrics.overall.get('roc_auc')}, x{self.speedup_p50} p50")
+                f"parameters, {label} {self.student_metrics.overall.get(headline)} vs "
+                f"{self.teacher_metrics.overall.get(headline)}, x{self.speedup_p50} p50")
 
     def as_metadata(self) -> dict[str, Any]:
         return {"trained": True, "teacher_parameters": self.teacher_parameters, "student_parameters": self.student_parameters,

@@ -6,6 +6,7 @@ import pytest
 
 from medllm_pipelines.lib.ingest.landing import (
     ANNOTATIONS,
+    CONSULTATIONS,
     DIALOGUES,
     DICOM,
     FHIR_BUNDLE,
@@ -20,6 +21,8 @@ LANDED = {
     "h1/dicom/1.2.3.4": DICOM,  # DICOM files often have no extension
     "h2/pacs/张三_CT.DCM": DICOM,
     "h1/dialogues/2024-03.jsonl": DIALOGUES,
+    "h1/consultations/2024-03.jsonl": CONSULTATIONS,
+    "h1/consultations/readme.txt": UNSUPPORTED,
     "h1/annotations/batch1.jsonl": ANNOTATIONS,
     "h1/notes/readme.txt": UNSUPPORTED,
     "h1/misc/other.jsonl": UNSUPPORTED,

@@ -97,3 +97,32 @@ def test_both_kinds_alternate_when_asked_for() -> None:
     assert [p.kind for p in mixed].count("ward_round") == 4
     with pytest.raises(ValueError, match="unknown pair kinds"):
         build_consultations(2, stream(1, "x"), kinds=("operation_dictation",))
+
+
+def test_the_hospital_delivers_recorded_visits_with_signed_notes_and_keeps_the_gold_apart(clean_hospital) -> None:
+    truth = {row["visit_id"]: row for row in clean_hospital.jsonl("_truth/consultations.jsonl")}
+    identities = clean_hospital.identities
+    visits = []
+    delivering = {code: c for code, c in clean_hospital.manifest.counts.items() if "consultations" in c}
+    assert len(delivering) == 3  # the FHIR institutions; whsy sends HL7 v2 only
+    for code, counts in delivering.items():
+        rows = clean_hospital.jsonl(f"{code}/consultations/consultations.jsonl")
+        assert counts["consultations"] == len(rows) > 0
+        visits += [(code, row) for row in rows]
+    patients = sum(c["patient_records"] for c in delivering.values())
+    assert 0.2 < len(visits) / patients < 0.6  # CONSULTATION_RATE 0.4
+    assert set(truth) == {row["visit_id"] for _, row in visits}
+    kinds = {row["kind"] for _, row in visits}
+    assert kinds == {"outpatient_consultation", "ward_round"}
+    for code, row in visits:
+        gold = truth[row["visit_id"]]
+        # the signed record is the gold note, rendered; the gold fields themselves stay under _truth/
+        assert parse_note(row["record_text"], language=row["language"]).fields == {
+            k: tuple(v) for k, v in gold["note_fields"].items()}
+        assert {"note_fields", "condition"}.isdisjoint(row)
+    said = [(code, row) for code, row in visits if truth[row["visit_id"]]["said_name"]]
+    assert said, "some patients say their name: an identifier the release has to remove"
+    names = {(i["institution"], i["mrn"]): {i.get("name_zh"), i.get("name_en")} - {None} for i in identities}
+    for code, row in said:
+        spoken = " ".join(t["text"] for t in row["turns"])
+        assert any(name in spoken for name in names[(code, row["patient_mrn"])])

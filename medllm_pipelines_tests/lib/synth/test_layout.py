@@ -23,7 +23,10 @@ ALLOWED = [
     re.compile(r"^[a-z]{4}/annotations/(adjudication|audit)\.jsonl$"),
     re.compile(r"^_truth/annotations/[a-z]{4}\.json$"),
     re.compile(r"^whsy/hl7/(adt|oru)-\d{4}\.hl7$"),
-    re.compile(r"^_truth/(manifest\.json|patients\.jsonl|images\.jsonl|identities\.jsonl|vitals\.jsonl)$"),
+    re.compile(r"^_truth/(manifest\.json|patients\.jsonl|images\.jsonl|identities\.jsonl|vitals\.jsonl|"
+               r"consultations\.jsonl)$"),
+    # recorded visits (lib/synth/consultations.py): transcript + signed record, one JSONL per institution
+    re.compile(r"^(hzsf|rvic|jhsq)/consultations/consultations\.jsonl$"),
     # bedside vital signs of inpatient stays (lib/synth/vitals.py): FHIR Bulk NDJSON beside the main feed
     re.compile(r"^(hzsf|rvic|jhsq)/vitals/(Observation|Procedure)\.ndjson$"),
     re.compile(r"^_truth/masks/(hzsf|rvic|jhsq)/study-\d{5}/IM\d{5}\.npy$"),

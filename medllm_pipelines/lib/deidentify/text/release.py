@@ -1,4 +1,5 @@
-"""De-identified notes and dialogues: every detected identifier replaced by a consistent per-patient surrogate.
+"""De-identified notes, dialogues and recorded consultations: every detected identifier replaced by a consistent
+per-patient surrogate.
 
 Rows whose person is unknown or whose text is empty are counted by reason,
 never released. Surrogates are keyed per patient (Vault HMAC) and redrawn
@@ -110,32 +111,56 @@ def deidentify_notes(notes: pd.DataFrame, patients: pd.DataFrame, persons: Perso
     return TextRelease(frame, len(notes), removed, surrogates)
 
 
-def deidentify_dialogues(dialogues: pd.DataFrame, patients: pd.DataFrame, persons: PersonIndex,
-                         identities: dict[str, Identity], detector: Detector, hmac_many: HmacMany) -> TextRelease:
-    """Every linked dialogue with readable turns, de-identified turn by turn (detection over the whole)."""
+def _deidentify_conversations(frame: pd.DataFrame, patients: pd.DataFrame, persons: PersonIndex,
+                              identities: dict[str, Identity], detector: Detector, hmac_many: HmacMany, *,
+                              id_column: str, raw_prefix: str, key_prefix: str,
+                              record_column: str | None = None, keep_columns: Sequence[str] = ()) -> TextRelease:
+    """Every linked conversation with readable turns, de-identified turn by turn (detection over the whole,
+    ``record_column`` included as one more passage, so that a name said in the talk is found in the record too)."""
     from medllm_pipelines.lib.label.importers import keyed_ids
 
-    person = [persons.by_mrn.get((i, m)) for i, m in zip(dialogues["institution"], dialogues["patient_mrn"], strict=True)]
-    dialogues = dialogues.assign(patient_pseudonym=person)
-    turns = dialogues["turns_json"].map(dialogue_turns)
-    linked, has_turns = dialogues["patient_pseudonym"].notna(), turns.map(bool)
+    person = [persons.by_mrn.get((i, m)) for i, m in zip(frame["institution"], frame["patient_mrn"], strict=True)]
+    frame = frame.assign(patient_pseudonym=person)
+    turns = frame["turns_json"].map(dialogue_turns)
+    linked, has_turns = frame["patient_pseudonym"].notna(), turns.map(bool)
     removed = {"unlinked_person": int((~linked).sum()), "no_readable_turns": int((linked & ~has_turns).sum())}
     keep = linked & has_turns
-    kept, kept_turns = dialogues[keep].reset_index(drop=True), turns[keep].tolist()
+    kept, kept_turns = frame[keep].reset_index(drop=True), turns[keep].tolist()
+    records = kept[record_column].fillna("").astype(str).tolist() if record_column else [None] * len(kept)
     surrogates = surrogates_avoiding(patients, hmac_many, kept["patient_pseudonym"].tolist())
-    clean_turns, spans_per_text = [], []
-    for dialogue, pseudonym in zip(kept_turns, kept["patient_pseudonym"], strict=True):
-        texts, spans = deidentify_turns([str(t.get("text", "")) for t in dialogue], detector=detector,
-                                        surrogate_for=surrogates[pseudonym],
+    clean_turns, clean_records, spans_per_text = [], [], []
+    for dialogue, record, pseudonym in zip(kept_turns, records, kept["patient_pseudonym"], strict=True):
+        passages = [str(t.get("text", "")) for t in dialogue] + ([record] if record is not None else [])
+        texts, spans = deidentify_turns(passages, detector=detector, surrogate_for=surrogates[pseudonym],
                                         known=known_identifiers(identities.get(pseudonym, {})))
+        if record is not None:
+            clean_records.append(texts.pop())
         clean_turns.append([{"speaker": str(t.get("speaker", "")), "text": x} for t, x in zip(dialogue, texts, strict=True)])
         spans_per_text.append(spans)
-    raw_ids = [f"triage:{i}:{d}" for i, d in zip(kept["institution"], kept["dialogue_id"], strict=True)]
-    frame = _released(
-        kept, keyed_ids(raw_ids, hmac_many, "i_"),
+    raw_ids = [f"{raw_prefix}:{i}:{d}" for i, d in zip(kept["institution"], kept[id_column], strict=True)]
+    extra = {column: kept[column].astype(str).tolist() for column in keep_columns}
+    released = _released(
+        kept, keyed_ids(raw_ids, hmac_many, key_prefix), **extra,
         turn_count=[len(t) for t in clean_turns],
         text=["\n".join(turn["text"] for turn in t) for t in clean_turns],
         turns_json=[orjson.dumps(t).decode("utf-8") for t in clean_turns],
+        **({record_column: clean_records} if record_column else {}),
         **_counts_columns(spans_per_text),
     )
-    return TextRelease(frame, len(dialogues), removed, surrogates)
+    return TextRelease(released, len(frame), removed, surrogates)
+
+
+def deidentify_dialogues(dialogues: pd.DataFrame, patients: pd.DataFrame, persons: PersonIndex,
+                         identities: dict[str, Identity], detector: Detector, hmac_many: HmacMany) -> TextRelease:
+    """Every linked dialogue with readable turns, de-identified turn by turn (detection over the whole)."""
+    return _deidentify_conversations(dialogues, patients, persons, identities, detector, hmac_many,
+                                     id_column="dialogue_id", raw_prefix="triage", key_prefix="i_")
+
+
+def deidentify_consultations(visits: pd.DataFrame, patients: pd.DataFrame, persons: PersonIndex,
+                             identities: dict[str, Identity], detector: Detector, hmac_many: HmacMany) -> TextRelease:
+    """Every linked recorded visit: its transcript turn by turn and the doctor's signed record, de-identified with
+    the same per-patient surrogates (a name in both becomes the same surrogate in both)."""
+    return _deidentify_conversations(visits, patients, persons, identities, detector, hmac_many,
+                                     id_column="visit_id", raw_prefix="consultation", key_prefix="c_",
+                                     record_column="record_text", keep_columns=("visit_kind", "department"))

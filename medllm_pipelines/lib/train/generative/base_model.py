@@ -50,6 +50,13 @@ class BaseModelFolder:
                 "base_model_format": "gguf" if self.gguf_file else "transformers"}
 
 
+def base_model_path_from_env() -> str | None:
+    """``MEDLLM_BASE_MODEL_PATH`` read when called (never at import), None when unset or blank: the one place the
+    variable is read, so that the asset passes the path on and ``lib`` code takes it as an argument."""
+    value = os.environ.get(BASE_MODEL_ENV, "").strip()
+    return value or None
+
+
 def inspect_base_model(path: str | os.PathLike | None, *, spec_id: str = "") -> BaseModelFolder:
     """Check that ``path`` is a usable local checkpoint; BaseModelError with the cause otherwise."""
     if path is None or str(path).strip() == "":

@@ -2,7 +2,8 @@
 
 Two phases on the same network: optional pretraining (next-token loss on de-identified notes and dialogues,
 ``TokenBlockDataModule``) and instruction tuning on (prompt, note) pairs, where the prompt is an instruction
-and the dialogue and the loss covers the note only (``InstructionDataModule``). The tokenizer is word-level and
+and the dialogue and the loss covers the note only (``InstructionDataModule``). The tokenizer (``note_text.py``,
+with the prompt and greedy decoding, importable without Lightning so a saved generator loads cheaply) is word-level and
 lossless (``tokenizers``' WordLevel model over a pre-tokenizer that keeps a word's leading space, splits digits
 and gives each CJK character its own token; the vocabulary is counted here and sorted by count then text, so two
 trainings give the same ids): a note decodes back to exactly the text the model chose, which ``parse_note``
@@ -12,8 +13,7 @@ reads field by field. Digits one per token let the model copy values (37.4, 150/
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,56 +23,36 @@ import torch
 from medllm_pipelines.lib.common.structured_note import StructuredNote, parse_note, render_note
 from medllm_pipelines.lib.train.callbacks import EpochHistory, EpochMetricsCallback, quiet_lightning
 from medllm_pipelines.lib.train.generative.network import GPT, GPTConfig
+from medllm_pipelines.lib.train.generative.note_text import (  # re-exported: the tokenizer and prompt live there
+    BOS,
+    EOS,
+    INSTRUCTION,
+    NOTE_CUE,
+    PAD,
+    PRETOKEN_PATTERN,
+    SPECIAL_TOKENS,
+    UNK,
+    build_note_tokenizer,
+    decode,
+    encode,
+    generate_note_text,
+    note_prompt,
+)
 from medllm_pipelines.lib.train.generative.system import (
     CausalLMSystem,
     CausalLMTraining,
     InstructionDataModule,
     TokenBlockDataModule,
     instruction_example,
+    next_token_loss,
 )
+from medllm_pipelines.lib.train.optim import check_finite_loss
+from medllm_pipelines.lib.train.text.training import cpu_threads
 
-PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
-SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
-PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+"
-INSTRUCTION = {"en": "Write the outpatient note for this consultation.\n", "zh": "根据以下问诊对话书写门诊病历。\n"}
-NOTE_CUE = {"en": "\nNote:\n", "zh": "\n病历：\n"}
-
-
-def _pre_tokenizer() -> Any:
-    from tokenizers import Regex, pre_tokenizers
-
-    return pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), behavior="isolated")
-
-
-def build_note_tokenizer(texts: Iterable[str], *, min_count: int = 1, max_vocab: int = 16000) -> Any:
-    """A lossless word-level tokenizer whose vocabulary is the tokens of ``texts`` (count >= ``min_count``)."""
-    from tokenizers import Tokenizer, decoders, models
-
-    pre = _pre_tokenizer()
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(piece for piece, _ in pre.pre_tokenize_str(text))
-    ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-    vocab = {token: index for index, token in enumerate([*SPECIAL_TOKENS, *ranked[:max_vocab - len(SPECIAL_TOKENS)]])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tokenizer.pre_tokenizer = pre
-    tokenizer.decoder = decoders.Fuse()
-    return tokenizer
-
-
-def encode(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False).ids
-
-
-def decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    specials = {tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-    return tokenizer.decode([i for i in ids if i not in specials], skip_special_tokens=False)
-
-
-def note_prompt(dialogue_text: str, language: str) -> str:
-    """The instruction, the dialogue, and the cue after which the note starts."""
-    return f"{INSTRUCTION[language]}{dialogue_text}{NOTE_CUE[language]}"
-
+__all__ = [
+    "BOS", "EOS", "INSTRUCTION", "NOTE_CUE", "PAD", "PRETOKEN_PATTERN", "SPECIAL_TOKENS", "UNK", "NoteGenerator",
+    "NoteGeneratorConfig", "build_note_tokenizer", "decode", "encode", "note_prompt", "train_note_generator",
+]
 
 @dataclass(frozen=True)
 class NoteGeneratorConfig:
@@ -91,6 +71,7 @@ class NoteGeneratorConfig:
     batch_size: int = 16
     max_new_tokens: int = 200
     seed: int = 7
+    cpu_threads: int = 0  # torch intra-op threads while training (0: torch's default); small networks gain nothing
 
     def network(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
@@ -111,16 +92,26 @@ class NoteGenerator:
     train_seconds: float
 
     def generate(self, dialogue_text: str, language: str) -> str:
-        bos, eos = self.tokenizer.token_to_id(BOS), self.tokenizer.token_to_id(EOS)
-        prompt = [bos, *encode(self.tokenizer, note_prompt(dialogue_text, language))]
-        room = self.config.block_size - self.config.max_new_tokens
-        prompt = [bos, *prompt[1:][-(room - 1):]] if len(prompt) > room else prompt
-        self.network.eval()
-        out = self.network.generate(torch.tensor([prompt]), self.config.max_new_tokens, eos_id=eos)
-        return decode(self.tokenizer, out[0, len(prompt):].tolist())
+        return generate_note_text(self.network, self.tokenizer, dialogue_text, language,
+                                  max_new_tokens=self.config.max_new_tokens)
 
     def generate_note(self, dialogue_text: str, language: str) -> StructuredNote:
         return parse_note(self.generate(dialogue_text, language), language=language)
+
+
+class _SpecCausalLMSystem(CausalLMSystem):
+    """The causal LM system whose non-finite loss raises TrainingDivergedError naming the spec, as every spec
+    trainer's does (the base system's FloatingPointError does not know the spec)."""
+
+    def __init__(self, config: GPTConfig, training: CausalLMTraining, spec_id: str) -> None:
+        super().__init__(config, training)
+        self.spec_id = spec_id
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        loss = next_token_loss(self(inputs), targets)
+        check_finite_loss(loss, spec_id=self.spec_id, epoch=self.current_epoch)
+        return loss
 
 
 def _trainer(max_steps: int, history: EpochHistory, val: bool) -> L.Trainer:
@@ -131,8 +122,11 @@ def _trainer(max_steps: int, history: EpochHistory, val: bool) -> L.Trainer:
 
 def train_note_generator(train: Sequence[tuple[str, str, StructuredNote]], validation: Sequence[tuple[str, str, StructuredNote]],
                          config: NoteGeneratorConfig, *, pretrain_texts: Sequence[str] = (),
-                         on_epoch_metrics: EpochMetricsCallback | None = None) -> NoteGenerator:
-    """Train on (dialogue text, language, gold note) triples; ``pretrain_texts`` first when pretraining is on."""
+                         on_epoch_metrics: EpochMetricsCallback | None = None, spec_id: str = "") -> NoteGenerator:
+    """Train on (dialogue text, language, gold note) triples; ``pretrain_texts`` first when pretraining is on.
+
+    A loss that becomes NaN or infinite raises TrainingDivergedError naming ``spec_id`` and the epoch.
+    """
     L.seed_everything(config.seed, workers=True, verbose=False)
     targets = [render_note(note) for _, _, note in train]
     prompts = [note_prompt(text, language) for text, language, _ in train]
@@ -142,10 +136,11 @@ def train_note_generator(train: Sequence[tuple[str, str, StructuredNote]], valid
         return CausalLMTraining(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
                                 max_steps=steps)
 
-    system = CausalLMSystem(config.network(tokenizer.get_vocab_size()), phase(config.instruction_steps))
+    system = _SpecCausalLMSystem(config.network(tokenizer.get_vocab_size()), phase(config.instruction_steps), spec_id)
     history = EpochHistory(on_epoch_metrics)
     started = time.perf_counter()
-    with quiet_lightning(r".*does not have many workers.*", r".*number of training batches.*"):
+    with quiet_lightning(r".*does not have many workers.*", r".*number of training batches.*"), \
+            cpu_threads(config.cpu_threads):
         if config.pretrain_steps and pretrain_texts:
             stream = [t for text in pretrain_texts for t in [bos, *encode(tokenizer, text), eos]]
             blocks = TokenBlockDataModule(stream, None, config.block_size, config.batch_size, seed=config.seed)

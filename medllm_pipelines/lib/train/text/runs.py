@@ -131,21 +131,22 @@ class TextSpecTraining:
         }
 
 
-def _log_model(result: TextTrainResult) -> str:
-    """The predictor as an MLflow pyfunc (texts in, department and probabilities out); returns its model URI."""
+def log_text_classifier(model_dir: Path, name: str = MODEL_ARTIFACT_NAME) -> str:
+    """A text classifier's folder as an MLflow pyfunc (texts in, department and probabilities out) with a signature
+    and the written input example; returns its model URI. Used for the triage model and its distilled student."""
     import mlflow
     from mlflow.models import infer_signature
 
-    from medllm_pipelines.lib.train.text.pyfunc import TextClassifierModel
     from medllm_pipelines.lib.train.text.predictor import TextClassifierPredictor
+    from medllm_pipelines.lib.train.text.pyfunc import TextClassifierModel
     from medllm_pipelines.lib.train.tracking import pinned_pip_requirements
 
     example = pd.DataFrame({"text": [INPUT_EXAMPLE]})
-    output = TextClassifierModel.predictions(TextClassifierPredictor.load(result.model_dir), example)
+    output = TextClassifierModel.predictions(TextClassifierPredictor.load(model_dir), example)
     info = mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT_NAME,
+        name=name,
         python_model=TextClassifierModel(),
-        artifacts={"model_dir": str(result.model_dir)},
+        artifacts={"model_dir": str(model_dir)},
         signature=infer_signature(example, output),
         input_example=example,
         pip_requirements=[*pinned_pip_requirements(("torch", "tokenizers", "numpy", "pandas")), "mlflow"],
@@ -203,7 +204,7 @@ def train_text_spec_model(
         mlflow.log_params({"heldout_written_version": written.attrs.get("version", ""),
                            "heldout_written_dialogues": len(written)})
         mlflow.log_metrics({**result.test_metrics, **result.baseline_metrics, **heldout}, synchronous=True)
-        model_uri = _log_model(result)
+        model_uri = log_text_classifier(result.model_dir)
         mlflow.log_dict(result.to_dict(), TRAINING_SUMMARY_ARTIFACT)
         registered = None
         if register:
