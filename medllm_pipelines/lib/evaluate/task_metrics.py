@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from medllm_pipelines.lib.evaluate.metrics import SINGLE_CLASS_REASON, roc_auc_or_none
+from medllm_pipelines.lib.evaluate.metrics import SINGLE_CLASS_REASON, _validated, roc_auc_or_none
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -117,22 +117,12 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def validated_binary_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 labels and probability scores as arrays, or a ValueError that says what is wrong."""
-    truth = np.asarray(y_true)
-    score = np.asarray(y_score, dtype=np.float64)
-    if truth.ndim != 1 or score.ndim != 1:
-        raise ValueError("y_true and y_score must be one-dimensional (use the positive-class probability)")
-    if len(truth) != len(score):
-        raise ValueError(f"y_true has {len(truth)} rows but y_score has {len(score)}")
-    if len(truth) == 0:
-        raise ValueError("no rows to evaluate")
-    if not np.isfinite(score).all():
-        raise ValueError(f"y_score holds {int((~np.isfinite(score)).sum())} NaN or infinite values")
+    """0/1 labels and probability scores as arrays (``metrics._validated``'s checks), or a ValueError that says what
+    is wrong; scores must also be probabilities here (the Brier score is computed on them)."""
+    truth, score = _validated(y_true, y_score)
     if score.min() < 0.0 or score.max() > 1.0:
         raise ValueError("y_score must be probabilities in [0, 1] (the Brier score is computed on them)")
-    if not np.isin(truth, [0, 1]).all():
-        raise ValueError("y_true must hold only 0 and 1")
-    return truth.astype(np.int64), score
+    return truth, score
 
 
 def average_precision_or_none(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
