@@ -91,7 +91,7 @@ def test_the_spec_gives_the_demo_config_and_the_benchmarked_full_config() -> Non
     assert {k: v for k, v in demo.as_params().items() if k in SPEC.training} == SPEC.training
     assert (demo.n_layer, demo.n_embd) == (SPEC.network["n_layer"], SPEC.network["n_embd"])
     benchmarked = json.loads(BENCHMARK_RESULT.read_text())["config"]
-    assert full.as_params() == {**benchmarked, "cpu_threads": 0}  # full size is what the benchmark measured
+    assert full.as_params() == {**benchmarked, "cpu_threads": 0, "max_epochs": 0}  # what the benchmark measured
     assert SPEC.task == "text_generation" and SPEC.network_family == "causal_lm"
 
 
@@ -260,3 +260,12 @@ def test_a_nan_loss_fails_the_run_with_its_reason_and_registers_nothing(trained_
     assert finished.data.tags[FAILURE_REASON_TAG].startswith(
         "TrainingDivergedError: spec note_generator: training loss became")
     assert list_registered() == registered_before  # no new version, challenger unmoved
+
+
+def test_a_small_training_set_is_capped_at_max_epochs_and_the_demo_is_not() -> None:
+    from medllm_pipelines.lib.curate.spec import load_spec
+    from medllm_pipelines.lib.train.generative.note_runs import note_generator_config
+
+    demo, full = (note_generator_config(load_spec("note_generator"), size) for size in ("demo", "full"))
+    assert demo.steps_for(40) == 14 * 5 and demo.steps_for(300) == demo.instruction_steps == 500
+    assert full.steps_for(40) == full.instruction_steps  # full size: uncapped

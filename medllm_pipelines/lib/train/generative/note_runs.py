@@ -41,8 +41,8 @@ EXAMPLES_ARTIFACT = "test_note_examples.json"
 EXAMPLES_LOGGED = 5
 DATASET_COLUMNS = ("dialogue", "note", "language")
 NETWORK_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-TRAINING_KEYS = ("lr", "weight_decay", "warmup_steps", "instruction_steps", "pretrain_steps", "batch_size",
-                 "max_new_tokens", "seed", "cpu_threads")
+TRAINING_KEYS = ("lr", "weight_decay", "warmup_steps", "instruction_steps", "max_epochs", "pretrain_steps",
+                 "batch_size", "max_new_tokens", "seed", "cpu_threads")
 # The headline figures also reported per language (the rest are in the overall set).
 PER_LANGUAGE_METRICS = ("field_f1", "field_precision", "field_recall", "icd10_exact_match", "rouge_l")
 SPLITS = (("train", "training"), ("validation", "validation"), ("test", "testing"))
@@ -327,7 +327,7 @@ def _train_gpt(dataset: SplitDataset, spec: ModelSpec, config: Any, output_dir: 
     predictor = NoteGeneratorPredictor.load(model_dir)
     return _TrainedModel(
         predictor=predictor, model_dir=model_dir, history=generator.history, train_seconds=generator.train_seconds,
-        steps=config.pretrain_steps + config.instruction_steps, parameters=predictor.network.num_parameters(),
+        steps=config.pretrain_steps + config.steps_for(len(train_frame)), parameters=predictor.network.num_parameters(),
         vocab_size=predictor.tokenizer.get_vocab_size(), tokenizer_sha256=predictor.tokenizer_sha256,
         python_model=NoteGeneratorModel(), artifacts={"model_dir": str(model_dir)},
         requirements=("torch", "tokenizers", "safetensors", "numpy", "pandas"), cpu_threads=config.cpu_threads)

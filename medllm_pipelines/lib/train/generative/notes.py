@@ -67,11 +67,20 @@ class NoteGeneratorConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 20
     instruction_steps: int = 600
+    max_epochs: int = 0  # caps instruction steps at this many passes over the training pairs (0: no cap)
     pretrain_steps: int = 0
     batch_size: int = 16
     max_new_tokens: int = 200
     seed: int = 7
     cpu_threads: int = 0  # torch intra-op threads while training (0: torch's default); small networks gain nothing
+
+    def steps_for(self, train_pairs: int) -> int:
+        """Instruction steps for ``train_pairs``: ``instruction_steps``, or fewer when ``max_epochs`` passes over a
+        small training set take fewer (a small delivery trains in seconds; the demo hospital is not capped)."""
+        if not self.max_epochs:
+            return self.instruction_steps
+        per_epoch = max(1, -(-int(train_pairs) // self.batch_size))
+        return max(1, min(self.instruction_steps, self.max_epochs * per_epoch))
 
     def network(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
@@ -136,7 +145,8 @@ def train_note_generator(train: Sequence[tuple[str, str, StructuredNote]], valid
         return CausalLMTraining(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
                                 max_steps=steps)
 
-    system = _SpecCausalLMSystem(config.network(tokenizer.get_vocab_size()), phase(config.instruction_steps), spec_id)
+    steps = config.steps_for(len(train))
+    system = _SpecCausalLMSystem(config.network(tokenizer.get_vocab_size()), phase(steps), spec_id)
     history = EpochHistory(on_epoch_metrics)
     started = time.perf_counter()
     with quiet_lightning(r".*does not have many workers.*", r".*number of training batches.*"), \
@@ -146,7 +156,7 @@ def train_note_generator(train: Sequence[tuple[str, str, StructuredNote]], valid
             blocks = TokenBlockDataModule(stream, None, config.block_size, config.batch_size, seed=config.seed)
             system.training_config = phase(config.pretrain_steps)
             _trainer(config.pretrain_steps, history, val=False).fit(system, datamodule=blocks)
-            system.training_config = phase(config.instruction_steps)
+            system.training_config = phase(steps)
 
         def examples(rows: Sequence[tuple[str, str, StructuredNote]]) -> list[dict[str, list[int]]]:
             return [instruction_example(encode(tokenizer, note_prompt(text, language)),
@@ -154,5 +164,5 @@ def train_note_generator(train: Sequence[tuple[str, str, StructuredNote]], valid
                                         max_length=config.block_size + 1) for text, language, note in rows]
 
         data = InstructionDataModule(examples(train), examples(validation), config.batch_size, pad, seed=config.seed)
-        _trainer(config.instruction_steps, history, val=True).fit(system, datamodule=data)
+        _trainer(steps, history, val=True).fit(system, datamodule=data)
     return NoteGenerator(system.network, tokenizer, config, history.history, time.perf_counter() - started)
