@@ -44,7 +44,7 @@ UNDEFINED_REASONS = {
 }
 
 
-def _validated(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def validated_binary(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     truth = np.asarray(y_true)
     score = np.asarray(y_score, dtype=np.float64)
     if truth.ndim != 1 or score.ndim != 1:
@@ -70,7 +70,7 @@ def binary_classification_metrics(y_true: ArrayLike, y_score: ArrayLike, thresho
     Undefined metrics are None and listed under "undefined" with the reason,
     so a report can say why a cell is empty.
     """
-    truth, score = _validated(y_true, y_score)
+    truth, score = validated_binary(y_true, y_score)
     predicted = (score >= threshold).astype(np.int64)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(truth, predicted, labels=[0, 1]).ravel())
     n_positive = int(truth.sum())
@@ -105,7 +105,7 @@ def roc_curve_points(y_true: ArrayLike, y_score: ArrayLike) -> dict[str, Any]:
 
     With one class only there is no curve: empty lists and a reason.
     """
-    truth, score = _validated(y_true, y_score)
+    truth, score = validated_binary(y_true, y_score)
     if len(np.unique(truth)) < 2:
         return {"fpr": [], "tpr": [], "thresholds": [], "auc": None, "undefined_reason": SINGLE_CLASS_REASON}
     fpr, tpr, thresholds = roc_curve(truth, score, drop_intermediate=True)
@@ -175,7 +175,7 @@ def bootstrap_ci(
     Draws where the metric is undefined (None/NaN, e.g. one class for AUC) are
     skipped; (None, None) when every draw was undefined.
     """
-    truth, score = _validated(y_true, y_score)
+    truth, score = validated_binary(y_true, y_score)
     rng = np.random.default_rng(seed)
     values: list[float] = []
     for _ in range(n_boot):
@@ -200,8 +200,8 @@ def paired_bootstrap_delta_ci(
     Two separate intervals that overlap do not show the models are equal;
     the paired difference is what says whether the model beats the baseline (V5).
     """
-    truth, a = _validated(y_true, score_a)
-    _, b = _validated(y_true, score_b)
+    truth, a = validated_binary(y_true, score_a)
+    _, b = validated_binary(y_true, score_b)
     rng = np.random.default_rng(seed)
     values: list[float] = []
     for _ in range(n_boot):

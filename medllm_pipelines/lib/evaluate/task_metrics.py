@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from medllm_pipelines.lib.evaluate.metrics import SINGLE_CLASS_REASON, _validated, roc_auc_or_none
+from medllm_pipelines.lib.evaluate.metrics import SINGLE_CLASS_REASON, validated_binary, roc_auc_or_none
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -117,9 +117,9 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def validated_binary_inputs(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 labels and probability scores as arrays (``metrics._validated``'s checks), or a ValueError that says what
+    """0/1 labels and probability scores as arrays (``metrics.validated_binary``'s checks), or a ValueError that says what
     is wrong; scores must also be probabilities here (the Brier score is computed on them)."""
-    truth, score = _validated(y_true, y_score)
+    truth, score = validated_binary(y_true, y_score)
     if score.min() < 0.0 or score.max() > 1.0:
         raise ValueError("y_score must be probabilities in [0, 1] (the Brier score is computed on them)")
     return truth, score
