@@ -158,6 +158,10 @@ def _synth(out_dir: Path, patients: int, seed: int, clean: bool, write_identitie
 
 
 # --- runs -----------------------------------------------------------------------
+def _rounded(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def _summarise(result: LifecycleResult) -> int:
     from medllm_pipelines.defs import keys
 
@@ -171,10 +175,14 @@ def _summarise(result: LifecycleResult) -> int:
     model = next(iter(result.materializations(keys.DIABETES_MODEL)), None)
     if model and model.get("trained") is False:
         click.echo(f"model NOT trained: {model.get('reason')} (the data stages completed; deliver more data and rerun)")
-    report = next(iter(result.materializations(keys.DIABETES_EVALUATION)), None)
-    if report and report.get("evaluated") is not False:
-        click.echo(f"evaluation report: {report.get('report_html')}")
-        click.echo(f"  model ROC-AUC {report.get('model_roc_auc')}  baseline ROC-AUC {report.get('baseline_roc_auc')}")
+    for evaluation_key in keys.EVALUATIONS:
+        report = next(iter(result.materializations(evaluation_key)), None)
+        if report and report.get("evaluated") is not False:
+            primary = report.get("primary_metric")
+            click.echo(f"evaluation {report.get('registered_model')} v{report.get('registered_version')}: "
+                       f"{primary} {_rounded(report.get(f'model_{primary}'))} vs baseline "
+                       f"{_rounded(report.get(f'baseline_{primary}'))}; gate "
+                       f"{'passed (champion)' if report.get('gate_passed') else 'failed'}; {report.get('report_html')}")
     return 0 if result.success else 1
 
 

@@ -32,13 +32,19 @@ def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()) or "-"
 
 
+def _format_gate(gate: dict | None) -> str:
+    if not gate or not gate.get("evaluated"):
+        return "-"
+    return "passed" if gate.get("passed") else "failed"
+
+
 def format_models(entries: list[dict]) -> str:
     """A plain table, one registered version a line, newest version first within each model."""
     if not entries:
         return "no registered model (train one: medllm run, or make demo)"
-    header = ("model", "family", "version", "aliases", "dataset", "run", "metrics")
+    header = ("model", "family", "version", "aliases", "gate", "dataset", "run", "metrics")
     rows = [
-        (e["name"], e["family"] or "-", e["version"], ",".join(e["aliases"]) or "-",
+        (e["name"], e["family"] or "-", e["version"], ",".join(e["aliases"]) or "-", _format_gate(e.get("gate")),
          (e["dataset_version"] or "-")[:DATASET_VERSION_WIDTH], e["run_id"] or "-", _format_metrics(e["metrics"]))
         for e in entries
     ]
@@ -52,7 +58,7 @@ def format_models(entries: list[dict]) -> str:
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models_command(as_json: bool) -> None:
-    """List every registered model: spec id, family, version, aliases, dataset version, run, metrics."""
+    """List every registered model: spec id, family, version, aliases, promotion gate, dataset version, run, metrics."""
     from medllm_pipelines.settings import load_settings
 
     settings = load_settings()

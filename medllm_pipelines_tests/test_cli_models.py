@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from medllm_pipelines.cli import main
-from medllm_pipelines.lib.train.registry import register_model
+from medllm_pipelines.lib.train.registry import promote_to_champion, record_gate_result, register_model
 
 
 @pytest.fixture()
@@ -54,17 +54,30 @@ def test_models_lists_each_registered_version_with_family_aliases_dataset_run_an
         register_model(info.model_uri, "t2d_risk", family="quantised", dataset_version="a" * 64,
                        name="t2d_risk-int8", metrics={"test_roc_auc": 0.879})
 
+        register_model(info.model_uri, "t2d_risk", family="mlp", dataset_version="b" * 64,
+                       metrics={"test_roc_auc": 0.7})
+    promote_to_champion("t2d_risk", "1", {"passed": True, "failed": [], "reason": ""})
+    record_gate_result("t2d_risk", "2", {"passed": False, "failed": ["ece"], "reason": ""})
+
     listed = json.loads(_models("--json"))
+    not_evaluated = {"evaluated": False, "passed": False, "reason": "no evaluation of this version has run"}
     assert listed == [
-        {"name": "t2d_risk", "version": "1", "aliases": ["challenger"], "family": "mlp", "dataset_version": "a" * 64,
-         "run_id": run.info.run_id, "metrics": {"test_roc_auc": 0.881, "val_roc_auc": 0.894}},
+        {"name": "t2d_risk", "version": "2", "aliases": ["challenger"], "family": "mlp", "dataset_version": "b" * 64,
+         "run_id": run.info.run_id, "metrics": {"test_roc_auc": 0.7},
+         "gate": {"evaluated": True, "passed": False, "failed": ["ece"], "reason": ""}},
+        {"name": "t2d_risk", "version": "1", "aliases": ["champion"], "family": "mlp", "dataset_version": "a" * 64,
+         "run_id": run.info.run_id, "metrics": {"test_roc_auc": 0.881, "val_roc_auc": 0.894},
+         "gate": {"evaluated": True, "passed": True, "failed": [], "reason": ""}},
         {"name": "t2d_risk-int8", "version": "1", "aliases": ["challenger"], "family": "quantised",
-         "dataset_version": "a" * 64, "run_id": run.info.run_id, "metrics": {"test_roc_auc": 0.879}},
+         "dataset_version": "a" * 64, "run_id": run.info.run_id, "metrics": {"test_roc_auc": 0.879},
+         "gate": not_evaluated},
     ]
     table = _models().splitlines()
-    assert table[0].split() == ["model", "family", "version", "aliases", "dataset", "run", "metrics"]
-    assert table[1].split()[:6] == ["t2d_risk", "mlp", "1", "challenger", "a" * 16, run.info.run_id]
-    assert table[1].endswith("test_roc_auc 0.881, val_roc_auc 0.894")
+    assert table[0].split() == ["model", "family", "version", "aliases", "gate", "dataset", "run", "metrics"]
+    assert table[1].split()[:7] == ["t2d_risk", "mlp", "2", "challenger", "failed", "b" * 16, run.info.run_id]
+    assert table[2].split()[:5] == ["t2d_risk", "mlp", "1", "champion", "passed"]
+    assert table[2].endswith("test_roc_auc 0.881, val_roc_auc 0.894")
+    assert table[3].split()[4] == "-"  # never evaluated
 
 
 def test_preparing_gemma_without_accepting_its_terms_is_refused(tmp_path) -> None:

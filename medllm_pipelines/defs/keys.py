@@ -161,3 +161,16 @@ DEID_CONSULTATIONS = key(DEIDENTIFY, "consultations")
 NOTE_PAIRS = key(CURATE, "note_pairs")
 NOTE_SPLITS = key(CURATE, "note_splits")
 NOTE_GENERATOR = key(TRAIN, "note_generator")
+# evaluation (issue 12): one evaluation asset per spec (t2d_risk keeps DIABETES_EVALUATION), public benchmarks,
+# and the promotion gate check on each
+LESION_CLASSIFIER_EVALUATION = key(EVALUATE, "lesion_classifier_evaluation")
+LESION_SEGMENTATION_EVALUATION = key(EVALUATE, "lesion_segmentation_evaluation")
+DETERIORATION_EVALUATION = key(EVALUATE, "deterioration_evaluation")
+FORECAST_EVALUATION = key(EVALUATE, "vitals_forecast_evaluation")
+TRIAGE_EVALUATION = key(EVALUATE, "triage_evaluation")
+ENTITY_EVALUATION = key(EVALUATE, "entity_evaluation")
+NOTE_EVALUATION = key(EVALUATE, "note_generator_evaluation")
+PUBLIC_BENCHMARKS = key(EVALUATE, "public_benchmarks")
+CHECK_PROMOTION_GATE = "promotion_gate"  # the spec's thresholds hold; champion moves only then (WARN: blocks nothing)
+EVALUATIONS = (DIABETES_EVALUATION, LESION_CLASSIFIER_EVALUATION, LESION_SEGMENTATION_EVALUATION,
+               DETERIORATION_EVALUATION, FORECAST_EVALUATION, TRIAGE_EVALUATION, ENTITY_EVALUATION, NOTE_EVALUATION)

@@ -20,7 +20,9 @@ def test_run_succeeds_with_every_check_passing(embedded_run) -> None:
     assert embedded_run.result.success
     evaluations = embedded_run.check_evaluations()
     assert evaluations, "no asset check ran"
-    failed = [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed]
+    # every data check passes; the promotion gates judge the models (defs/test_evaluation_assets.py)
+    failed = [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations
+              if not e.passed and e.check_name != keys.CHECK_PROMOTION_GATE]
     assert failed == []
     graph = embedded_run.defs.resolve_asset_graph()
     materialized = {e.event_specific_data.materialization.asset_key for e in embedded_run.result.get_asset_materialization_events()}

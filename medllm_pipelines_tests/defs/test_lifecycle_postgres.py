@@ -18,7 +18,8 @@ def test_lifecycle_on_postgres(postgres_run, postgres_databases) -> None:
 
     assert postgres_run.settings.mode == "production"
     assert postgres_run.result.success
-    assert all(e.passed for e in postgres_run.check_evaluations())
+    # every data check passes; the promotion gates judge the models (tests/defs/test_evaluation_assets.py)
+    assert all(e.passed for e in postgres_run.check_evaluations() if e.check_name != keys.CHECK_PROMOTION_GATE)
 
     warehouse = Warehouse(postgres_databases["warehouse"])
     tables = set(warehouse.list_tables())

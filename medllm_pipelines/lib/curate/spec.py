@@ -75,6 +75,8 @@ class ModelSpec:
     full: dict[str, Any] = field(default_factory=dict)
     # Adapter settings when a pretrained base is fine-tuned (LoRA, with its own ``full`` overrides).
     lora: dict[str, Any] = field(default_factory=dict)
+    # Evaluation thresholds of the promotion gate (issue 12, lib/evaluate/gate.py); empty: the gate fails closed.
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def network_family(self) -> str | None:
@@ -171,7 +173,7 @@ def load_spec(spec_id: str) -> ModelSpec:
     inputs = raw.get("inputs") or {}
     target = dict(raw.get("target") or {})
     data_needs = dict(raw.get("data_needs") or {})
-    for block in ("network", "training", "full", "lora"):
+    for block in ("network", "training", "full", "lora", "evaluation"):
         if raw.get(block) is not None and not isinstance(raw[block], dict):
             raise ValueError(f"spec {spec_id}: {block} must be a mapping, got {type(raw[block]).__name__}")
     if (raw.get("full") or {}).get("network") is not None and not isinstance(raw["full"]["network"], dict):
@@ -201,6 +203,7 @@ def load_spec(spec_id: str) -> ModelSpec:
         network=dict(raw.get("network") or {}),
         full=dict(raw.get("full") or {}),
         lora=dict(raw.get("lora") or {}),
+        evaluation=dict(raw.get("evaluation") or {}),
     )
     _ = (spec.split_config, spec.preprocessing)  # both validate their declaration
     return spec

@@ -730,7 +730,7 @@ def ensemble_defence(members: Sequence[nn.Module], inputs: torch.Tensor, labels:
     """Mean member accuracy under PGD on itself (before) against the logit-averaging ensemble's under PGD on
     the whole ensemble (after); ``details`` adds the transfer case (PGD on the first member, scored by the
     ensemble) and clean accuracies."""
-    ensemble = LogitAverage(members)
+    ensemble = LogitAverage(members).eval()  # built in train mode; _evaluating would hand that mode back to the members
     member_scores = [classification_accuracy(m, pgd(m, inputs, labels, eps, **pgd_options), labels, threshold)
                      for m in members]
     after = classification_accuracy(ensemble, pgd(ensemble, inputs, labels, eps, **pgd_options), labels, threshold)

@@ -72,9 +72,23 @@ class RegistryEntry:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def gate(self) -> dict[str, Any]:
+        """The promotion gate's last decision on this version (``passed``, failed criteria), or not evaluated."""
+        raw = self.tags.get(GATE_TAG)
+        if not raw:
+            return {"evaluated": False, "passed": False, "reason": "no evaluation of this version has run"}
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            return {"evaluated": True, "passed": False, "reason": "unreadable gate record"}
+        return {"evaluated": True, "passed": record.get("passed") is True, "failed": list(record.get("failed") or []),
+                "reason": record.get("reason", "")}
+
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "aliases": list(self.aliases), "family": self.family,
-                "dataset_version": self.dataset_version, "run_id": self.run_id, "metrics": dict(self.metrics)}
+                "dataset_version": self.dataset_version, "run_id": self.run_id, "metrics": dict(self.metrics),
+                "gate": self.gate}
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -158,6 +172,16 @@ def promote_to_champion(
     model_version = client.get_model_version(name, str(version))
     return RegisteredModel(name, str(version), tuple(sorted(model_version.aliases)),
                            model_version.tags.get(FAMILY_TAG, ""))
+
+
+def record_gate_result(name: str, version: str, gate_result: Mapping[str, Any], *,
+                       tracking_uri: str | None = None) -> None:
+    """Keep the gate's decision (passed or not) as the version tag ``promotion_gate``; aliases are not touched.
+
+    A failed gate calls only this: ``champion`` stays on the version it pointed at (or on none).
+    """
+    _client(tracking_uri).set_model_version_tag(name, str(version), GATE_TAG,
+                                                json.dumps(dict(gate_result), default=str, sort_keys=True)[:5000])
 
 
 def _float_or_none(value: str) -> float | None:

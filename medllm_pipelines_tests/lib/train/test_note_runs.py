@@ -34,7 +34,10 @@ from medllm_pipelines.lib.train.generative.note_predictor import (
 )
 from medllm_pipelines.lib.train.generative.note_pyfunc import input_example
 from medllm_pipelines.lib.train.generative.note_runs import (
+    CANARIES_FILE,
+    CANARY_KEYS,
     EXAMPLES_ARTIFACT,
+    TEST_DRAFTS_FILE,
     RetrievalNoteBaseline,
     note_generator_config,
     train_note_spec_model,
@@ -50,6 +53,9 @@ from medllm_pipelines.lib.train.text.tokenizer import TokenizerMismatchError
 from medllm_pipelines.lib.train.tracking import FAILURE_REASON_TAG
 
 SPEC = load_spec("note_generator")
+# The runs below train without the spec's canaries (a 30-step model is too fragile to train on changed notes);
+# test_planted_canaries_and_the_test_drafts_stay_in_the_model_folder_out_of_mlflow trains with them.
+NO_CANARIES = dataclasses.replace(SPEC, training={k: v for k, v in SPEC.training.items() if k not in CANARY_KEYS})
 BENCHMARK_RESULT = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "note_generator.json"
 # Tiny and seeded: ~40 train pairs, 30 steps, short notes (the layout is learned; the content is not the point).
 TINY = NoteGeneratorConfig(n_layer=1, n_head=2, n_embd=32, block_size=384, instruction_steps=30, batch_size=8,
@@ -88,7 +94,7 @@ def _mlflow_at(folder: Path) -> Iterator[str]:
 
 def test_the_spec_gives_the_demo_config_and_the_benchmarked_full_config() -> None:
     demo, full = note_generator_config(SPEC, "demo"), note_generator_config(SPEC, "full")
-    assert {k: v for k, v in demo.as_params().items() if k in SPEC.training} == SPEC.training
+    assert {k: v for k, v in demo.as_params().items() if k in SPEC.training} == NO_CANARIES.training
     assert (demo.n_layer, demo.n_embd) == (SPEC.network["n_layer"], SPEC.network["n_embd"])
     benchmarked = json.loads(BENCHMARK_RESULT.read_text())["config"]
     assert full.as_params() == {**benchmarked, "cpu_threads": 0, "max_epochs": 0}  # what the benchmark measured
@@ -191,8 +197,8 @@ def experiment_id(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def trained_run(experiment_id: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, str]:
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        trained = train_note_spec_model(SplitDataset(FRAME, "e" * 64), SPEC, tmp_path_factory.mktemp("note-run"),
-                                        run.info.run_id, config=TINY)
+        trained = train_note_spec_model(SplitDataset(FRAME, "e" * 64), NO_CANARIES,
+                                        tmp_path_factory.mktemp("note-run"), run.info.run_id, config=TINY)
     return trained, run.info.run_id
 
 
@@ -234,6 +240,25 @@ def test_the_run_logs_inputs_params_curves_scores_and_registers_a_challenger(tra
     assert set(meta["test_metrics_by_language"]) == {"en", "zh"}
     assert trained.record(experiment_id, "dagster-1")["model_dir"] == str(trained.result.model_dir)
     assert "test field F1" in trained.summary()
+
+
+def test_planted_canaries_and_the_test_drafts_stay_in_the_model_folder_out_of_mlflow(trained_run, experiment_id,
+                                                                                   tmp_path: Path) -> None:
+    assert not (trained_run[0].result.model_dir / CANARIES_FILE).exists()  # no canaries declared: none planted
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        trained = train_note_spec_model(SplitDataset(FRAME, "e" * 64), SPEC, tmp_path, run.info.run_id,
+                                        config=dataclasses.replace(TINY, instruction_steps=5), register=False)
+    folder = trained.result.model_dir
+    canaries = json.loads((folder / CANARIES_FILE).read_text())
+    assert len(canaries["secrets"]) == SPEC.training["canaries"]
+    assert canaries["repeats"] == SPEC.training["canary_repeats"]
+    params = MlflowClient().get_run(run.info.run_id).data.params
+    assert params["canaries_planted"] == str(SPEC.training["canaries"])
+    assert not any(secret in json.dumps(params) for secret in canaries["secrets"])
+    logged = Path(mlflow.artifacts.download_artifacts(trained.model_uri))
+    assert not list(logged.rglob(CANARIES_FILE)) and not list(logged.rglob(TEST_DRAFTS_FILE))
+    drafts = json.loads((folder / TEST_DRAFTS_FILE).read_text())["drafts"]
+    assert sorted(drafts) == sorted(FRAME[FRAME.split == "test"].text_id)
 
 
 def test_the_logged_pyfunc_writes_a_note_for_the_written_input_example(trained_run) -> None:

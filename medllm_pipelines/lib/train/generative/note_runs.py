@@ -12,6 +12,15 @@ Two paths, one run: the project's GPT from scratch (default), or, when the calle
 asset passes ``MEDLLM_BASE_MODEL_PATH``), a LoRA adapter on that local checkpoint (``note_lora.py``, the spec's
 ``lora:`` block). The LoRA run also logs the base folder's name and the SHA-256 of its weights, logs the adapter
 (not the base) with the pyfunc, and tags the registered version ``base_model`` and ``adapter``.
+
+Canaries (issue 12, the canary-exposure test of Carlini et al. 2019): a spec whose ``training:`` block declares
+``canaries: N`` (default 0: nothing planted, today's behaviour) gets N random digit secrets (no PHI) planted in the
+GPT's training notes, each ``canary_repeats`` times (default 1), as the first item of the History field (the loss
+covers the note only, and ``parse_note`` drops a line under no header). The secrets are written to ``canaries.json``
+in the model folder after the model is logged, so they never reach MLflow (the run logs only how many were
+planted); ``lib/evaluate/adapters/notes.py`` reads them to measure each canary's exposure. The LoRA path plants none.
+The GPT path also keeps the test split's generated drafts (``test_drafts.json``, after logging, keyed by the model
+folder's manifest) so that the evaluation re-generates only a spot-check sample of them.
 """
 
 from __future__ import annotations
@@ -40,9 +49,17 @@ TRAINING_SUMMARY_ARTIFACT = "training_summary.json"
 EXAMPLES_ARTIFACT = "test_note_examples.json"
 EXAMPLES_LOGGED = 5
 DATASET_COLUMNS = ("dialogue", "note", "language")
+ID_COLUMN = "text_id"  # lib/curate/datasets_notes.py: the pair's id, what the splits are joined on
 NETWORK_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
 TRAINING_KEYS = ("lr", "weight_decay", "warmup_steps", "instruction_steps", "max_epochs", "pretrain_steps",
                  "batch_size", "max_new_tokens", "seed", "cpu_threads")
+# Spec training keys of the canary test, read by `canary_settings` (not NoteGeneratorConfig fields).
+CANARY_KEYS = ("canaries", "canary_repeats")
+CANARIES_FILE = "canaries.json"
+CANARY_FIELD = "history"  # the field the canary goes in, as its first item: "History: my code is 123456; ..."
+CANARY_RECORD_VERSION = 1
+TEST_DRAFTS_FILE = "test_drafts.json"
+DRAFTS_RECORD_VERSION = 1
 # The headline figures also reported per language (the rest are in the overall set).
 PER_LANGUAGE_METRICS = ("field_f1", "field_precision", "field_recall", "icd10_exact_match", "rouge_l")
 SPLITS = (("train", "training"), ("validation", "validation"), ("test", "testing"))
@@ -67,7 +84,8 @@ def note_generator_config(spec: ModelSpec, size: str = "demo") -> Any:
         raise ValueError(f"spec {spec.id}: task {spec.task!r} is not {TEXT_GENERATION_TASK!r}")
     network = dict(spec.network_for(size))
     check_component("network", network.pop("family", None), (CAUSAL_LM,), spec.id)
-    training = spec.training_for(size)
+    canary_settings(spec, size)  # refused here, before any run, when malformed
+    training = {k: v for k, v in spec.training_for(size).items() if k not in CANARY_KEYS}
     for block, values, known in (("network", network, NETWORK_KEYS), ("training", training, TRAINING_KEYS)):
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -91,6 +109,141 @@ def note_generator_config(spec: ModelSpec, size: str = "demo") -> Any:
         raise ValueError(f"spec {spec.id}: need 0 < max_new_tokens < block_size, instruction_steps >= 1, "
                          "batch_size >= 1, lr > 0, and pretrain_steps, warmup_steps, cpu_threads >= 0")
     return config
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """How many secrets the training plants (0: none) and in how many training notes each goes."""
+
+    count: int = 0
+    repeats: int = 1
+
+
+def canary_settings(spec: ModelSpec, size: str = "demo") -> CanarySettings:
+    """The spec's ``training: canaries`` / ``canary_repeats`` at ``size``; ValueError naming the spec when malformed."""
+    training = spec.training_for(size)
+    values = {key: training.get(key, default) for key, default in zip(CANARY_KEYS, (0, 1), strict=True)}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "canaries" else 1):
+            raise ValueError(f"spec {spec.id}: {key} must be an integer >= {0 if key == 'canaries' else 1}, "
+                             f"got {value!r}")
+    return CanarySettings(values["canaries"], values["canary_repeats"])
+
+
+@dataclass(frozen=True)
+class NoteCanaries:
+    """Canaries planted in a generator's training notes: the secrets (membership.PlantedCanaries), the language of
+    the notes that hold them and the text the canary line starts with there (``History: ``), which the exposure
+    test conditions on."""
+
+    planted: Any  # membership.PlantedCanaries
+    language: str
+    prefix: str
+    seed: int
+
+    def record(self) -> dict[str, Any]:
+        """What ``canaries.json`` holds: the template, the secrets and how they were planted (no text of a note)."""
+        planted = self.planted
+        return {"format_version": CANARY_RECORD_VERSION, "canary_format": planted.canary_format,
+                "secrets": list(planted.secrets), "repeats": planted.repeats, "field": CANARY_FIELD,
+                "language": self.language, "prefix": self.prefix, "seed": self.seed,
+                "hosts_per_secret": {secret: len(rows) for secret, rows in planted.positions.items()}}
+
+
+def plant_note_canaries(rows: Sequence[tuple[str, str, Any]], settings: CanarySettings, *, seed: int,
+                        spec_id: str = "") -> tuple[list[tuple[str, str, Any]], NoteCanaries | None]:
+    """(dialogue, language, StructuredNote) training rows with ``settings.count`` canaries in their notes.
+
+    The secrets and their host notes come from ``membership.plant_canaries`` (seeded); each canary becomes the
+    first item of the host note's History field. Hosts are English notes when there are enough (the template is
+    English), else the notes of the other language. ``settings.count`` 0: the rows unchanged and None.
+    """
+    from medllm_pipelines.lib.common.structured_note import HEADERS, StructuredNote, render_note
+    from medllm_pipelines.lib.evaluate.membership import plant_canaries
+
+    if settings.count == 0:
+        return list(rows), None
+    by_language = {lang: [i for i, (_, language, _) in enumerate(rows) if language == lang] for lang in ("en", "zh")}
+    language = "en" if len(by_language["en"]) >= settings.repeats else "zh"
+    hosts = by_language[language]
+    if len(hosts) < settings.repeats:
+        raise ValueError(f"spec {spec_id}: cannot plant a canary {settings.repeats} times in {len(hosts)} training "
+                         "notes of one language")
+    planted = plant_canaries([render_note(rows[i][2]) for i in hosts], settings.count, seed=seed,
+                             repeats=settings.repeats)
+    out = list(rows)
+    for secret, canary in zip(planted.secrets, planted.canaries, strict=True):
+        for host in planted.positions[secret]:
+            dialogue, lang, note = out[hosts[host]]
+            fields = {**note.fields, CANARY_FIELD: (canary, *note.items(CANARY_FIELD))}
+            out[hosts[host]] = (dialogue, lang, StructuredNote(fields, language=note.language,
+                                                               icd10_codes=note.icd10_codes))
+    colon = "：" if language == "zh" else ": "
+    return out, NoteCanaries(planted, language, f"{HEADERS[language][CANARY_FIELD]}{colon}", seed)
+
+
+def write_canary_record(model_dir: str | Path, canaries: NoteCanaries) -> Path:
+    """``canaries.json`` in the model folder (private, atomic): what the exposure test reads. Never logged."""
+    import json
+
+    from medllm_pipelines.lib.common.files import write_private_atomic
+
+    path = Path(model_dir) / CANARIES_FILE
+    write_private_atomic(path, json.dumps(canaries.record(), indent=2, sort_keys=True))
+    return path
+
+
+def read_canary_record(model_dir: str | Path) -> dict[str, Any] | None:
+    """The canaries planted in the generator of ``model_dir``, None when it was trained without any."""
+    import json
+
+    path = Path(model_dir) / CANARIES_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("format_version") != CANARY_RECORD_VERSION or not record.get("secrets"):
+        raise ValueError(f"{path} is not a canary record of format {CANARY_RECORD_VERSION} with secrets")
+    return record
+
+
+def _manifest_sha256(model_dir: Path) -> str | None:
+    from medllm_pipelines.lib.train.generative.note_predictor import MANIFEST_FILE, sha256_file
+
+    manifest = Path(model_dir) / MANIFEST_FILE
+    return sha256_file(manifest) if manifest.is_file() else None
+
+
+def write_test_drafts(model_dir: str | Path, example_ids: Sequence[str], drafts: Sequence[str],
+                      dataset_version: str) -> Path:
+    """The test split's drafts as training generated them (``test_drafts.json``, private, atomic), keyed by example
+    id and tied to the dataset version and the SHA-256 of the model folder's manifest (weights, tokenizer, config)."""
+    import json
+
+    from medllm_pipelines.lib.common.files import write_private_atomic
+
+    if len(example_ids) != len(drafts):
+        raise ValueError(f"{len(example_ids)} example ids for {len(drafts)} drafts")
+    path = Path(model_dir) / TEST_DRAFTS_FILE
+    record = {"format_version": DRAFTS_RECORD_VERSION, "dataset_version": dataset_version,
+              "manifest_sha256": _manifest_sha256(Path(model_dir)), "source": "de-identified test split",
+              "drafts": {str(i): str(d) for i, d in zip(example_ids, drafts, strict=True)}}
+    write_private_atomic(path, json.dumps(record, ensure_ascii=False, sort_keys=True))
+    return path
+
+
+def read_test_drafts(model_dir: str | Path, dataset_version: str) -> dict[str, str]:
+    """Example id -> draft written at training time, or {} when there are none for exactly this model folder (its
+    manifest) and ``dataset_version``: drafts of other weights are never reused."""
+    import json
+
+    path = Path(model_dir) / TEST_DRAFTS_FILE
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    if (record.get("format_version") != DRAFTS_RECORD_VERSION or record.get("dataset_version") != dataset_version
+            or record.get("manifest_sha256") is None or record["manifest_sha256"] != _manifest_sha256(Path(model_dir))):
+        return {}
+    return {str(k): str(v) for k, v in record.get("drafts", {}).items()}
 
 
 @dataclass
@@ -285,6 +438,7 @@ class _TrainedModel:
     requirements: tuple[str, ...]
     cpu_threads: int = 0
     extra_params: dict[str, Any] = field(default_factory=dict)
+    canaries: NoteCanaries | None = None  # GPT path with ``training: canaries``: written after the model is logged
 
 
 def _log_model(trained: _TrainedModel) -> str:
@@ -308,8 +462,10 @@ def _log_model(trained: _TrainedModel) -> str:
     return info.model_uri
 
 
-def _train_gpt(dataset: SplitDataset, spec: ModelSpec, config: Any, output_dir: Path, run_id: str) -> _TrainedModel:
-    """The project's GPT from scratch, saved as a model folder and loaded back from it."""
+def _train_gpt(dataset: SplitDataset, spec: ModelSpec, config: Any, output_dir: Path, run_id: str,
+               canary: CanarySettings | None = None) -> _TrainedModel:
+    """The project's GPT from scratch (``canary``: secrets planted in its training notes), saved as a model folder
+    and loaded back from it."""
     from medllm_pipelines.lib.train.generative.note_predictor import NoteGeneratorPredictor, save_note_generator
     from medllm_pipelines.lib.train.generative.note_pyfunc import NoteGeneratorModel
     from medllm_pipelines.lib.train.generative.notes import train_note_generator
@@ -317,6 +473,11 @@ def _train_gpt(dataset: SplitDataset, spec: ModelSpec, config: Any, output_dir: 
 
     train_frame = dataset.split("train")
     train, validation = _rows(train_frame), _rows(dataset.split("validation"))
+    train, canaries = plant_note_canaries(train, canary or CanarySettings(), seed=config.seed, spec_id=spec.id)
+    if canaries is not None:
+        import mlflow
+
+        mlflow.log_params(canaries.planted.as_metadata(), synchronous=True)  # how many, never the secrets
     pretrain = [*train_frame["dialogue"], *train_frame["note"]] if config.pretrain_steps else []
     generator = train_note_generator(train, validation, config, pretrain_texts=pretrain, spec_id=spec.id,
                                      on_epoch_metrics=_steps_in_order(make_mlflow_epoch_logger(run_id)))
@@ -330,7 +491,8 @@ def _train_gpt(dataset: SplitDataset, spec: ModelSpec, config: Any, output_dir: 
         steps=config.pretrain_steps + config.steps_for(len(train_frame)), parameters=predictor.network.num_parameters(),
         vocab_size=predictor.tokenizer.get_vocab_size(), tokenizer_sha256=predictor.tokenizer_sha256,
         python_model=NoteGeneratorModel(), artifacts={"model_dir": str(model_dir)},
-        requirements=("torch", "tokenizers", "safetensors", "numpy", "pandas"), cpu_threads=config.cpu_threads)
+        requirements=("torch", "tokenizers", "safetensors", "numpy", "pandas"), cpu_threads=config.cpu_threads,
+        canaries=canaries)
 
 
 def _instruction_pairs(frame: pd.DataFrame) -> list[Any]:
@@ -426,7 +588,7 @@ def train_note_spec_model(
         mlflow.set_tags({"dataset_version": dataset.version, "model_family": CAUSAL_LM,
                          **{k: str(adapter[k]) for k in REGISTRY_TAGS if k in adapter}})
         trained = (_tune_lora(dataset, spec, config, base, base_sha256, output_dir, run_id) if lora
-                   else _train_gpt(dataset, spec, config, output_dir, run_id))
+                   else _train_gpt(dataset, spec, config, output_dir, run_id, canary_settings(spec, size)))
         adapter.update(trained.extra_params)
         history, predictor = trained.history, trained.predictor
         val_metrics = {"val_loss": float(history[-1]["val_loss"])} if history and "val_loss" in history[-1] else {}
@@ -461,6 +623,10 @@ def train_note_spec_model(
             val_metrics=val_metrics, test_metrics=test_metrics, baseline_metrics=baseline_metrics,
             test_metrics_by_language=test_by_language, baseline_metrics_by_language=baseline_by_language)
         model_uri = _log_model(trained)
+        if trained.canaries is not None:  # after logging: the secrets stay out of the MLflow model
+            write_canary_record(trained.model_dir, trained.canaries)
+        if not lora and ID_COLUMN in test.columns:  # the evaluation spot-checks these instead of writing them again
+            write_test_drafts(trained.model_dir, test[ID_COLUMN].astype(str).tolist(), generated, dataset.version)
         mlflow.log_dict(result.to_dict(), TRAINING_SUMMARY_ARTIFACT)
         # Notes of the de-identified test split (the dataset the model sees), never raw records.
         mlflow.log_dict({"source": "de-identified test split", "dataset_version": dataset.version, "examples": [

@@ -35,6 +35,17 @@ def _brightest(images: LesionImages) -> np.ndarray:
     return np.array([float(image.max()) for image in images.images], dtype=np.float64)
 
 
+def segmentation_baseline_masks(images: LesionImages, threshold: float) -> list[np.ndarray]:
+    """The rule's mask per slice, (H, W) bool: pixels whose z-score is above the fitted threshold."""
+    return [np.asarray(image[0] > threshold) for image in images.images]
+
+
+def classification_baseline_probabilities(images: LesionImages, threshold: float) -> np.ndarray:
+    """The rule's lesion score per slice as a probability: monotone in the brightest z-score, 0.5 at the cut-off
+    (so that ROC-AUC, the Brier score and the evaluation's curves can be computed for the rule as for a model)."""
+    return 1.0 / (1.0 + np.exp(-(_brightest(images) - threshold)))
+
+
 def segmentation_baseline(train: LesionImages, test: LesionImages) -> BaselineScores:
     """Pixels above the training split's best z-score threshold (mean Dice over lesion slices) are lesion."""
 
@@ -44,7 +55,7 @@ def segmentation_baseline(train: LesionImages, test: LesionImages) -> BaselineSc
 
     scores = [dice_at(train, t) for t in THRESHOLDS]
     best = THRESHOLDS[int(np.nanargmax(scores))] if np.isfinite(scores).any() else THRESHOLDS[-1]
-    predicted = [image[0] > best for image in test.images]
+    predicted = segmentation_baseline_masks(test, best)
     metrics = segmentation_metrics(predicted, [mask[0] for mask in test.masks])
     return BaselineScores("intensity_threshold", best,
                           {f"baseline_test_{k}": v for k, v in metrics.items() if not k.startswith("n_")})
@@ -57,12 +68,12 @@ def classification_baseline(train: LesionImages, test: LesionImages) -> Baseline
     """
     from medllm_pipelines.lib.evaluate.metrics import binary_classification_metrics
 
-    train_scores, test_scores = _brightest(train), _brightest(test)
+    train_scores = _brightest(train)
     accuracies = [float(np.mean((train_scores > t) == train.presence.astype(bool))) for t in THRESHOLDS]
     best = THRESHOLDS[int(np.argmax(accuracies))]
     metrics: dict[str, float] = {}
     if len(test):
-        probabilities = 1.0 / (1.0 + np.exp(-(test_scores - best)))  # monotone in the score, 0.5 at the cut-off
+        probabilities = classification_baseline_probabilities(test, best)
         computed = binary_classification_metrics(test.presence, probabilities, threshold=0.5)
         metrics = {f"baseline_test_{k}": float(computed[k]) for k in ("roc_auc", "accuracy", "sensitivity",
                                                                       "specificity") if computed.get(k) is not None}
