@@ -54,8 +54,12 @@ demo: install services-up
 run: install services-up
 	$(VENV)/bin/medllm run
 
+# Two pytest-xdist workers (these machines have 2 cores); --dist loadfile with the scheduler in
+# medllm_pipelines_tests/conftest_lifecycle.py keeps the readers of each whole-lifecycle run on one worker.
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: install postgres
-	$(PY) -m pytest $(PYTEST_ARGS); code=$$?; if [ $$code -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$code
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS); code=$$?; if [ $$code -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$code
 
 bench: install services-up
 	$(PY) benchmarks/run_all.py

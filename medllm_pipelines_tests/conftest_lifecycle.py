@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,16 +72,49 @@ def scoped_env(values: dict[str, str]) -> Iterator[None]:
 WHOLE_RUN_FIXTURES = ("embedded_run", "postgres_run")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``-n 2 --dist loadgroup``) keep every reader of one whole-lifecycle run on one
-    worker, so that each whole run still happens once per session; without ``-n`` the mark changes nothing."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = next((name for name in WHOLE_RUN_FIXTURES if name in names), None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+def _whole_run_group(path: Path) -> str | None:
+    """The whole-lifecycle fixture a test module reads (its source names it), or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return next((name for name in WHOLE_RUN_FIXTURES if name in text), None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist with ``--dist loadfile`` (``make test``: ``-n 2``), send every module that reads one
+    whole-lifecycle run to the same worker, so that each whole run still happens once per session; every other
+    module is a unit of its own (its module-scoped fixtures run once). xdist's own ``loadgroup`` cannot do this
+    with pytest 9.2: it renames ``item._nodeid``, which pytest 9 no longer reads. The two whole runs are queued
+    first, so that they start at once on different workers."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = Path(str(config.rootpath))
+    groups: dict[str, str] = {}
+
+    class WholeRunsFirst(OrderedDict):
+        """The work queue with the whole runs in front: the first two units go to the two workers."""
+
+        def __setitem__(self, scope: str, tests: Any) -> None:
+            super().__setitem__(scope, tests)
+            if scope in WHOLE_RUN_FIXTURES:
+                self.move_to_end(scope, last=False)
+
+    class WholeRunScheduling(LoadScopeScheduling):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.workqueue = WholeRunsFirst()
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            if module not in groups:
+                groups[module] = _whole_run_group(root / module) or module
+            return groups[module]
+
+    return WholeRunScheduling(config, log)
 
 
 @dataclass
