@@ -32,7 +32,6 @@ from medllm_pipelines.resources.warehouse import WarehouseResource
 PUBLIC_BENCHMARKS_FOLDER = ("reports", "public_benchmarks")
 PUBLIC_BENCHMARKS_FILE = "section.json"
 IMAGES_FOLDER = ("deidentified", "images")  # where deidentify/images releases the de-identified pixel arrays
-TOKENIZER_FOLDER = ("models", "text_tokenizer")  # train/text_tokenizer
 PATIENTS = {"patients": keys.DEID_PATIENTS}
 
 
@@ -51,7 +50,12 @@ def _gate_result(passed: bool, metadata: Mapping) -> AssetCheckResult:
 def _evaluate(context: AssetExecutionContext, spec_id: str, asset_key: AssetKey, table_keys: Mapping[str, AssetKey],
               warehouse: WarehouseResource, mlflow: MLflowResource, artifacts: ArtifactStoreResource,
               run_settings: RunSettingsResource, extra_sections=None, given_sections=()) -> MaterializeResult:
-    from medllm_pipelines.lib.evaluate.spec_evaluation import evaluate_prepared, log_and_gate, prepare
+    from medllm_pipelines.lib.evaluate.spec_evaluation import (
+        SpecEvaluationResult,
+        evaluate_prepared,
+        log_and_gate,
+        prepare,
+    )
     from medllm_pipelines.lib.train.runs import spec_run_tags
 
     wh = warehouse.get()
@@ -70,8 +74,7 @@ def _evaluate(context: AssetExecutionContext, spec_id: str, asset_key: AssetKey,
     dagster_run = run_id_of(context)
     tags = spec_run_tags(prepared.spec, dagster_run, name, training_run_id=str(record.get("mlflow_run_id", "")),
                          dataset_version=prepared.dataset.version)
-    folders = {"images": artifacts.folder(*IMAGES_FOLDER), "tokenizer": artifacts.folder(*TOKENIZER_FOLDER),
-               "work": artifacts.folder("reports", spec_id, dagster_run, "work")}
+    folders = {"images": artifacts.folder(*IMAGES_FOLDER)}
     with mlflow.start_run(prepared.spec.id, run_name=f"evaluate-{dagster_run[:8]}", tags=tags) as run:
         trace = {"dataset_version": prepared.dataset.version, "spec_version": prepared.spec.version,
                  "code_version": tags["code_version"], "training_mlflow_run": record.get("mlflow_run_id"),
@@ -82,8 +85,6 @@ def _evaluate(context: AssetExecutionContext, spec_id: str, asset_key: AssetKey,
             size=run_settings.training_size, extra_sections=extra_sections, given_sections=given_sections,
             seed=prepared.spec.split_seed)
         promoted = log_and_gate(evaluation, files, record, mlflow.tracking_uri)
-    from medllm_pipelines.lib.evaluate.spec_evaluation import SpecEvaluationResult
-
     result = SpecEvaluationResult(evaluation, files, promoted, sections)
     context.log.info(evaluation.summary())
     gate = evaluation.gate.as_metadata()

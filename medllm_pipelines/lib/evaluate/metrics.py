@@ -186,33 +186,6 @@ def bootstrap_ci(
     return _percentile_interval(values, level)
 
 
-def paired_bootstrap_delta_ci(
-    metric_fn: MetricFn,
-    y_true: ArrayLike,
-    score_a: ArrayLike,
-    score_b: ArrayLike,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float | None, float | None]:
-    """Interval of metric(a) - metric(b) on the same resampled rows.
-
-    Two separate intervals that overlap do not show the models are equal;
-    the paired difference is what says whether the model beats the baseline (V5).
-    """
-    truth, a = validated_binary(y_true, score_a)
-    _, b = validated_binary(y_true, score_b)
-    rng = np.random.default_rng(seed)
-    values: list[float] = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, len(truth), len(truth))
-        value_a = _metric_on_draw(metric_fn, truth[rows], a[rows])
-        value_b = _metric_on_draw(metric_fn, truth[rows], b[rows])
-        if value_a is not None and value_b is not None:
-            values.append(value_a - value_b)
-    return _percentile_interval(values, level)
-
-
 @dataclass
 class LogisticBaseline:
     """The declared baseline: L2 logistic regression on the model's own preprocessing (the curate stage's)."""
@@ -259,35 +232,3 @@ def fit_logistic_baseline(
     classifier = LogisticRegression(C=C, max_iter=5000)
     classifier.fit(preprocessing.transform_array(train_frame), labels.to_numpy(dtype=np.int64))
     return LogisticBaseline(preprocessing=preprocessing, classifier=classifier)
-
-
-def evaluate_against_baseline(
-    y_true: ArrayLike,
-    model_score: ArrayLike,
-    baseline_score: ArrayLike,
-    *,
-    threshold: float = 0.5,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, Any]:
-    """Everything `build_evaluation_report` needs from one labelled split, in one call."""
-    return {
-        "model_metrics": binary_classification_metrics(y_true, model_score, threshold),
-        "baseline_metrics": binary_classification_metrics(y_true, baseline_score, threshold),
-        "roc_points_model": roc_curve_points(y_true, model_score),
-        "roc_points_baseline": roc_curve_points(y_true, baseline_score),
-        "confidence_intervals": {
-            "method": "percentile bootstrap, rows resampled with replacement",
-            "level": level,
-            "n_boot": n_boot,
-            "seed": seed,
-            "model": {"roc_auc": list(bootstrap_ci(roc_auc_or_none, y_true, model_score, n_boot, seed, level))},
-            "baseline": {"roc_auc": list(bootstrap_ci(roc_auc_or_none, y_true, baseline_score, n_boot, seed, level))},
-            "delta": {
-                "roc_auc": list(
-                    paired_bootstrap_delta_ci(roc_auc_or_none, y_true, model_score, baseline_score, n_boot, seed, level)
-                )
-            },
-        },
-    }

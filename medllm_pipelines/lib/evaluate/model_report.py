@@ -257,11 +257,6 @@ def methods_text(evaluation: ModelEvaluation) -> str:
     return " ".join(parts)
 
 
-def _sections(evaluation: ModelEvaluation, extra: Sequence[ReportSection]) -> list[ReportSection]:
-    sections = [*evaluation.sections, *extra]
-    return sections
-
-
 # ----------------------------------------------------------------------------------------------- HTML
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:64rem;color:#1a1a1a;
@@ -385,7 +380,7 @@ def write_model_report(evaluation: ModelEvaluation, trace: Mapping[str, Any], ou
     """report.json, report.html and report.pdf in ``out_dir`` (0600 files); the JSON names the others' SHA-256."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = _sections(evaluation, extra_sections)
+    sections = [*evaluation.sections, *extra_sections]
     report = build_report(evaluation, trace)
     report["sections"] = [s.as_dict() for s in sections]
     blocks = _blocks(report, evaluation, standard_figures(evaluation), sections)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,7 @@ class ReportSection:
     text: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "clause": self.clause, "summary": _jsonable(self.summary),
+        return {"key": self.key, "title": self.title, "clause": self.clause, "summary": jsonable(self.summary),
                 "tables": [t.as_dict() for t in self.tables], "figures": [f.title for f in self.figures],
                 "text": self.text}
 
@@ -162,24 +163,24 @@ class ModelOutputs:
         return frame.reset_index(drop=True)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays unwrapped, NaN and infinity as None, paths as text."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
         return int(value)
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, (np.floating, float)):
         number = float(value)
         return None if math.isnan(number) or math.isinf(number) else number
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     return value
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars and arrays unwrapped, NaN and infinity as None."""
-    return _jsonable(value)
 
 
 AGE_BAND_EDGES = (40.0, 65.0)  # fairness bands: <40, 40-64, >=65 (deidentify/patients keeps 5-year bands)

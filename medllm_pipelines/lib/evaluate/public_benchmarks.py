@@ -51,6 +51,7 @@ from medllm_pipelines.lib.evaluate.metrics import (
     fit_logistic_baseline,
     roc_auc_or_none,
 )
+from medllm_pipelines.lib.evaluate.outputs import jsonable
 
 PUBLISHED_PATH = Path(__file__).with_suffix(".yaml")
 DECISION_THRESHOLD = 0.5
@@ -112,7 +113,7 @@ class BenchmarkResult:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types only (numpy scalars and NaN turned into numbers and None)."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 # --------------------------------------------------------------------------------------------- published figures
@@ -884,19 +885,3 @@ def _difference(value: float | None, reference: float | None) -> float | None:
 
 def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value

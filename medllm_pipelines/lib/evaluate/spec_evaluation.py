@@ -53,7 +53,11 @@ class PreparedEvaluation:
 def prepare(spec_id: str, tables: Mapping[str, pd.DataFrame], store: ModelStore) -> PreparedEvaluation:
     spec = load_spec(spec_id)
     policy, error = policy_or_error(spec.id, spec.evaluation)
-    adapter = adapter_for(spec.id).load()
+    info = adapter_for(spec.id)
+    missing = sorted(set(info.tables) - set(tables))
+    if missing:
+        raise KeyError(f"spec {spec.id}: the {info.module} adapter reads the tables {missing}, which were not given")
+    adapter = info.load()
     dataset = adapter.dataset(spec, tables)
     return PreparedEvaluation(spec, policy, error, adapter, dataset, store.training_record(spec.id, dataset.version),
                               tables)

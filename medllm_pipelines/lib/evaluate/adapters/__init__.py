@@ -33,8 +33,8 @@ from medllm_pipelines.lib.train.store import ModelStore
 class EvaluationRequest:
     """What an adapter gets: the spec and its gate policy, the training record of the model to evaluate (model_dir,
     registered_model, registered_version, mlflow ids), the dataset it was trained on, the tables read, the model
-    store, folders (``images``: de-identified pixel arrays, ``tokenizer``: train/text_tokenizer, ``work``: scratch
-    space for this evaluation's files), the training size (demo | full) and a seed."""
+    store, folders (``images``: de-identified pixel arrays; the text models carry their tokenizer in their model
+    folder), the training size (demo | full) and a seed."""
 
     spec: ModelSpec
     policy: GatePolicy | None

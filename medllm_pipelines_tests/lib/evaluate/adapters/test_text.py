@@ -93,7 +93,7 @@ def _request(spec, dataset, tables, model_dir, tmp_path, **record) -> Evaluation
         spec=spec, policy=gate_policy(spec.id, spec.evaluation), dataset=dataset, tables=tables,
         record={"model_dir": str(model_dir), "registered_model": spec.id, "registered_version": "4",
                 "dataset_version": dataset.version, **record},
-        store=ModelStore(tmp_path), folders={"work": tmp_path}, size="demo", seed=0)
+        store=ModelStore(tmp_path), size="demo", seed=0)
 
 
 @pytest.fixture(scope="module")
