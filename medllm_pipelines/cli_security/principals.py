@@ -40,10 +40,11 @@ def principals_add(name: str, role: str, principal: str | None, totp: str | None
     """Add a principal. The first one, in an empty registry, must be an admin."""
     ctx = security_context()
     resource = f"principal:{name}"
-    if ctx.registry.is_empty():
+    # Bootstrap while no active admin exists (an empty registry, or one holding only the demo's clinician).
+    if not any(p.role == "admin" and p.active for p in ctx.registry.list()):
         if role != "admin":
             ctx.audit.append(actor=BOOTSTRAP_ACTOR, role="none", action="manage_roles", resource=resource,
-                             outcome="denied", reason="the first principal of an empty registry must be an admin",
+                             outcome="denied", reason="the first principal of a registry without an admin must be an admin",
                              details={"role": role})
             raise AccessDenied(Decision(False, None, None, "manage_roles",
                                         "the first principal of an empty registry must be an admin", "not_required",
@@ -170,3 +171,30 @@ def _show_enrolment(name: str, uri: str) -> None:
     click.echo(f"  otpauth URI: {uri}")
     click.echo(f"  secret:      {secret}")
     click.echo(f"activate it with: medllm principals confirm-mfa {name} CODE")
+
+
+@principals.command("add-client")
+@click.argument("name")
+@click.option("--client-id", default=None, help="default: NAME plus a random suffix")
+@click.option("--json", "as_json", is_flag=True, help="print the credentials as JSON")
+@acting(mfa=True)
+@guarded
+def principals_add_client(name: str, client_id: str | None, as_json: bool, principal: str | None,
+                          totp: str | None) -> None:
+    """Issue OAuth client credentials acting as principal NAME (for POST /v1/auth/token); the secret shows once."""
+    import json
+
+    from medllm_pipelines.lib.security.clients import ClientRegistry
+
+    ctx = security_context()
+    resource = f"principal:{name}"
+    decision = require(ctx, principal, "manage_roles", totp, resource)
+    target = ctx.registry.get(name)
+    issued = ClientRegistry(ctx.settings.clients_file, ctx.service).add(target.name, client_id=client_id)
+    record(ctx, decision, "manage_roles", resource, "succeeded", "issued client credentials",
+           client_id=issued.client_id)
+    if as_json:
+        click.echo(json.dumps(issued.as_dict()))
+    else:
+        click.echo(f"client_id:     {issued.client_id}\nclient_secret: {issued.client_secret}\n"
+                   f"(acts as {name}, role {target.role}; the secret is stored hashed and cannot be shown again)")

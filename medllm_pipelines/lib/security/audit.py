@@ -36,7 +36,7 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,47 @@ class AuditLog:
             self._append_lines(lines)
             write_private_atomic(self.head_path, head)
         return entry
+
+    def append_many(self, entries: Sequence[Mapping[str, Any]]) -> list[AuditEntry]:
+        """Append several entries (each the keyword arguments of :meth:`append`) under one lock, one head MAC and
+        one fsync: what a busy service needs (one Vault round trip per batch, not per request).
+
+        Every entry is checked before anything is written; a bad one refuses the whole batch.
+        """
+        if not entries:
+            return []
+        for entry in entries:
+            for name in ("actor", "role", "action"):
+                if not isinstance(entry.get(name), str) or not _NAME.fullmatch(entry[name]):
+                    raise ValueError(f"audit {name} must match {_NAME.pattern}, got {entry.get(name)!r}")
+            if entry["action"] == CHECKPOINT_ACTION or entry.get("outcome") not in OUTCOMES:
+                raise ValueError("audit batch holds a checkpoint action or an unknown outcome")
+            check_no_identifiers("resource", str(entry.get("resource", "-")))
+            check_no_identifiers("reason", str(entry.get("reason", "")))
+            check_no_identifiers("details", dict(entry.get("details") or {}))
+        with exclusive_lock(self.lock_path):
+            last_seq, last_hash, since_checkpoint = self._tail_state()
+            lines: list[bytes] = []
+            written: list[AuditEntry] = []
+            last: AuditEntry | None = None
+            for item in entries:
+                seq = (last.seq if last else last_seq) + 1
+                prev = last.hash if last else last_hash
+                entry, line = self._build_entry(seq, prev, item["actor"], item["role"], item["action"],
+                                                str(item.get("resource", "-")), item["outcome"],
+                                                str(item.get("reason", "")), dict(item.get("details") or {}))
+                lines.append(line)
+                written.append(entry)
+                last, since_checkpoint = entry, since_checkpoint + 1
+                if self.checkpoint_every and since_checkpoint >= self.checkpoint_every:
+                    last, checkpoint_line = self._build_checkpoint(entry)
+                    lines.append(checkpoint_line)
+                    since_checkpoint = 0
+            assert last is not None
+            head = self._head_bytes(last.seq, last.hash, since_checkpoint)
+            self._append_lines(lines)
+            write_private_atomic(self.head_path, head)
+        return written
 
     def verify(self) -> VerifyResult:
         return verify(self.path, chain_key=self.chain_key, checkpoint_every=self.checkpoint_every)

@@ -38,6 +38,8 @@ __all__ = [
     "DEFAULT_EXPORT_KEY_NAME",
     "DEFAULT_HMAC_BATCH_SIZE",
     "DEFAULT_PSEUDONYM_KEY_NAME",
+    "DEFAULT_TOKEN_KEY_NAME",
+    "SIGNING_KEY_TYPE",
     "DEFAULT_TRANSIT_MOUNT",
     "HMAC_ALGORITHM",
     "PSEUDONYM_KEY_TYPE",
@@ -54,6 +56,9 @@ DEFAULT_AUDIT_KEY_NAME = "medllm-audit"
 # Wraps the data keys of governed exports; kept apart from the raw-zone key so a
 # recipient's decrypt grant never reaches identifiable data.
 DEFAULT_EXPORT_KEY_NAME = "medllm-export"
+# The REST service's bearer tokens (JWT, EdDSA): signed in Vault, verified with the exported public keys.
+DEFAULT_TOKEN_KEY_NAME = "medllm-service-tokens"
+SIGNING_KEY_TYPE = "ed25519"
 DATA_KEY_TYPE = "aes256-gcm96"
 # An HMAC-only key: it cannot encrypt, decrypt or be exported, so a token that
 # may pseudonymise cannot be turned into one that reverses anything else.
@@ -283,6 +288,31 @@ class TransitKeyService:
         response = self._request("get", f"keys/{name}", None, action=f"read key {name!r}")
         return _key_info(response.get("data") or {})
 
+    # -- signatures --------------------------------------------------------
+
+    def sign(self, data: bytes, *, key_name: str = DEFAULT_TOKEN_KEY_NAME) -> tuple[bytes, int]:
+        """Sign ``data`` with an asymmetric transit key; the private key never leaves Vault.
+
+        Returns the raw signature (64 bytes for ed25519) and the key version that made it.
+        """
+        response = self._post(f"sign/{key_name}", {"input": _b64encode(data)}, action=f"sign with key {key_name!r}")
+        version, signature = _split_vault_value(str(response.get("signature", "")), what="signature")
+        return signature, version
+
+    def public_keys(self, key_name: str = DEFAULT_TOKEN_KEY_NAME) -> dict[int, bytes]:
+        """Version -> raw public key of an ed25519 transit key (what verifiers need; nothing secret)."""
+        response = self._request("get", f"keys/{key_name}", None, action=f"read key {key_name!r}")
+        data = response.get("data") or {}
+        if str(data.get("type")) != SIGNING_KEY_TYPE:
+            raise VaultRequestError(f"transit key {key_name!r} is not an {SIGNING_KEY_TYPE} signing key")
+        keys: dict[int, bytes] = {}
+        for version, entry in (data.get("keys") or {}).items():
+            public = entry.get("public_key") if isinstance(entry, Mapping) else None
+            if public:
+                keys[int(version)] = _b64decode(str(public), what="public key")
+        min_version = int(data.get("min_decryption_version") or 1)
+        return {version: key for version, key in keys.items() if version >= min_version}
+
     def rotate_key(self, name: str | None = None) -> int:
         """Add a new key version; old versions still decrypt. Returns the new version."""
         name = name or self._data_key_name
@@ -463,12 +493,12 @@ def _key_info(data: Mapping[str, Any]) -> KeyInfo:
     )
 
 
-def _split_vault_value(value: str) -> tuple[int, bytes]:
+def _split_vault_value(value: str, *, what: str = "HMAC") -> tuple[int, bytes]:
     """``vault:v3:BASE64`` -> (3, raw bytes)."""
     prefix, version, payload = (value.split(":", 2) + ["", ""])[:3]
     if prefix != "vault" or not version.startswith("v") or not version[1:].isdigit():
         raise VaultRequestError("Vault returned a value without the vault:vN: prefix")
-    return int(version[1:]), _b64decode(payload, what="HMAC")
+    return int(version[1:]), _b64decode(payload, what=what)
 
 
 def _b64encode(data: bytes) -> str:

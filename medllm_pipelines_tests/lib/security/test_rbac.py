@@ -29,16 +29,19 @@ ROLES = ["clinician", "data_engineer", "ml_engineer", "auditor", "privacy_office
 ACTIONS = [
     "read_deidentified", "read_raw", "run_pipeline", "train_model", "export_dataset", "reidentify",
     "rotate_keys", "read_audit", "manage_roles", "approve_ethics", "record_sharing_agreement",
+    # the REST service's scenarios
+    "triage_consult", "draft_notes", "sign_notes", "analyse_images", "assess_risk", "record_feedback",
 ]
 ALLOWED = {
-    "clinician": {"read_deidentified"},
+    "clinician": {"read_deidentified", "triage_consult", "draft_notes", "sign_notes", "analyse_images", "assess_risk",
+                  "record_feedback"},
     "data_engineer": {"read_deidentified", "read_raw", "run_pipeline", "export_dataset"},
-    "ml_engineer": {"read_deidentified", "run_pipeline", "train_model"},
+    "ml_engineer": {"read_deidentified", "run_pipeline", "train_model", "record_feedback"},
     "auditor": {"read_audit"},
     "privacy_officer": {"read_deidentified", "reidentify", "read_audit", "approve_ethics", "record_sharing_agreement"},
     "admin": {"run_pipeline", "rotate_keys", "read_audit", "manage_roles"},
 }
-PRIVILEGED = {"reidentify", "rotate_keys", "export_dataset", "manage_roles"}
+PRIVILEGED = {"reidentify", "rotate_keys", "export_dataset", "manage_roles", "sign_notes"}
 
 
 class DeadVaultProvider(LocalTestKeyProvider):
@@ -216,5 +219,5 @@ def test_every_decision_is_audited(registry: PrincipalRegistry, tmp_path: Path) 
         ("po", "reidentify", "allowed"),
         ("unknown-principal", "read_raw", "denied"),
     ]
-    assert entries[2].details == {"mfa": "verified", "policy_version": "1.0.0"}
+    assert entries[2].details == {"mfa": "verified", "policy_version": load_permissions().version}
     assert audit.verify().ok
