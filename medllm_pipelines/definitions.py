@@ -19,6 +19,8 @@ from medllm_pipelines.defs.curate import text_datasets
 from medllm_pipelines.defs.deidentify import assets as deidentify
 from medllm_pipelines.defs.deidentify import disclosure, text
 from medllm_pipelines.defs.deidentify import vitals as deidentify_vitals
+from medllm_pipelines.defs.deploy import assets as deploy
+from medllm_pipelines.defs.deploy import sensors as deploy_sensors
 from medllm_pipelines.defs.evaluate import assets as evaluate
 from medllm_pipelines.defs.evaluate import leak_scan
 from medllm_pipelines.defs.ingest import arrivals
@@ -68,6 +70,7 @@ ALL_ASSETS = [
     *train_notes.ASSETS,
     *evaluate.ASSETS,
     *leak_scan.ASSETS,
+    *deploy.ASSETS,
 ]
 
 
@@ -101,7 +104,7 @@ def make_definitions(settings: Settings | None = None) -> Definitions:
         asset_checks=ALL_CHECKS,
         jobs=[*JOBS, daily.job],
         schedules=[daily.schedule],
-        sensors=[*landing_sensors(load_sources(settings.sources_file)), refresh_after_ingest],
+        sensors=[*landing_sensors(load_sources(settings.sources_file)), refresh_after_ingest, *deploy_sensors.SENSORS],
         resources={**build_resources(settings), **build_dbt_resources(settings)},
         # One process per run: the DuckDB warehouse has a single writer, and
         # re-importing the code location per step costs more than it saves here.

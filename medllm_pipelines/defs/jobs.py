@@ -15,11 +15,20 @@ ingest_job = define_asset_job(
 downstream_job = define_asset_job(
     keys.DOWNSTREAM_JOB,
     selection=AssetSelection.all() - AssetSelection.groups(keys.INGEST),
-    description="Everything after ingestion, over all institutions: quality -> deidentify -> label -> curate -> train -> evaluate.",
+    description=(
+        "Everything after ingestion, over all institutions: quality -> deidentify -> label -> curate -> train -> "
+        "evaluate -> deploy."
+    ),
 )
 lifecycle_job = define_asset_job(
     keys.LIFECYCLE_JOB,
     selection=AssetSelection.all() - _TIME_PARTITIONED,
     description="One institution's ingestion and every downstream stage in one run (pick the partition).",
 )
-JOBS = [ingest_job, downstream_job, lifecycle_job]  # + daily_arrivals_job (defs/ingest/arrivals.py)
+retrain_job = define_asset_job(
+    keys.RETRAIN_JOB,
+    selection=AssetSelection.groups(keys.TRAIN, keys.EVALUATE),
+    description="Retrain and re-evaluate every model on the curated data (launched when clinicians' feedback "
+    "recommends it: deploy/clinical_feedback, sensor retrain_on_feedback).",
+)
+JOBS = [ingest_job, downstream_job, lifecycle_job, retrain_job]  # + daily_arrivals_job (defs/ingest/arrivals.py)

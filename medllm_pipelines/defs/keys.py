@@ -12,7 +12,8 @@ LABEL = "label"
 CURATE = "curate"
 TRAIN = "train"
 EVALUATE = "evaluate"
-STAGES = (INGEST, QUALITY, DEIDENTIFY, LABEL, CURATE, TRAIN, EVALUATE)
+DEPLOY = "deploy"
+STAGES = (INGEST, QUALITY, DEIDENTIFY, LABEL, CURATE, TRAIN, EVALUATE, DEPLOY)
 
 
 def key(stage: str, name: str) -> AssetKey:
@@ -145,6 +146,8 @@ INGEST_JOB = "ingest_job"
 DOWNSTREAM_JOB = "downstream_job"
 DAILY_ARRIVALS_JOB = "daily_arrivals_job"
 LANDING_SENSOR = "landing_sensor"
+RETRAIN_JOB = "retrain_job"  # the train and evaluate groups, launched by retrain_on_feedback
+RETRAIN_ON_FEEDBACK_SENSOR = "retrain_on_feedback"
 
 # warehouse schemas and audit tables
 AUDIT_SCHEMA = LEDGER_SCHEMA  # "audit"
@@ -174,3 +177,6 @@ PUBLIC_BENCHMARKS = key(EVALUATE, "public_benchmarks")
 CHECK_PROMOTION_GATE = "promotion_gate"  # the spec's thresholds hold; champion moves only then (WARN: blocks nothing)
 EVALUATIONS = (DIABETES_EVALUATION, LESION_CLASSIFIER_EVALUATION, LESION_SEGMENTATION_EVALUATION,
                DETERIORATION_EVALUATION, FORECAST_EVALUATION, TRIAGE_EVALUATION, ENTITY_EVALUATION, NOTE_EVALUATION)
+# deploy (issue 13): clinicians' feedback from the REST service, and the retraining it recommends (rows A4, P4)
+CLINICAL_FEEDBACK = key(DEPLOY, "clinical_feedback")
+CHECK_RETRAINING_TRIGGER = "retraining_trigger"  # fails with WARN severity (blocks nothing) when retraining is due

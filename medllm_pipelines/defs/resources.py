@@ -19,9 +19,10 @@ from medllm_pipelines.resources.landing import LandingZone
 from medllm_pipelines.resources.mlflow import MLflowResource
 from medllm_pipelines.resources.raw_zone import RawZoneResource
 from medllm_pipelines.resources.run_settings import RunSettingsResource
+from medllm_pipelines.resources.serving_store import ServingStoreResource
 from medllm_pipelines.resources.vault import VaultResource
 from medllm_pipelines.resources.warehouse import WarehouseResource
-from medllm_pipelines.settings import Settings
+from medllm_pipelines.settings import Settings, serving_settings
 
 
 def vault_resource(settings: Settings, **overrides: Any) -> VaultResource:
@@ -49,6 +50,15 @@ def run_settings_resource(settings: Settings) -> RunSettingsResource:
         training_size=settings.training_size,
         training_process=settings.training_process,
     )
+
+
+def serving_store_resource(settings: Settings, vault: VaultResource,
+                           environ: Mapping[str, str] | None = None) -> ServingStoreResource:
+    """The REST service's document store (clinicians' feedback), with the service's URL and Vault data key."""
+    env = os.environ if environ is None else environ
+    from_env = bool(env.get("MEDLLM_SERVE_STORE_URL"))
+    url = EnvVar("MEDLLM_SERVE_STORE_URL") if from_env else serving_settings(settings, env).store_url
+    return ServingStoreResource(store_url=url, vault=vault)
 
 
 def build_resources(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -80,6 +90,7 @@ def build_resources(settings: Settings, environ: dict[str, str] | None = None) -
             reports_dir=str(settings.reports_dir),
             governance_dir=str(settings.governance_dir),
         ),
+        "serving_store": serving_store_resource(settings, vault, env),
     }
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 SNAPSHOT = Path(__file__).with_name("asset_graph_snapshot.json")
-STAGE_ORDER = ["ingest", "quality", "deidentify", "label", "curate", "train", "evaluate"]
+STAGE_ORDER = ["ingest", "quality", "deidentify", "label", "curate", "train", "evaluate", "deploy"]
+# The run-wide leak scan depends on every sink of the graph, later stages included, so that it sees what a run wrote.
+RUN_WIDE = {"evaluate/privacy_leak_scan"}
 
 
 def graph_snapshot() -> dict:
@@ -49,9 +51,21 @@ def test_every_asset_is_in_its_stage_group_and_prefix() -> None:
 
 def test_dependencies_never_point_to_a_later_stage() -> None:
     for name, node in graph_snapshot()["assets"].items():
+        if name in RUN_WIDE:
+            continue
         stage = STAGE_ORDER.index(node["group"])
         for dep in node["deps"]:
             assert STAGE_ORDER.index(dep.split("/")[0]) <= stage, f"{name} depends on later-stage {dep}"
+
+
+def test_the_leak_scan_runs_after_every_sink_the_deploy_stage_included() -> None:
+    from medllm_pipelines.defs import keys
+
+    snapshot = graph_snapshot()["assets"]
+    consumed = {dep for node in snapshot.values() for dep in node["deps"]}
+    sinks = set(snapshot) - consumed - RUN_WIDE - {keys.DAILY_ARRIVALS.to_user_string()}
+    assert keys.CLINICAL_FEEDBACK.to_user_string() in snapshot[keys.PRIVACY_LEAK_SCAN.to_user_string()]["deps"]
+    assert sinks == set(), f"assets the leak scan does not wait for: {sorted(sinks)}"
 
 
 def test_quality_gates_and_leak_gates_are_blocking() -> None:

@@ -29,9 +29,14 @@ from medllm_pipelines.lib.ingest.sources import load_sources
 
 # The content of each dictionary version. A changed meaning is a new version: bump `version` in
 # data_dictionary.yaml and add its digest here (never edit a digest in place).
-CONTENT_SHA256 = {"1.0.0": "569a9f4962b03a2a0070ae92d2f96124d119bb285d5d2a37d20c1c865786016a"}
+CONTENT_SHA256 = {"1.0.0": "569a9f4962b03a2a0070ae92d2f96124d119bb285d5d2a37d20c1c865786016a",
+                  "1.1.0": "1d8a0c9159f68f1d345cf93f724593eeb8bbef7ecbeab427c1e39c388c2ef35d"}
 
 PYTHON_TABLES: dict[str, tuple[str, ...]] = {
+    "deploy.clinical_feedback": (
+        "feedback_id", "recorded_at", "scenario", "model_name", "model_version", "agreement", "true_outcome",
+        "probability", "predicted_label", "outcome_matches_prediction", "has_comment",
+    ),
     "audit.daily_arrivals": ("institution", "file_kind", "status", "files", "bytes", "day"),
     "audit.file_ledger": (
         "content_sha256", "institution", "file_kind", "size_bytes", "status", "reason_code", "source_path_ciphertext",
