@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 DBT_MANIFEST := dbt/target/manifest.json
 DBT_SOURCES := $(shell find dbt/dbt_project.yml dbt/models dbt/macros dbt/tests -type f 2>/dev/null)
 
-.PHONY: install demo test services-up services-down postgres run bench dbt-parse dbt-docs clean lock
+.PHONY: install demo test serve services-up services-down postgres run bench dbt-parse dbt-docs clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -50,6 +50,10 @@ services-down:
 
 demo: install services-up
 	$(VENV)/bin/medllm demo
+
+# The REST service and the clinician page (http://127.0.0.1:8000/ui/) with the models `make demo` promoted.
+serve: install
+	$(VENV)/bin/medllm serve
 
 run: install services-up
 	$(VENV)/bin/medllm run

@@ -230,7 +230,12 @@ def demo(patients: int, seed: int) -> None:
     record_demo_approval(settings)
     result = run_lifecycle(settings)
     code = _summarise(result)
+    from medllm_pipelines.cli_serve import ensure_demo_client
+
+    demo_client = ensure_demo_client(settings)
     click.echo("\nwhere to look:")
+    click.echo(f"  REST API:    .venv/bin/medllm serve  -> http://127.0.0.1:8000/ui/ (demo client id and secret in "
+               f"{demo_client}, 0600)")
     click.echo(f"  Dagster UI:  {dagster_ui_command(settings)}")
     click.echo(f"  MLflow UI:   {mlflow_ui_command(settings)}")
     click.echo(f"  reports:     {settings.reports_dir}")
@@ -377,11 +382,13 @@ def scan_leaks(identities: Path) -> None:
 
 from medllm_pipelines.cli_models import register as _register_models
 from medllm_pipelines.cli_security import register as _register_security
+from medllm_pipelines.cli_serve import register as _register_serve
 from medllm_pipelines.cli_text import register as _register_text
 
 _register_security(main)
 _register_text(main)
 _register_models(main)
+_register_serve(main)
 
 if __name__ == "__main__":
     main()

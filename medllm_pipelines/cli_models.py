@@ -90,7 +90,42 @@ def prepare_gemma_base_command(target: Path, accept_gemma_terms: bool) -> None:
     click.echo(f"Gemma 3 270M (bf16) written to {folder}; set MEDLLM_BASE_MODEL_PATH={folder}")
 
 
+@click.command("package-model")
+@click.argument("name")
+@click.option("--alias", default="champion", show_default=True, help="the registry alias to package")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="folder that receives OUT/NAME (serve it with MEDLLM_SERVE_MODELS_DIR=OUT)")
+def package_model_command(name: str, alias: str, out_dir: Path) -> None:
+    """Package a registered model version (model folder, dependencies, configuration, hashes) for serving (row P1)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from medllm_pipelines.lib.train.registry import DATASET_VERSION_TAG, FAMILY_TAG
+    from medllm_pipelines.lib.train.tracking import pinned_pip_requirements
+    from medllm_pipelines.serving.models import SERVED_MODELS, ModelManager, package_model
+    from medllm_pipelines.settings import load_settings
+
+    settings = load_settings()
+    if name not in SERVED_MODELS:
+        raise click.ClickException(f"the service serves {sorted(SERVED_MODELS)}; {name!r} is not one of them")
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise click.ClickException(f"no version of {name} holds the alias {alias!r}") from None
+    manager = ModelManager(tracking_uri=settings.mlflow_tracking_uri, store_root=settings.models_dir,
+                           names={name: SERVED_MODELS[name]})
+    folder = manager.model_folder(name, str(version.version), version.run_id)
+    if not isinstance(folder, Path):
+        raise click.ClickException(folder)
+    target = package_model(name, str(version.version), folder, out_dir, family=version.tags.get(FAMILY_TAG, ""),
+                           dataset_version=version.tags.get(DATASET_VERSION_TAG, ""),
+                           requirements=pinned_pip_requirements())
+    click.echo(f"packaged {name} v{version.version} ({alias}) into {target}")
+
+
 def register(main: click.Group) -> None:
-    """Add ``models`` and ``prepare-gemma-base`` to ``medllm``."""
+    """Add ``models``, ``package-model`` and ``prepare-gemma-base`` to ``medllm``."""
     main.add_command(models_command)
+    main.add_command(package_model_command)
     main.add_command(prepare_gemma_base_command)

@@ -36,6 +36,16 @@ variable                        effect
 ``MEDLLM_TRAINING_SIZE``        ``demo`` (default: each spec's ``training``
                                 block, minutes on a laptop) or ``full`` (its
                                 ``full`` overrides, for production hardware)
+``MEDLLM_REDIS_URL``            the REST service's rate limits and result cache
+                                (default ``redis://127.0.0.1:6379/0``; ``none``:
+                                per-process limits and no shared cache)
+``MEDLLM_REDIS_PREFIX``          key prefix in Redis (default ``medllm:``)
+``MEDLLM_SERVE_STORE_URL``      the service's note/session store (default a
+                                SQLite file under MEDLLM_HOME; PostgreSQL URL in
+                                production)
+``MEDLLM_SERVE_*``              token lifetime, rate limit, body limit, cache
+                                TTL, model refresh interval: see
+                                :func:`serving_settings`
 ==============================  ==============================================
 
 Nothing else in the package calls ``os.environ`` for configuration, so no other
@@ -129,6 +139,21 @@ class Settings:
     @property
     def principals_file(self) -> Path:
         return self.security_dir / "principals.json"
+
+    @property
+    def clients_file(self) -> Path:
+        """OAuth client credentials of the REST service (hashed secrets, sealed records)."""
+        return self.security_dir / "clients.json"
+
+    @property
+    def demo_client_file(self) -> Path:
+        """The demo clinician's client id and secret that `make demo` writes (0600) for a first API call."""
+        return self.security_dir / "demo_client.json"
+
+    @property
+    def serving_dir(self) -> Path:
+        """The REST service's embedded store (notes, triage sessions, studies, feedback) and metrics files."""
+        return self.home / "serving"
 
     @property
     def audit_log_file(self) -> Path:
@@ -309,3 +334,38 @@ def processing_purpose(environ: Mapping[str, str] | None = None) -> str | None:
     """The declared purpose a run processes data for (``MEDLLM_PURPOSE``); None: the policy's default."""
     env = os.environ if environ is None else environ
     return env.get("MEDLLM_PURPOSE") or None
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """The REST service's knobs (``medllm serve``); every one an environment variable."""
+
+    redis_url: str | None  # None: per-process rate limits, no shared cache
+    store_url: str
+    token_ttl_s: int
+    rate_limit_per_minute: int
+    max_body_bytes: int
+    cache_ttl_s: int
+    model_refresh_s: float
+    packaged_models_dir: str | None  # MEDLLM_SERVE_MODELS_DIR: packaged model folders instead of the registry
+    model_alias: str = "champion"  # MEDLLM_SERVE_MODEL_ALIAS: "challenger" for a staging replica
+    redis_prefix: str = "medllm:"  # MEDLLM_REDIS_PREFIX: one per deployment sharing a Redis
+
+
+def serving_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> ServingSettings:
+    """Resolve ``MEDLLM_REDIS_URL``, ``MEDLLM_SERVE_STORE_URL`` and the ``MEDLLM_SERVE_*`` limits."""
+    env = os.environ if environ is None else environ
+    redis_url = env.get("MEDLLM_REDIS_URL", "redis://127.0.0.1:6379/0").strip()
+    store_url = env.get("MEDLLM_SERVE_STORE_URL") or f"sqlite:///{settings.serving_dir / 'store.sqlite'}"
+    return ServingSettings(
+        redis_url=None if redis_url.lower() in {"", "none", "off"} else redis_url,
+        store_url=store_url,
+        token_ttl_s=int(_number(env, "MEDLLM_SERVE_TOKEN_TTL_S", 900, int, 30)),
+        rate_limit_per_minute=int(_number(env, "MEDLLM_SERVE_RATE_LIMIT_PER_MINUTE", 600, int, 1)),
+        max_body_bytes=int(_number(env, "MEDLLM_SERVE_MAX_BODY_BYTES", 16 * 1024 * 1024, int, 1024)),
+        cache_ttl_s=int(_number(env, "MEDLLM_SERVE_CACHE_TTL_S", 300, int, 0)),
+        model_refresh_s=_number(env, "MEDLLM_SERVE_MODEL_REFRESH_S", 30.0, float, 0.5),
+        packaged_models_dir=env.get("MEDLLM_SERVE_MODELS_DIR") or None,
+        model_alias=env.get("MEDLLM_SERVE_MODEL_ALIAS") or "champion",
+        redis_prefix=env.get("MEDLLM_REDIS_PREFIX") or "medllm:",
+    )
