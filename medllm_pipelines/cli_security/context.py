@@ -66,16 +66,16 @@ class SecurityContext:
 
     def key_service(self, data_key_name: str) -> Any:
         """A TransitKeyService on the same Vault for another data key (exports)."""
-        return _vault_resource(self.settings, data_key_name).key_service()
+        return _key_service(self.settings, data_key_name)
 
 
-def _vault_resource(settings: Settings, data_key_name: str | None = None) -> Any:
-    from medllm_pipelines.defs.resources import vault_resource
+def _key_service(settings: Settings, data_key_name: str | None = None) -> Any:
+    from medllm_pipelines.lib.security.vault_connection import key_service_for
 
     extra: dict[str, Any] = {"data_key_name": data_key_name} if data_key_name else {}
     if not settings.uses_local_openbao:
         extra["timeout"] = 5.0  # a person is waiting at the terminal
-    return vault_resource(settings, **extra)
+    return key_service_for(settings, **extra)
 
 
 def security_context() -> SecurityContext:
@@ -84,7 +84,7 @@ def security_context() -> SecurityContext:
     prepare_home(settings)
     settings.security_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        service = _vault_resource(settings).key_service()
+        service = _key_service(settings)
     except SecurityError as exc:  # no token / no state file: the key service cannot be used
         raise VaultUnavailableError(str(exc)) from None
     health = service.health()

@@ -13,13 +13,11 @@ The resource is itself an envelope ``DataKeyProvider``: pass it to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, PrivateAttr
 
-from medllm_pipelines.lib.security.errors import VaultPermissionError
 from medllm_pipelines.lib.security.vault_client import (
     DEFAULT_DATA_KEY_NAME,
     DEFAULT_PSEUDONYM_KEY_NAME,
@@ -28,7 +26,7 @@ from medllm_pipelines.lib.security.vault_client import (
     HmacDigests,
     TransitKeyService,
 )
-from medllm_pipelines.lib.services.openbao import read_connection_file
+from medllm_pipelines.lib.security.vault_connection import open_key_service
 
 __all__ = ["VaultResource"]
 
@@ -75,24 +73,15 @@ class VaultResource(ConfigurableResource):
     def key_service(self) -> TransitKeyService:
         """The shared client, created (and token_file read) on first use."""
         if self._service is None:
-            addr, token = _resolve(self.addr), _resolve(self.token)
-            if not token:
-                if not self.token_file:
-                    raise VaultPermissionError(
-                        "VaultResource has neither a token (EnvVar VAULT_TOKEN) nor a token_file"
-                    )
-                file_addr, token = read_connection_file(Path(self.token_file))
-                addr = addr or file_addr
-            if not addr:
-                raise ValueError("VaultResource needs addr (or a token_file that records it)")
-            verify: bool | str = self.ca_cert if (self.tls_verify and self.ca_cert) else self.tls_verify
-            self._service = TransitKeyService(
-                addr,
-                token,
+            self._service = open_key_service(
+                _resolve(self.addr),
+                _resolve(self.token),
+                self.token_file,
                 transit_mount=self.transit_mount,
                 data_key_name=self.data_key_name,
                 pseudonym_key_name=self.pseudonym_key_name,
-                verify=verify,
+                tls_verify=self.tls_verify,
+                ca_cert=self.ca_cert,
                 timeout=self.timeout,
                 allow_insecure_http=self.allow_insecure_http,
             )

@@ -82,3 +82,41 @@ def test_env_var_config_also_works_outside_a_run(openbao_server: BaoServer, monk
 
     assert resource.health()["sealed"] is False
     assert openbao_server.token not in repr(resource)
+
+
+def test_key_service_for_settings_opens_what_the_resource_opens(
+    openbao_server: BaoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service and the CLI open Vault without Dagster; the keys are those the pipeline's resource uses."""
+    from types import SimpleNamespace
+
+    from medllm_pipelines.lib.security.vault_connection import key_service_for
+
+    local = SimpleNamespace(uses_local_openbao=True, openbao_state_file=openbao_server.state_file, vault_addr=None,
+                            vault_token_in_env=False, vault_cacert=None)
+    resource = VaultResource(token_file=str(openbao_server.state_file))
+    service = key_service_for(local)
+    assert service.addr == openbao_server.addr
+    assert service.hmac_many(["MRN-1"]) == resource.hmac_many(["MRN-1"])
+    assert key_service_for(local, data_key_name="medllm-exports").data_key_name == "medllm-exports"
+
+    external = SimpleNamespace(uses_local_openbao=False, openbao_state_file=None, vault_addr=openbao_server.addr,
+                               vault_token_in_env=True, vault_cacert=None)
+    monkeypatch.setenv("VAULT_TOKEN", openbao_server.token)
+    assert key_service_for(external).hmac_many(["MRN-1"]) == resource.hmac_many(["MRN-1"])
+    monkeypatch.delenv("VAULT_TOKEN")
+    with pytest.raises(Exception, match="no Vault token"):
+        key_service_for(SimpleNamespace(**{**vars(external), "vault_token_in_env": False}))
+
+
+def test_a_service_worker_does_not_import_dagster() -> None:
+    """What a `medllm serve` worker imports to open Vault and build its scenarios (~2 s less per worker)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import medllm_pipelines.cli_serve as c; import medllm_pipelines.serving.app; "
+            "import medllm_pipelines.serving.context; import medllm_pipelines.serving.scenarios; "
+            "import medllm_pipelines.lib.security.vault_connection; "
+            "assert 'dagster' not in sys.modules, sorted(m for m in sys.modules if m.startswith('dagster'))[:5]")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
