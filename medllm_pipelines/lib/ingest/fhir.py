@@ -74,7 +74,7 @@ from medllm_pipelines.lib.ingest.fhir_framing import (
     manifest_of,
     request_target,
 )
-from medllm_pipelines.lib.ingest.fhir_mapping import EXTRACTORS
+from medllm_pipelines.lib.ingest.fhir_mapping import EXTRACTORS, observation_components
 from medllm_pipelines.lib.ingest.fhir_r4 import normalise_r4_to_r4b, not_validated_as_r4b
 from medllm_pipelines.lib.ingest.fhir_validation import ResourceValidator, model_class
 from medllm_pipelines.lib.ingest.landing import FHIR_NDJSON
@@ -177,7 +177,8 @@ def describe_validation_error(error: Exception, resource: dict[str, Any]) -> str
     return message[:500]
 
 
-# An outcome of one entry: ("row", table, row) | ("quarantine", rtype, code, reason) | ("rule", rule)
+# An outcome of one entry: ("row", table, row, component_rows) | ("quarantine", rtype, code, reason) |
+# ("rule", rule)
 _Outcome = tuple[Any, ...]
 
 
@@ -228,11 +229,14 @@ class _EntryParser:
             result.events[EVENT_R4_NORMALISED] = result.events.get(EVENT_R4_NORMALISED, 0) + normalised
         kind = outcome[0]
         if kind == "row":
-            _, table, row = outcome
+            _, table, row, components = outcome
             if row is None:  # a re-sent copy
                 result.resent += 1
                 return
             result.rows.setdefault(table, []).append(row)
+            if components:  # a panel's readings: records of their own, in and out
+                result.rows[table].extend(components)
+                result.resources_seen += len(components)
             if row.get("provision_type") == EVENT_ERASURE and table == "consents":
                 result.events[EVENT_ERASURE] = result.events.get(EVENT_ERASURE, 0) + 1
         elif kind == "rule":
@@ -299,14 +303,19 @@ class _EntryParser:
             content_hash=sha256_bytes(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)),
             source_object=self.source_object,
         )
-        return self._keep(table, row, position), normalised
+        components = [{**row, **part, "resource_key": f"{row['resource_key']}/component/{index}",
+                       "source_position": position}
+                      for index, part in observation_components(resource)] if rtype == "Observation" else []
+        return self._keep(table, row, position, components), normalised
 
-    def _keep(self, table: str, row: dict[str, Any], position: int) -> _Outcome:
-        """The row, or None in its place when it is a re-sent copy (the last step: nothing after it raises)."""
+    def _keep(self, table: str, row: dict[str, Any], position: int,
+              components: list[dict[str, Any]] | None = None) -> _Outcome:
+        """The row (with its panel's component rows), or None in its place when it is a re-sent copy (the last
+        step: nothing after it raises)."""
         row["source_position"] = position
         if self.resent is not None and self.resent.is_resent(row):
-            return ("row", table, None)
-        return ("row", table, row)
+            return ("row", table, None, None)
+        return ("row", table, row, components or None)
 
     def _delete(self, position: int, request: dict[str, Any], context: BundleContext | None) -> _Outcome:
         """A DELETE: of a Patient, an erasure request (a consents row); of anything else, a counted rule."""

@@ -138,6 +138,25 @@ def _observation(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def observation_components(r: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The numeric components of an Observation, each with its index: what a panel measures.
+
+    A blood-pressure panel (LOINC 85354-9, Synthea's 55284-4) has no value of its own; its systolic (8480-6) and
+    diastolic (8462-4) readings are components. Each becomes an observations row of its own (the parser keys it
+    ``<id>/component/<index>``), coded and valued from the component, everything else from the panel; a
+    component without a numeric ``valueQuantity`` (an ECG's sampled data, a coded finding) stays in the raw
+    object only.
+    """
+    parts = []
+    for index, component in enumerate(r.get("component") or []):
+        quantity = component.get("valueQuantity") if isinstance(component, dict) else None
+        if not isinstance(quantity, dict) or quantity.get("value") is None:
+            continue
+        parts.append((index, {**_coded(component.get("code")), "value": float(quantity["value"]),
+                              "unit": quantity.get("code") or quantity.get("unit"), "unit_system": quantity.get("system")}))
+    return parts
+
+
 def _medication_request(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
     return {
         "patient_key": _reference_key(r.get("subject"), refs),

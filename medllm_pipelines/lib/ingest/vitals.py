@@ -97,6 +97,8 @@ def _row(resource: dict[str, Any]) -> tuple[str, dict[str, Any]] | str:
                          "performed": resource.get("performedDateTime")}
     coding = ((resource.get("code") or {}).get("coding") or [{}])[0]
     vital = VITAL_LOINC.get(coding.get("code")) if coding.get("system") == codes.LOINC else None
+    if vital is None:  # a blood-pressure panel (85354-9) carries its systolic reading as a component
+        vital, resource = _panel_reading(resource)
     if vital is None:
         return OUT_OF_SCOPE
     if vital == "acvpu":
@@ -108,6 +110,17 @@ def _row(resource: dict[str, Any]) -> tuple[str, dict[str, Any]] | str:
         return "missing_required_field"
     return "reading", {"patient_key": patient, "encounter_key": encounter, "vital": vital, "value": value,
                        "effective": resource["effectiveDateTime"]}
+
+
+def _panel_reading(resource: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The first component that is a numeric vital of the score (a panel's systolic pressure), as if it were the
+    observation: its code and value, the panel's subject, encounter and time."""
+    for component in resource.get("component") or []:
+        coding = ((component.get("code") or {}).get("coding") or [{}])[0]
+        vital = VITAL_LOINC.get(coding.get("code")) if coding.get("system") == codes.LOINC else None
+        if vital in NUMERIC_VITALS and (component.get("valueQuantity") or {}).get("value") is not None:
+            return vital, {**resource, "valueQuantity": component["valueQuantity"]}
+    return None, resource
 
 
 def parse_vitals_object(feed: VitalsFeed, chunks: Iterable[bytes], *, institution: str | None,

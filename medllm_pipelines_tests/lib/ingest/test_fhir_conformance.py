@@ -62,7 +62,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
     f"{SPEC}/ImagingStudy-example.json": {"removed": {"out_of_scope_resource_type": 1}},
     f"{SPEC}/MedicationRequest-medrx0301.json": one("medication_requests"),
     f"{SPEC}/MedicationRequest-medrx0302.json": one("medication_requests"),
-    f"{SPEC}/Observation-blood-pressure.json": one("observations"),
+    # a blood-pressure panel: the panel and its systolic and diastolic components, three rows
+    f"{SPEC}/Observation-blood-pressure.json": {"rows": {"observations": 3}},
+    # an ECG's components are sampled data, not numbers: the panel row only
     f"{SPEC}/Observation-ekg.json": one("observations"),
     f"{SPEC}/Observation-example.json": one("observations"),
     f"{SPEC}/Observation-f001.json": one("observations"),
@@ -75,28 +77,29 @@ EXPECTED: dict[str, dict[str, Any]] = {
     f"{SPEC}/Patient-infant-twin-1.json": one("patients"),
     # the examples package's npm manifest: not FHIR, quarantined with a reason saying what it is
     f"{SPEC}/package.json": {"quarantined": {"not_fhir": 1}},
-    # Synthea: Organization, Practitioner, Claim, ExplanationOfBenefit, CarePlan stay in the raw object
+    # Synthea: Organization, Practitioner, Claim, ExplanationOfBenefit, CarePlan stay in the raw object; each
+    # blood-pressure panel (55284-4) adds its two components as rows
     f"{SYNTHEA}/smart-gsd_Buster_Hoeger_ad2e3fc5-2b5d-4cb9-8d03-9ea0f4ac8423.json": {
-        "rows": {"patients": 1, "encounters": 6, "conditions": 3, "observations": 33, "medication_requests": 1,
+        "rows": {"patients": 1, "encounters": 6, "conditions": 3, "observations": 39, "medication_requests": 1,
                  "diagnostic_reports": 2, "procedures": 1, "immunizations": 4},
         "removed": {"out_of_scope_resource_type": 15},
         "out_of_scope_by_type": {"Claim": 7, "ExplanationOfBenefit": 6, "Organization": 1, "Practitioner": 1},
     },
     f"{SYNTHEA}/smart-gsd_Edward_Gulgowski_43481611-2459-44f5-ab20-4b142dac160f.json": {
-        "rows": {"patients": 1, "encounters": 6, "conditions": 4, "observations": 32, "medication_requests": 3,
+        "rows": {"patients": 1, "encounters": 6, "conditions": 4, "observations": 38, "medication_requests": 3,
                  "diagnostic_reports": 1, "procedures": 3, "immunizations": 6},
         "removed": {"out_of_scope_resource_type": 18},
         "out_of_scope_by_type": {"CarePlan": 1, "Claim": 9, "ExplanationOfBenefit": 6, "Organization": 1,
                                  "Practitioner": 1},
     },
     f"{SYNTHEA}/smart-gsd_Gustavo_Mejia_59a8543c-e24f-4a01-b28b-47ccde6bc11d.json": {
-        "rows": {"patients": 1, "encounters": 6, "conditions": 2, "observations": 44, "medication_requests": 1,
+        "rows": {"patients": 1, "encounters": 6, "conditions": 2, "observations": 52, "medication_requests": 1,
                  "diagnostic_reports": 3, "procedures": 1, "immunizations": 5},
         "removed": {"out_of_scope_resource_type": 15},
         "out_of_scope_by_type": {"Claim": 7, "ExplanationOfBenefit": 6, "Organization": 1, "Practitioner": 1},
     },
     f"{SYNTHEA}/smart-gsd_Liz_Conn_27c911c6-f045-4ffa-af5d-6eba57ac94b2.json": {
-        "rows": {"patients": 1, "encounters": 7, "conditions": 1, "observations": 36, "medication_requests": 1,
+        "rows": {"patients": 1, "encounters": 7, "conditions": 1, "observations": 42, "medication_requests": 1,
                  "diagnostic_reports": 2, "procedures": 3, "immunizations": 4},
         "removed": {"out_of_scope_resource_type": 18},
         "out_of_scope_by_type": {"CarePlan": 1, "Claim": 8, "ExplanationOfBenefit": 7, "Organization": 1,
@@ -158,8 +161,9 @@ def test_erasure_requests_of_the_transaction_example() -> None:
     assert [c["source_position"] for c in consents] == [5, 6]
 
 
-def test_synthea_conditions_are_cleaned_through_the_snomed_crosswalk() -> None:
-    from medllm_pipelines.lib.quality.cleaning import clean_conditions, clean_patients, load_rules
+def synthea_cleaning_inputs() -> tuple[ParsedFeed, Any, pd.DataFrame]:
+    """The four Synthea files parsed into one feed, the cleaning rules and the cleaned patients."""
+    from medllm_pipelines.lib.quality.cleaning import clean_patients, load_rules
 
     total = ParsedFeed()
     for relpath in sorted(EXPECTED):
@@ -168,7 +172,14 @@ def test_synthea_conditions_are_cleaned_through_the_snomed_crosswalk() -> None:
     rules = load_rules()
     patients = clean_patients(rows_to_frame("patients", total.rows["patients"]), "quality/clean_patients",
                               pd.Timestamp("2026-01-01").date(), rules)
-    conditions = clean_conditions(rows_to_frame("conditions", total.rows["conditions"]), patients.frame,
+    return total, rules, patients.frame
+
+
+def test_synthea_conditions_are_cleaned_through_the_snomed_crosswalk() -> None:
+    from medllm_pipelines.lib.quality.cleaning import clean_conditions
+
+    total, rules, patients = synthea_cleaning_inputs()
+    conditions = clean_conditions(rows_to_frame("conditions", total.rows["conditions"]), patients,
                                   "quality/clean_conditions", rules)
 
     assert conditions.quarantine == []
@@ -179,3 +190,46 @@ def test_synthea_conditions_are_cleaned_through_the_snomed_crosswalk() -> None:
     hypertension = conditions.frame[conditions.frame["code"] == "38341003"]
     assert set(hypertension["icd10"]) == {"I10"}
 
+
+
+def test_a_blood_pressure_panel_gives_its_components_as_rows() -> None:
+    """Real feeds send blood pressure as a panel (85354-9; Synthea 55284-4) whose readings are components."""
+    from medllm_pipelines.lib.ingest.fhir import ResentFilter
+
+    relpath = f"{SPEC}/Observation-blood-pressure.json"
+    resent = ResentFilter()
+    result = parse_fhir_object((CORPUS / relpath).read_bytes(), kind=FHIR_BUNDLE, institution="conf",
+                               source_object=relpath, asset="ingest/fhir_resources", resent=resent)
+    panel, *parts = result.rows["observations"]
+    assert (panel["code"], panel["value"], panel["resource_key"]) == ("85354-9", None, "blood-pressure")
+    assert [(r["code"], r["value"], r["unit"], r["resource_key"]) for r in parts] == [
+        ("8480-6", 107.0, "mm[Hg]", "blood-pressure/component/0"),
+        ("8462-4", 60.0, "mm[Hg]", "blood-pressure/component/1")]
+    for part in parts:  # subject, time, status, lineage: the panel's
+        assert {k: part[k] for k in ("patient_key", "effective", "status", "category", "institution",
+                                     "version_id", "content_hash", "source_object", "source_position")} == \
+               {k: panel[k] for k in ("patient_key", "effective", "status", "category", "institution",
+                                      "version_id", "content_hash", "source_object", "source_position")}
+    reconciliation = result.reconciliation()
+    assert (reconciliation.records_in, reconciliation.records_out) == (3, 3)
+    again = parse_fhir_object((CORPUS / relpath).read_bytes(), kind=FHIR_BUNDLE, institution="conf",
+                              source_object=relpath, asset="ingest/fhir_resources", resent=resent)
+    assert not again.rows.get("observations") and again.resent == 1  # a re-sent panel: no component either
+    again.reconciliation()
+
+
+def test_synthea_blood_pressure_reaches_the_cleaned_observations() -> None:
+    import datetime as dt
+
+    from medllm_pipelines.lib.quality.cleaning import clean_observations
+
+    total, rules, patients = synthea_cleaning_inputs()
+    cleaned = clean_observations(rows_to_frame("observations", total.rows["observations"]), patients,
+                                 "quality/clean_observations", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), rules)
+    frame = cleaned.frame
+    assert cleaned.quarantine == []
+    by_concept = frame.groupby("concept").size().to_dict()
+    assert by_concept.get("systolic_bp") == 13 and by_concept.get("diastolic_bp") == 13  # 13 panels, two each
+    systolic = frame[frame["concept"] == "systolic_bp"]
+    assert set(systolic["loinc"]) == {"8480-6"} and set(systolic["unit"]) == {"mm[Hg]"}
+    assert systolic["value"].between(80, 250).all()
