@@ -131,14 +131,28 @@ def ui_job_origin(job_name: str) -> Any:
     return RemoteRepositoryOrigin(location, REPOSITORY_NAME).get_job_origin(job_name)
 
 
-def execute_job_run(instance: Any, job_name: str, run_config: dict[str, Any], tags: dict[str, str]) -> Any:
-    """Create the run as the UI would (origin, reconstructable job) and execute it here, synchronously."""
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
-    from dagster._core.execution.api import execute_run
+def reconstructable_job(job_name: str) -> Any:
+    """The job as the workspace's code location gives it, for the settings the environment gives *now*.
 
+    Dagster keeps the last job definition per ``ReconstructableJob`` (``lru_cache`` on its methods, keyed by module,
+    factory and job name, not by our settings): a second run of the same job in one process with another
+    ``MEDLLM_HOME`` would reuse the first one's resources (its Vault, warehouse, landing zone). The cache is
+    cleared here, so each run reads ``current_definitions()`` again (itself cached per settings).
+    """
+    from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
+
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
     repository = ReconstructableRepository.for_module(DEFINITIONS_MODULE, DEFINITIONS_FACTORY,
                                                       working_directory=str(PROJECT_ROOT))
-    job = repository.get_reconstructable_job(job_name)
+    return repository.get_reconstructable_job(job_name)
+
+
+def execute_job_run(instance: Any, job_name: str, run_config: dict[str, Any], tags: dict[str, str]) -> Any:
+    """Create the run as the UI would (origin, reconstructable job) and execute it here, synchronously."""
+    from dagster._core.execution.api import execute_run
+
+    job = reconstructable_job(job_name)
     run = instance.create_run_for_job(
         job_def=job.get_definition(),
         run_config=run_config,

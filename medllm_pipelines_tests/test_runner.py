@@ -78,3 +78,19 @@ def test_a_failed_run_is_re_executed_from_its_origin_as_the_ui_does(tmp_path: Pa
         finally:
             stop_dev_server(settings.services_dir)
 
+
+
+def test_a_second_home_in_the_same_process_gets_its_own_resources(tmp_path: Path) -> None:
+    """Dagster caches the last job definition per (module, factory, job name): a run for another MEDLLM_HOME in the
+    same process must not reuse the first home's resources (seen in CI: an ingest run reached the Vault of the
+    previous test's home)."""
+    from medllm_pipelines.defs import keys
+    from medllm_pipelines.runner import reconstructable_job
+
+    token_files = []
+    for name in ("first", "second"):
+        with scoped_env({"MEDLLM_HOME": str(tmp_path / name)}):
+            job = reconstructable_job(keys.INGEST_JOB).get_definition()
+            token_files.append(job.resource_defs["vault"].config_schema.default_value["token_file"])
+    assert token_files[0].startswith(str(tmp_path / "first")), token_files
+    assert token_files[1].startswith(str(tmp_path / "second")), token_files
