@@ -69,7 +69,8 @@ class ParsedFeed:
     """Rows per table plus what was set aside, from one clinical file or one batch of it.
 
     ``resources_seen`` counts every entry read (Bundle entry, non-blank NDJSON
-    line, row source of an HL7 message); each leaves as a row, a quarantine
+    line, row source of an HL7 message) and each numeric component of a FHIR
+    panel (a row of its own: ``fhir_mapping.observation_components``); each leaves as a row, a quarantine
     record, an out-of-scope count, a count under another declared rule
     (``removed_by_rule``) or - when re-send dropping is on - a ``resent`` count.
     ``out_of_scope`` stays a field of its own (HL7 parsing adds to it).

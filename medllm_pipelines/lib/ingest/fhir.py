@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import orjson
@@ -303,18 +303,18 @@ class _EntryParser:
             content_hash=sha256_bytes(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)),
             source_object=self.source_object,
         )
-        components = [{**row, **part, "resource_key": f"{row['resource_key']}/component/{index}",
-                       "source_position": position}
-                      for index, part in observation_components(resource)] if rtype == "Observation" else []
-        return self._keep(table, row, position, components), normalised
+        parts = observation_components(resource) if rtype == "Observation" else []
+        return self._keep(table, row, position, parts), normalised
 
     def _keep(self, table: str, row: dict[str, Any], position: int,
-              components: list[dict[str, Any]] | None = None) -> _Outcome:
-        """The row (with its panel's component rows), or None in its place when it is a re-sent copy (the last
-        step: nothing after it raises)."""
+              parts: Sequence[tuple[int, dict[str, Any]]] = ()) -> _Outcome:
+        """The row with its panel's component rows (``parts``: index, columns), or None in its place when it is
+        a re-sent copy (the last step: nothing after it raises)."""
         row["source_position"] = position
         if self.resent is not None and self.resent.is_resent(row):
             return ("row", table, None, None)
+        components = [{**row, **columns, "resource_key": f"{row['resource_key']}/component/{index}"}
+                      for index, columns in parts]
         return ("row", table, row, components or None)
 
     def _delete(self, position: int, request: dict[str, Any], context: BundleContext | None) -> _Outcome:

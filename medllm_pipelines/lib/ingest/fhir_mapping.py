@@ -123,17 +123,21 @@ def _condition(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _observation(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
-    quantity = r.get("valueQuantity") or {}
+def _measured(quantity: dict[str, Any] | None) -> dict[str, Any]:
+    """A Quantity as the value / unit (UCUM code, else the printed unit) / unit_system columns."""
+    quantity = quantity or {}
     value = quantity.get("value")
+    return {"value": float(value) if value is not None else None,
+            "unit": quantity.get("code") or quantity.get("unit"), "unit_system": quantity.get("system")}
+
+
+def _observation(r: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
     return {
         "patient_key": _reference_key(r.get("subject"), refs),
         "status": r.get("status"),
         "category": _first_coding((r.get("category") or [{}])[0]).get("code"),
         **_coded(r.get("code")),
-        "value": float(value) if value is not None else None,
-        "unit": quantity.get("code") or quantity.get("unit"),
-        "unit_system": quantity.get("system"),
+        **_measured(r.get("valueQuantity")),
         "effective": r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start"),
     }
 
@@ -152,8 +156,7 @@ def observation_components(r: dict[str, Any]) -> list[tuple[int, dict[str, Any]]
         quantity = component.get("valueQuantity") if isinstance(component, dict) else None
         if not isinstance(quantity, dict) or quantity.get("value") is None:
             continue
-        parts.append((index, {**_coded(component.get("code")), "value": float(quantity["value"]),
-                              "unit": quantity.get("code") or quantity.get("unit"), "unit_system": quantity.get("system")}))
+        parts.append((index, {**_coded(component.get("code")), **_measured(quantity)}))
     return parts
 
 

@@ -95,8 +95,7 @@ def _row(resource: dict[str, Any]) -> tuple[str, dict[str, Any]] | str:
             return OUT_OF_SCOPE
         return "event", {"patient_key": patient, "encounter_key": encounter,
                          "performed": resource.get("performedDateTime")}
-    coding = ((resource.get("code") or {}).get("coding") or [{}])[0]
-    vital = VITAL_LOINC.get(coding.get("code")) if coding.get("system") == codes.LOINC else None
+    vital = _vital_of(resource.get("code"))
     if vital is None:  # a blood-pressure panel (85354-9) carries its systolic reading as a component
         vital, resource = _panel_reading(resource)
     if vital is None:
@@ -112,12 +111,17 @@ def _row(resource: dict[str, Any]) -> tuple[str, dict[str, Any]] | str:
                        "effective": resource["effectiveDateTime"]}
 
 
+def _vital_of(concept: dict[str, Any] | None) -> str | None:
+    """The vital a CodeableConcept's first coding names (LOINC only), or None."""
+    coding = ((concept or {}).get("coding") or [{}])[0]
+    return VITAL_LOINC.get(coding.get("code")) if coding.get("system") == codes.LOINC else None
+
+
 def _panel_reading(resource: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """The first component that is a numeric vital of the score (a panel's systolic pressure), as if it were the
     observation: its code and value, the panel's subject, encounter and time."""
     for component in resource.get("component") or []:
-        coding = ((component.get("code") or {}).get("coding") or [{}])[0]
-        vital = VITAL_LOINC.get(coding.get("code")) if coding.get("system") == codes.LOINC else None
+        vital = _vital_of(component.get("code"))
         if vital in NUMERIC_VITALS and (component.get("valueQuantity") or {}).get("value") is not None:
             return vital, {**resource, "valueQuantity": component["valueQuantity"]}
     return None, resource

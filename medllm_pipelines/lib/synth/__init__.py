@@ -52,25 +52,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = [
-    "DEFECT_TYPES",
-    "DIABETES_RULE",
-    "GENERATOR_VERSION",
-    "IDENTITIES_PATH",
-    "IMAGE_TRUTH_PATH",
-    "INSTITUTIONS",
-    "INSTITUTION_BY_CODE",
-    "MANIFEST_PATH",
-    "PATIENT_TRUTH_PATH",
-    "REFERENCE_DATE",
-    "Defect",
-    "DefectRates",
-    "DiabetesRule",
-    "Institution",
-    "SynthManifest",
-    "generate_hospital",
-    "is_valid_resident_id",
-    "load_manifest",
-    "resident_id_check_digit",
-    "roc_auc",
-]
+__all__ = sorted(_MODULE_OF)

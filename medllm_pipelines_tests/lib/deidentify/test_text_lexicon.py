@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medllm_pipelines.lib.common.versions import package_versions
 from medllm_pipelines.lib.deidentify.text.lexicon import NEVER, name_lexicon
 
 
@@ -19,7 +20,7 @@ def test_stored_icd_words_are_those_of_the_installed_package() -> None:
     from medllm_pipelines.lib.deidentify.text import lexicon
 
     stored = json.loads(lexicon.ICD_WORDS_FILE.read_text(encoding="utf-8"))
-    assert stored["version"] == lexicon._installed_version(lexicon.ICD_PACKAGE), (
+    assert stored["version"] == package_versions([lexicon.ICD_PACKAGE])[lexicon.ICD_PACKAGE], (
         "simple-icd-10-cm changed: run `python -m medllm_pipelines.lib.deidentify.text.lexicon`")
     assert stored["words"] == sorted(stored["words"])
     assert set(stored["words"]) == lexicon._icd_words_from_package()
@@ -37,4 +38,4 @@ def test_icd_words_stored_for_another_version_are_not_used(tmp_path, monkeypatch
     words = lexicon._icd_words()
     assert "kowalski" not in words and "diabetes" in words  # rebuilt from the package, not the stale file
     assert lexicon.write_icd_words(other) == len(words)
-    assert json.loads(other.read_text(encoding="utf-8"))["version"] == lexicon._installed_version(lexicon.ICD_PACKAGE)
+    assert json.loads(other.read_text(encoding="utf-8"))["version"] == package_versions([lexicon.ICD_PACKAGE])[lexicon.ICD_PACKAGE]

@@ -205,11 +205,10 @@ def test_a_blood_pressure_panel_gives_its_components_as_rows() -> None:
     assert [(r["code"], r["value"], r["unit"], r["resource_key"]) for r in parts] == [
         ("8480-6", 107.0, "mm[Hg]", "blood-pressure/component/0"),
         ("8462-4", 60.0, "mm[Hg]", "blood-pressure/component/1")]
-    for part in parts:  # subject, time, status, lineage: the panel's
-        assert {k: part[k] for k in ("patient_key", "effective", "status", "category", "institution",
-                                     "version_id", "content_hash", "source_object", "source_position")} == \
-               {k: panel[k] for k in ("patient_key", "effective", "status", "category", "institution",
-                                      "version_id", "content_hash", "source_object", "source_position")}
+    from_panel = ("patient_key", "effective", "status", "category", "institution", "version_id", "content_hash",
+                  "source_object", "source_position")  # subject, time, status, lineage
+    for part in parts:
+        assert {k: part[k] for k in from_panel} == {k: panel[k] for k in from_panel}
     reconciliation = result.reconciliation()
     assert (reconciliation.records_in, reconciliation.records_out) == (3, 3)
     again = parse_fhir_object((CORPUS / relpath).read_bytes(), kind=FHIR_BUNDLE, institution="conf",

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from medllm_pipelines.lib.common.versions import package_versions
+
 NEVER, AMBIGUOUS, LISTED, UNKNOWN = 0, 1, 2, 3
 _KIND_CACHE: dict[str, int] = {}  # word -> kind, for the one lexicon of the process
 _WORD = re.compile(r"[A-Za-z]{2,}")
@@ -129,19 +131,10 @@ def _icd_words_from_package() -> set[str]:
     return words
 
 
-def _installed_version(package: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _icd_words() -> set[str]:
     if ICD_WORDS_FILE.is_file():
         stored = json.loads(ICD_WORDS_FILE.read_text(encoding="utf-8"))
-        if stored.get("version") == _installed_version(ICD_PACKAGE):
+        if stored.get("version") == package_versions([ICD_PACKAGE])[ICD_PACKAGE]:
             return set(stored["words"])
     return _icd_words_from_package()
 
@@ -151,7 +144,7 @@ def write_icd_words(path: Path = ICD_WORDS_FILE) -> int:
     words = sorted(_icd_words_from_package())
     payload = {"source": "ICD-10-CM titles (public domain, CDC/NCHS) as shipped by simple-icd-10-cm; "
                          "lower-cased words of two or more letters",
-               "package": ICD_PACKAGE, "version": _installed_version(ICD_PACKAGE), "words": words}
+               "package": ICD_PACKAGE, "version": package_versions([ICD_PACKAGE])[ICD_PACKAGE], "words": words}
     path.write_text(json.dumps(payload, indent=0, ensure_ascii=True) + "\n", encoding="utf-8")
     return len(words)
 
